@@ -1,0 +1,224 @@
+//! The verified token: its claims, and the facts derived from them once (version, client id,
+//! strength, kind, roles, scopes), so the per-request checks and the cache read plain fields.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// `ver` of an AAD token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVersion {
+    V1,
+    V2,
+}
+
+/// What the token represents (SPEC section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// App-only (client credentials): `idtyp == "app"`, or `roles` without `scp`.
+    App,
+    /// Delegated: has `scp` and `idtyp != "app"`.
+    User,
+    /// Neither: no `scp`, no `roles`, no `idtyp` (e.g. a `.default` token with nothing granted).
+    Neither,
+}
+
+impl TokenKind {
+    /// `app`, `user`, or `None` for a token of neither kind.
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            TokenKind::App => Some("app"),
+            TokenKind::User => Some("user"),
+            TokenKind::Neither => None,
+        }
+    }
+}
+
+/// Which claim named the client application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientClaim {
+    Appid,
+    Azp,
+}
+
+impl ClientClaim {
+    /// The claim name (`appid` or `azp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientClaim::Appid => "appid",
+            ClientClaim::Azp => "azp",
+        }
+    }
+
+    /// The matching strength claim (`appidacr` or `azpacr`).
+    pub fn strength_claim(self) -> &'static str {
+        match self {
+            ClientClaim::Appid => "appidacr",
+            ClientClaim::Azp => "azpacr",
+        }
+    }
+}
+
+/// A token whose signature, lifetime, audience and issuer have been verified. Shared (in an
+/// `Arc`) between the verified-token cache and the requests that use it.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+    /// The `kid` (or `x5t`) of the key that verified the signature.
+    pub kid: Arc<str>,
+    pub exp: i64,
+    pub version: TokenVersion,
+    /// Lower-case tenant GUID.
+    pub tid: String,
+    pub iss: String,
+    pub client: Option<(ClientClaim, String)>,
+    /// `appidacr`/`azpacr` of the claim that named the client; `None` when absent.
+    pub auth_strength: Option<u8>,
+    pub kind: TokenKind,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+impl VerifiedToken {
+    /// Derives the typed facts from verified claims. `kid` is the key that verified them.
+    pub fn from_claims(claims: Map<String, Value>, kid: Arc<str>) -> Self {
+        let str_claim = |name: &str| claims.get(name).and_then(Value::as_str);
+        let iss = str_claim("iss").unwrap_or_default().to_string();
+        let version = match str_claim("ver") {
+            Some("1.0") => TokenVersion::V1,
+            Some("2.0") => TokenVersion::V2,
+            _ if iss.starts_with("https://sts.windows.net/") => TokenVersion::V1,
+            _ => TokenVersion::V2,
+        };
+        let (first, second) = match version {
+            TokenVersion::V1 => (ClientClaim::Appid, ClientClaim::Azp),
+            TokenVersion::V2 => (ClientClaim::Azp, ClientClaim::Appid),
+        };
+        let client = [first, second].into_iter().find_map(|c| {
+            str_claim(c.name())
+                .filter(|v| !v.is_empty())
+                .map(|v| (c, v.to_string()))
+        });
+        let auth_strength = client.as_ref().and_then(|(c, _)| match claims.get(c.strength_claim()) {
+            Some(Value::String(s)) => s.parse::<u8>().ok(),
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+            _ => None,
+        });
+        let roles: Vec<String> = match claims.get("roles") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        let scopes: Vec<String> = str_claim("scp")
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        let idtyp = str_claim("idtyp");
+        let has_scp = claims.contains_key("scp");
+        let kind = if idtyp == Some("app") {
+            TokenKind::App
+        } else if has_scp {
+            TokenKind::User
+        } else if idtyp.is_none() && claims.contains_key("roles") {
+            TokenKind::App
+        } else {
+            TokenKind::Neither
+        };
+        let exp = claims.get("exp").and_then(Value::as_f64).map_or(0, |f| f as i64);
+        let tid = str_claim("tid").unwrap_or_default().to_ascii_lowercase();
+        VerifiedToken {
+            claims,
+            kid,
+            exp,
+            version,
+            tid,
+            iss,
+            client,
+            auth_strength,
+            kind,
+            roles,
+            scopes,
+        }
+    }
+
+    /// The client id (`appid`/`azp`), if any.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client.as_ref().map(|(_, id)| id.as_str())
+    }
+
+    /// A claim as header text: strings as is, numbers and booleans printed, lists comma-joined
+    /// (`scp` split on spaces). `None` when absent or an object.
+    pub fn claim_text(&self, name: &str) -> Option<String> {
+        if name == "scp" {
+            return (!self.scopes.is_empty()).then(|| self.scopes.join(","));
+        }
+        match self.claims.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Array(a) => {
+                let items: Vec<String> = a
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                (!items.is_empty()).then(|| items.join(","))
+            }
+            Value::Null | Value::Object(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token(v: Value) -> VerifiedToken {
+        let Value::Object(m) = v else { panic!("object") };
+        VerifiedToken::from_claims(m, Arc::from("k"))
+    }
+
+    #[test]
+    fn kind_follows_idtyp_then_scp_then_roles() {
+        let table = [
+            (json!({"idtyp": "app", "scp": "x"}), TokenKind::App),
+            (json!({"roles": ["a"]}), TokenKind::App),
+            (json!({"roles": ["a"], "scp": "x"}), TokenKind::User),
+            (json!({"scp": "x", "idtyp": "user"}), TokenKind::User),
+            (json!({"roles": ["a"], "idtyp": "user"}), TokenKind::Neither),
+            (json!({}), TokenKind::Neither),
+        ];
+        for (claims, want) in table {
+            assert_eq!(token(claims.clone()).kind, want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn client_id_comes_from_appid_for_v1_and_azp_for_v2_with_fallback() {
+        let t = token(json!({"ver": "1.0", "appid": "a", "azp": "b", "appidacr": "2", "azpacr": "0"}));
+        assert_eq!(t.client, Some((ClientClaim::Appid, "a".into())));
+        assert_eq!(t.auth_strength, Some(2));
+        let t = token(json!({"ver": "2.0", "appid": "a", "azp": "b", "azpacr": 1}));
+        assert_eq!(t.client, Some((ClientClaim::Azp, "b".into())));
+        assert_eq!(t.auth_strength, Some(1));
+        let t = token(json!({"ver": "2.0", "appid": "a", "appidacr": "1"}));
+        assert_eq!(t.client, Some((ClientClaim::Appid, "a".into())));
+        assert_eq!(t.auth_strength, Some(1));
+        let t = token(json!({"iss": "https://sts.windows.net/x/", "appid": "a"}));
+        assert_eq!(t.version, TokenVersion::V1);
+    }
+
+    #[test]
+    fn list_claims_are_comma_joined_and_scp_is_split_on_spaces() {
+        let t = token(json!({"roles": ["A", "B"], "scp": "read  write", "n": 3, "o": {"x": 1}}));
+        assert_eq!(t.claim_text("roles").as_deref(), Some("A,B"));
+        assert_eq!(t.claim_text("scp").as_deref(), Some("read,write"));
+        assert_eq!(t.claim_text("n").as_deref(), Some("3"));
+        assert_eq!(t.claim_text("o"), None);
+        assert_eq!(t.claim_text("missing"), None);
+    }
+}

@@ -1,0 +1,350 @@
+//! Request errors: one [`Reason`] per reason code of SPEC section 4, and the one place that
+//! turns a [`Rejection`] into an HTTP response (status, JSON body, `x-aadgate-reason`,
+//! `WWW-Authenticate`, `Retry-After`).
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why the gateway answered a request itself. The string form is the `reason` code that
+/// appears in bodies, headers, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    BadRequest,
+    RouteNotFound,
+    MissingToken,
+    MalformedToken,
+    UnsupportedAlg,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    BadAudience,
+    BadIssuer,
+    TenantNotAllowed,
+    TenantDenied,
+    ClientNotAllowed,
+    WeakClientAuth,
+    WrongTokenKind,
+    MissingRole,
+    MissingScope,
+    HookDenied,
+    HookUnavailable,
+    KeysUnavailable,
+    TenantNotConsented,
+    ExchangeUnavailable,
+    UpstreamUnavailable,
+}
+
+impl Reason {
+    /// Every reason, in SPEC order (for docs, tests and pre-registered metric series).
+    pub const ALL: [Reason; 24] = [
+        Reason::BadRequest,
+        Reason::RouteNotFound,
+        Reason::MissingToken,
+        Reason::MalformedToken,
+        Reason::UnsupportedAlg,
+        Reason::UnknownKid,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::BadAudience,
+        Reason::BadIssuer,
+        Reason::TenantNotAllowed,
+        Reason::TenantDenied,
+        Reason::ClientNotAllowed,
+        Reason::WeakClientAuth,
+        Reason::WrongTokenKind,
+        Reason::MissingRole,
+        Reason::MissingScope,
+        Reason::HookDenied,
+        Reason::HookUnavailable,
+        Reason::KeysUnavailable,
+        Reason::TenantNotConsented,
+        Reason::ExchangeUnavailable,
+        Reason::UpstreamUnavailable,
+    ];
+
+    /// The reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::RouteNotFound => "route_not_found",
+            Reason::MissingToken => "missing_token",
+            Reason::MalformedToken => "malformed_token",
+            Reason::UnsupportedAlg => "unsupported_alg",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::BadAudience => "bad_audience",
+            Reason::BadIssuer => "bad_issuer",
+            Reason::TenantNotAllowed => "tenant_not_allowed",
+            Reason::TenantDenied => "tenant_denied",
+            Reason::ClientNotAllowed => "client_not_allowed",
+            Reason::WeakClientAuth => "weak_client_auth",
+            Reason::WrongTokenKind => "wrong_token_kind",
+            Reason::MissingRole => "missing_role",
+            Reason::MissingScope => "missing_scope",
+            Reason::HookDenied => "hook_denied",
+            Reason::HookUnavailable => "hook_unavailable",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::TenantNotConsented => "tenant_not_consented",
+            Reason::ExchangeUnavailable => "exchange_unavailable",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+
+    /// The HTTP status of a response with this reason.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::RouteNotFound => StatusCode::NOT_FOUND,
+            Reason::MissingToken
+            | Reason::MalformedToken
+            | Reason::UnsupportedAlg
+            | Reason::UnknownKid
+            | Reason::BadSignature
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::BadAudience
+            | Reason::BadIssuer
+            | Reason::TenantNotAllowed
+            | Reason::TenantDenied => StatusCode::UNAUTHORIZED,
+            Reason::ClientNotAllowed
+            | Reason::WeakClientAuth
+            | Reason::WrongTokenKind
+            | Reason::MissingRole
+            | Reason::MissingScope
+            | Reason::HookDenied
+            | Reason::TenantNotConsented => StatusCode::FORBIDDEN,
+            Reason::HookUnavailable | Reason::KeysUnavailable | Reason::ExchangeUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The OAuth-style `error` field of the JSON body (SPEC section 8).
+    pub fn oauth_error(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "invalid_request",
+            Reason::RouteNotFound => "not_found",
+            Reason::MissingToken => "unauthorized",
+            Reason::MalformedToken
+            | Reason::UnsupportedAlg
+            | Reason::UnknownKid
+            | Reason::BadSignature
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::BadAudience
+            | Reason::BadIssuer
+            | Reason::TenantNotAllowed
+            | Reason::TenantDenied => "invalid_token",
+            Reason::MissingRole | Reason::MissingScope => "insufficient_scope",
+            Reason::ClientNotAllowed
+            | Reason::WeakClientAuth
+            | Reason::WrongTokenKind
+            | Reason::HookDenied
+            | Reason::TenantNotConsented => "access_denied",
+            Reason::HookUnavailable | Reason::KeysUnavailable | Reason::ExchangeUnavailable => {
+                "temporarily_unavailable"
+            }
+            Reason::UpstreamUnavailable => "bad_gateway",
+        }
+    }
+
+    /// The RFC 6750 `error` attribute of `WWW-Authenticate`, or `None` when the header carries
+    /// no `error` (missing token) or is not sent at all.
+    fn challenge_error(self) -> Option<&'static str> {
+        match self.status() {
+            StatusCode::UNAUTHORIZED if self == Reason::MissingToken => None,
+            StatusCode::UNAUTHORIZED => Some("invalid_token"),
+            _ if matches!(self, Reason::MissingRole | Reason::MissingScope) => {
+                Some("insufficient_scope")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request the gateway refuses, with a message in the caller's terms. The message never
+/// contains the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+    /// For 503s: how long the caller should wait (`Retry-After`, whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    /// A rejection with `reason` and `message`.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    /// The `WWW-Authenticate` value, when this rejection has one (401s, and 403s for missing
+    /// roles or scopes).
+    pub fn challenge(&self) -> Option<String> {
+        let status = self.status();
+        if self.reason == Reason::MissingToken {
+            return Some("Bearer realm=\"aadgate\"".to_string());
+        }
+        let error = self.reason.challenge_error()?;
+        debug_assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN);
+        Some(format!(
+            "Bearer realm=\"aadgate\", error=\"{error}\", error_description=\"{}\"",
+            rfc6750_description(&self.message)
+        ))
+    }
+
+    /// The JSON body.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        let body = serde_json::json!({
+            "error": self.reason.oauth_error(),
+            "reason": self.reason.as_str(),
+            "message": self.message,
+            "request_id": request_id,
+        });
+        let mut out = serde_json::to_vec(&body).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Every header of the response except `content-length`, as (name, value) pairs.
+    pub fn headers(&self, request_id: &str) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-aadgate-reason", self.reason.as_str().to_string()),
+            ("x-request-id", request_id.to_string()),
+            ("cache-control", "no-store".to_string()),
+        ];
+        if let Some(c) = self.challenge() {
+            h.push(("www-authenticate", c));
+        }
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.push(("retry-after", secs.max(1).to_string()));
+        }
+        h
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// RFC 6750 allows only %x20-21 / %x23-5B / %x5D-7E in `error_description`: no `"` or `\`,
+/// nothing outside printable ASCII.
+fn rfc6750_description(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .take(300)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_maps_to_the_spec_status_and_error() {
+        let table = [
+            ("bad_request", 400, "invalid_request"),
+            ("route_not_found", 404, "not_found"),
+            ("missing_token", 401, "unauthorized"),
+            ("malformed_token", 401, "invalid_token"),
+            ("unsupported_alg", 401, "invalid_token"),
+            ("unknown_kid", 401, "invalid_token"),
+            ("bad_signature", 401, "invalid_token"),
+            ("expired", 401, "invalid_token"),
+            ("not_yet_valid", 401, "invalid_token"),
+            ("bad_audience", 401, "invalid_token"),
+            ("bad_issuer", 401, "invalid_token"),
+            ("tenant_not_allowed", 401, "invalid_token"),
+            ("tenant_denied", 401, "invalid_token"),
+            ("client_not_allowed", 403, "access_denied"),
+            ("weak_client_auth", 403, "access_denied"),
+            ("wrong_token_kind", 403, "access_denied"),
+            ("missing_role", 403, "insufficient_scope"),
+            ("missing_scope", 403, "insufficient_scope"),
+            ("hook_denied", 403, "access_denied"),
+            ("hook_unavailable", 503, "temporarily_unavailable"),
+            ("keys_unavailable", 503, "temporarily_unavailable"),
+            ("tenant_not_consented", 403, "access_denied"),
+            ("exchange_unavailable", 503, "temporarily_unavailable"),
+            ("upstream_unavailable", 502, "bad_gateway"),
+        ];
+        assert_eq!(table.len(), Reason::ALL.len());
+        for (reason, (code, status, error)) in Reason::ALL.iter().zip(table) {
+            assert_eq!(reason.as_str(), code);
+            assert_eq!(reason.status().as_u16(), status, "{code}");
+            assert_eq!(reason.oauth_error(), error, "{code}");
+        }
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_attribute() {
+        let r = Rejection::new(Reason::MissingToken, "no token");
+        assert_eq!(r.challenge().as_deref(), Some("Bearer realm=\"aadgate\""));
+    }
+
+    #[test]
+    fn invalid_token_challenge_escapes_the_description() {
+        let r = Rejection::new(Reason::BadAudience, "audience \"x\" \\ é");
+        assert_eq!(
+            r.challenge().as_deref(),
+            Some("Bearer realm=\"aadgate\", error=\"invalid_token\", error_description=\"audience 'x' / ?\"")
+        );
+    }
+
+    #[test]
+    fn missing_role_challenge_is_insufficient_scope_and_other_403s_have_none() {
+        assert!(Rejection::new(Reason::MissingRole, "m")
+            .challenge()
+            .is_some_and(|c| c.contains("error=\"insufficient_scope\"")));
+        assert_eq!(Rejection::new(Reason::ClientNotAllowed, "m").challenge(), None);
+        assert_eq!(Rejection::new(Reason::UpstreamUnavailable, "m").challenge(), None);
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_to_whole_seconds() {
+        let r = Rejection::new(Reason::ExchangeUnavailable, "m").retry_after(Duration::from_millis(1200));
+        assert!(r.headers("id").contains(&("retry-after", "2".to_string())));
+        let r = Rejection::new(Reason::ExchangeUnavailable, "m").retry_after(Duration::from_millis(10));
+        assert!(r.headers("id").contains(&("retry-after", "1".to_string())));
+    }
+}

@@ -1,0 +1,335 @@
+//! The validation pipeline of SPEC section 1, steps 2–8. [`Authenticator::authenticate`] lists
+//! the stages in order; each stage lives in the file named after the check it performs.
+//!
+//! Only the pipeline constructs a [`Principal`], the proof that a request was authorised; header
+//! injection and token exchange take one, so they cannot run on an unauthenticated request.
+
+pub mod audience;
+pub mod claims;
+pub mod client_app;
+mod error;
+pub mod hooks;
+pub mod issuer;
+pub mod keys;
+pub mod policy;
+pub mod signature;
+pub mod tenant;
+pub mod time;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+pub use claims::{ClientClaim, TokenKind, TokenVersion, VerifiedToken};
+pub use error::{Reason, Rejection};
+
+use crate::config::{ClaimSource, Config, Route};
+use crate::jwks::KeyStore;
+use crate::metrics::Metrics;
+
+/// A source of the current time in Unix seconds (injectable for tests and `explain --at`).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, in Unix seconds.
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        crate::jwks::unix_now()
+    }
+}
+
+/// A clock stopped at a given time.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub i64);
+
+impl Clock for FixedClock {
+    fn now(&self) -> i64 {
+        self.0
+    }
+}
+
+/// The parts of a request the pipeline reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub method: &'a Method,
+    /// As received (before `strip_prefix`).
+    pub path: &'a str,
+    /// Lower case, without port.
+    pub host: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// A request that passed every check of its route. Constructed only by the pipeline.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    token: Arc<VerifiedToken>,
+    route: Arc<Route>,
+    hook_headers: Vec<(HeaderName, HeaderValue)>,
+    token_hash: [u8; 32],
+}
+
+impl Principal {
+    /// The verified token.
+    pub fn token(&self) -> &VerifiedToken {
+        &self.token
+    }
+
+    /// The lower-case tenant id (`tid`).
+    pub fn tenant_id(&self) -> &str {
+        &self.token.tid
+    }
+
+    /// The client application id (`appid`/`azp`).
+    pub fn client_id(&self) -> Option<&str> {
+        self.token.client_id()
+    }
+
+    /// App-only, user, or neither.
+    pub fn kind(&self) -> TokenKind {
+        self.token.kind
+    }
+
+    /// The route the request was authorised for.
+    pub fn route(&self) -> &Arc<Route> {
+        &self.route
+    }
+
+    /// SHA-256 of the token string.
+    pub fn token_hash(&self) -> &[u8; 32] {
+        &self.token_hash
+    }
+
+    /// The headers to send upstream: the route's claim headers (absent claims give no header),
+    /// then headers added by validator hooks.
+    pub fn identity_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let t = &self.token;
+        let mut out = Vec::with_capacity(self.route.claim_headers.len() + self.hook_headers.len());
+        for (name, source) in &self.route.claim_headers {
+            let text = match source {
+                ClaimSource::Claim(c) => t.claim_text(c),
+                ClaimSource::ClientId => t.client_id().map(String::from),
+                ClaimSource::Upn => t.claim_text("upn").or_else(|| t.claim_text("preferred_username")),
+                ClaimSource::TokenKind => t.kind.header_value().map(String::from),
+            };
+            if let Some(v) = text.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                out.push((name.clone(), v));
+            }
+        }
+        out.extend(self.hook_headers.iter().cloned());
+        out
+    }
+}
+
+/// One step of a traced run (for `aadgate explain`).
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub check: &'static str,
+    pub result: Result<String, Rejection>,
+}
+
+/// The steps of a traced run, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Trace {
+    pub steps: Vec<Step>,
+}
+
+fn record<T>(trace: &mut Option<&mut Trace>, check: &'static str, r: Result<T, Rejection>, detail: impl FnOnce(&T) -> String) -> Result<T, Rejection> {
+    if let Some(t) = trace.as_deref_mut() {
+        t.steps.push(Step {
+            check,
+            result: r.as_ref().map(detail).map_err(Clone::clone),
+        });
+    }
+    r
+}
+
+/// Verified tokens by SHA-256 of the token string. An entry is used only while its `exp` (plus
+/// skew) has not passed and its key is still in the current key set; moka evicts it at `exp`.
+pub struct TokenCache {
+    inner: Option<moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.inner.as_ref().map(|c| c.entry_count()))
+            .finish()
+    }
+}
+
+struct ExpireAtExp {
+    skew: i64,
+}
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
+    fn expire_after_create(&self, _: &[u8; 32], v: &Arc<VerifiedToken>, _: std::time::Instant) -> Option<Duration> {
+        let left = (v.exp + self.skew - crate::jwks::unix_now()).max(0);
+        Some(Duration::from_secs(left as u64))
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (0 = no cache).
+    pub fn new(capacity: u64, clock_skew: Duration) -> Self {
+        let inner = (capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ExpireAtExp {
+                    skew: clock_skew.as_secs() as i64,
+                })
+                .build()
+        });
+        TokenCache { inner }
+    }
+
+    fn get(&self, hash: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+        self.inner.as_ref()?.get(hash)
+    }
+
+    fn insert(&self, hash: [u8; 32], token: Arc<VerifiedToken>) {
+        if let Some(c) = &self.inner {
+            c.insert(hash, token);
+        }
+    }
+
+    /// Number of entries (approximate, for tests and benchmarks).
+    pub fn len(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// SHA-256 of the token string: the cache key, computed once per request.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Runs the pipeline for one configuration. Cheap to clone the `Arc`s it holds; a reload builds
+/// a new one that shares the key store and token cache when the key source did not change.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    pub config: Arc<Config>,
+    pub keys: Arc<KeyStore>,
+    pub cache: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Authenticator {
+    /// Validates the request for `route`: SPEC section 1, steps 2–8, in order.
+    pub async fn authenticate(&self, route: &Arc<Route>, req: &RequestParts<'_>) -> Result<Principal, Rejection> {
+        self.run(route, req, None).await
+    }
+
+    /// Like [`Authenticator::authenticate`], recording every check in `trace`.
+    pub async fn authenticate_traced(
+        &self,
+        route: &Arc<Route>,
+        req: &RequestParts<'_>,
+        trace: &mut Trace,
+    ) -> Result<Principal, Rejection> {
+        self.run(route, req, Some(trace)).await
+    }
+
+    async fn run(&self, route: &Arc<Route>, req: &RequestParts<'_>, mut t: Option<&mut Trace>) -> Result<Principal, Rejection> {
+        let cfg = &*self.config;
+        let raw = record(&mut t, "bearer token", token::extract_bearer(req.headers.get_all(AUTHORIZATION).iter(), cfg.server.max_token_bytes), |r| format!("{} bytes", r.len()))?;
+        let hash = token_hash(raw);
+        let verified = match self.from_cache(&hash, &mut t) {
+            Some(v) => v,
+            None => self.verify(raw, hash, &mut t).await?,
+        };
+        let tenant = record(&mut t, "tenant", tenant::check(&verified.tid, &cfg.tenants), |d| format!("{d:?}"))?;
+        if let tenant::TenantDecision::AskHook(name) = tenant {
+            let hook = cfg.validators.get(&name).ok_or_else(|| Rejection::new(Reason::HookUnavailable, format!("tenant hook {name:?} is not configured")))?;
+            record(&mut t, "tenant hook", hook.check_tenant(&verified.tid, &verified.iss, &self.metrics).await, |_| format!("{name} allowed tenant {}", verified.tid))?;
+        }
+        record(&mut t, "client application", client_app::check(&verified, route, &cfg.clients), |_| format!("{} (strength {:?})", verified.client_id().unwrap_or("-"), verified.auth_strength))?;
+        record(&mut t, "route policy", policy::check(&verified, route), |_| format!("kind {:?}, roles [{}], scopes [{}]", verified.kind, verified.roles.join(","), verified.scopes.join(" ")))?;
+        let mut hook_headers = Vec::new();
+        let hook_req = hooks::HookRequest {
+            route: &route.name,
+            method: req.method.as_str(),
+            path: req.path,
+            host: req.host,
+            headers: req.headers,
+            token: &verified,
+            token_hash: &hash,
+        };
+        for v in &route.validators {
+            let added = record(&mut t, "validator", v.check_request(&hook_req, &self.metrics).await, |h| format!("{} allowed ({} headers added)", v.name, h.len()))?;
+            hook_headers.extend(added);
+        }
+        Ok(Principal {
+            token: verified,
+            route: route.clone(),
+            hook_headers,
+            token_hash: hash,
+        })
+    }
+
+    /// Steps 3–5 for a cached token: no decoding or signature work, but lifetime, audience and
+    /// issuer are checked again against the running configuration and key set.
+    fn from_cache(&self, hash: &[u8; 32], t: &mut Option<&mut Trace>) -> Option<Arc<VerifiedToken>> {
+        let cached = self.cache.get(hash);
+        let Some(v) = cached else {
+            if self.cache.inner.is_some() {
+                self.metrics.token_cache_misses.inc();
+            }
+            return None;
+        };
+        let cfg = &*self.config;
+        let keys = self.keys.current()?;
+        let usable = keys.by_kid(&v.kid).or_else(|| keys.by_x5t(&v.kid)).filter(|jwk| {
+            time::check(&v.claims, self.clock.now(), cfg.identity.clock_skew.as_secs() as i64).is_ok()
+                && audience::check(&v.claims, &cfg.identity.audiences).is_ok()
+                && issuer::check(&v.claims, jwk, &cfg.tenants.issuers).is_ok()
+        });
+        if usable.is_none() {
+            self.metrics.token_cache_misses.inc();
+            return None;
+        }
+        self.metrics.token_cache_hits.inc();
+        if let Some(t) = t.as_deref_mut() {
+            t.steps.push(Step {
+                check: "token cache",
+                result: Ok("verified earlier; signature not checked again".into()),
+            });
+        }
+        Some(v)
+    }
+
+    /// Steps 3–5 in full: decode, algorithm, key, signature, lifetime, audience, issuer.
+    async fn verify(&self, raw: &str, hash: [u8; 32], t: &mut Option<&mut Trace>) -> Result<Arc<VerifiedToken>, Rejection> {
+        let cfg = &*self.config;
+        let parsed = record(t, "decode", token::parse(raw), |p| format!("alg {}, kid {}", p.header.alg, p.header.kid.as_deref().or(p.header.x5t.as_deref()).unwrap_or("-")))?;
+        let alg = record(t, "algorithm", signature::check_algorithm(&parsed.header, &cfg.identity.algorithms), |a| format!("{a:?}"))?;
+        let key = record(t, "signing key", keys::lookup(&self.keys, &parsed.header, crate::jwks::KID_MISS_WAIT).await, |k| format!("found {}", k.id))?;
+        record(t, "signature", signature::verify(&parsed, &key, alg), |_| "verified".into())?;
+        record(t, "lifetime", time::check(&parsed.claims, self.clock.now(), cfg.identity.clock_skew.as_secs() as i64), |_| "within exp/nbf".into())?;
+        record(t, "audience", audience::check(&parsed.claims, &cfg.identity.audiences), |_| "accepted".into())?;
+        record(t, "issuer", issuer::check(&parsed.claims, &key.jwk, &cfg.tenants.issuers), |tid| format!("tenant {tid}"))?;
+        let verified = Arc::new(VerifiedToken::from_claims(parsed.claims, key.id));
+        self.cache.insert(hash, verified.clone());
+        Ok(verified)
+    }
+}

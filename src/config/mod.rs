@@ -1,0 +1,17 @@
+//! Configuration: the TOML file model, its validation, and the runtime model the gateway serves
+//! from. See `docs/configuration.md` for every key.
+
+mod compile;
+pub mod duration;
+mod error;
+pub mod file;
+mod model;
+
+pub use compile::{
+    is_guid, load, load_str, load_tenant_file, DEFAULT_CLOCK_SKEW, DEFAULT_ISSUERS,
+    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_TOKEN_CACHE_SIZE,
+};
+pub use duration::{parse_duration, Duration};
+pub use error::{ConfigError, ConfigErrors, Reporter};
+pub use model::*;

@@ -1,0 +1,191 @@
+//! The runtime model: what the gateway reads on every request. Built from the file model by
+//! `super::compile`, held behind an `ArcSwap`, replaced whole on reload.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::auth::hooks::Validator;
+use crate::exchange::Exchanger;
+
+/// A validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Config {
+    /// The path the configuration was loaded from, as given (not canonicalised), so relative
+    /// paths resolve against the folder a Kubernetes ConfigMap is mounted at.
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub identity: IdentitySettings,
+    pub tenants: TenantSettings,
+    pub clients: ClientSettings,
+    pub validators: HashMap<String, Arc<Validator>>,
+    pub routes: Vec<Arc<Route>>,
+    pub exchanges: HashMap<String, Arc<Exchanger>>,
+    /// Every header name configured as a claim header on any route, plus the default set:
+    /// removed from every inbound request.
+    pub claim_header_names: HashSet<HeaderName>,
+    /// Warnings found while loading (e.g. a certificate that has expired); logged by the loader.
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub max_token_bytes: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub upgrade_sock: PathBuf,
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS on the data-plane listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the signing keys come from and how tokens are checked against them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentitySettings {
+    pub metadata_url: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub refresh_interval: Duration,
+    pub min_refetch_interval: Duration,
+    pub cache_file: Option<PathBuf>,
+    pub token_cache_size: u64,
+    pub clock_skew: Duration,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub audiences: Vec<String>,
+}
+
+impl IdentitySettings {
+    /// True when a change between `self` and `other` needs a new key store (the key source
+    /// changed). Other identity fields apply without refetching keys.
+    pub fn same_key_source(&self, other: &IdentitySettings) -> bool {
+        self.metadata_url == other.metadata_url
+            && self.jwks_uri == other.jwks_uri
+            && self.cache_file == other.cache_file
+    }
+}
+
+/// How tenants are admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantMode {
+    /// Only tenants in `allow` (or the allow-list file).
+    AllowList,
+    /// Any tenant whose issuer matches a template.
+    Any,
+    /// A validator decides per tenant.
+    Hook(String),
+}
+
+/// `[tenants]`
+#[derive(Debug, Clone)]
+pub struct TenantSettings {
+    pub mode: TenantMode,
+    /// Lower-case tenant GUIDs (from `allow` and `file`).
+    pub allow: HashSet<String>,
+    /// Lower-case tenant GUIDs; always wins.
+    pub deny: HashSet<String>,
+    /// Issuer templates containing `{tenantid}` (or fixed issuers).
+    pub issuers: Vec<String>,
+    /// The allow-list file, watched for changes.
+    pub file: Option<PathBuf>,
+}
+
+/// `[clients]`
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// Lower-case client ids; empty = any client.
+    pub allow: HashSet<String>,
+    pub min_auth_strength: u8,
+}
+
+/// `auth = …`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Anonymous,
+}
+
+/// `token_kind = …`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKindRequirement {
+    Any,
+    App,
+    User,
+}
+
+/// Where a claim header's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimSource {
+    /// A claim by name; lists are comma-joined, `scp` split on spaces.
+    Claim(String),
+    /// `appid` or `azp`, whichever identified the client.
+    ClientId,
+    /// `upn`, else `preferred_username`.
+    Upn,
+    /// `app` or `user`.
+    TokenKind,
+}
+
+/// Where requests of a route go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Set when `host` is an IP literal, so no resolution is needed.
+    pub addr: Option<SocketAddr>,
+    /// `host[:port]`, sent as the `Host` header.
+    pub authority: String,
+}
+
+/// One `[[routes]]` entry, compiled.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// Lower-case, without port.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Upstream,
+    pub strip_prefix: Option<String>,
+    pub auth: AuthMode,
+    pub token_kind: TokenKindRequirement,
+    pub roles_any: Vec<String>,
+    pub roles_all: Vec<String>,
+    pub scopes_any: Vec<String>,
+    pub scopes_all: Vec<String>,
+    /// Lower-case client ids that replace `[clients].allow`; `None` = use the global list.
+    pub clients: Option<HashSet<String>>,
+    /// The effective minimum: the larger of the global and the route's value.
+    pub min_auth_strength: u8,
+    pub validators: Vec<Arc<Validator>>,
+    pub pass_authorization: bool,
+    pub exchange: Option<Arc<Exchanger>>,
+    pub claim_headers: Vec<(HeaderName, ClaimSource)>,
+}
+
+/// The claim headers sent when a route configures none (SPEC section 3).
+pub fn default_claim_headers() -> Vec<(HeaderName, ClaimSource)> {
+    vec![
+        (HeaderName::from_static("x-auth-tenant-id"), ClaimSource::Claim("tid".into())),
+        (HeaderName::from_static("x-auth-object-id"), ClaimSource::Claim("oid".into())),
+        (HeaderName::from_static("x-auth-client-id"), ClaimSource::ClientId),
+        (HeaderName::from_static("x-auth-subject"), ClaimSource::Claim("sub".into())),
+        (HeaderName::from_static("x-auth-roles"), ClaimSource::Claim("roles".into())),
+        (HeaderName::from_static("x-auth-scopes"), ClaimSource::Claim("scp".into())),
+        (HeaderName::from_static("x-auth-upn"), ClaimSource::Upn),
+        (HeaderName::from_static("x-auth-token-kind"), ClaimSource::TokenKind),
+    ]
+}

@@ -1,0 +1,232 @@
+//! Prometheus metrics: registered once, in one struct; labels only from configuration names and
+//! closed sets (reason codes, results). No label ever carries a tenant, user, client or token.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::auth::Reason;
+
+/// Buckets of `aadgate_request_duration_seconds` and `aadgate_upstream_duration_seconds`:
+/// from half a millisecond to a minute.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Buckets of `aadgate_auth_duration_seconds`: a cached token takes microseconds, a signature
+/// verification tens of microseconds, a hook call or key refetch milliseconds.
+pub const AUTH_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// Route label for requests that matched no route.
+pub const NO_ROUTE: &str = "-";
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub auth_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub jwks_fetch: IntCounterVec,
+    pub jwks_keys: IntGauge,
+    pub jwks_last_success: Gauge,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub validator_requests: IntCounterVec,
+    pub exchange_requests: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["route"])
+        .expect("valid metric definition");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with the closed-set series present from the start.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "aadgate_requests_total",
+            "Requests by route, response status and reason code (ok for proxied responses).",
+            &["route", "status", "reason"],
+        );
+        let request_duration = histogram_vec(
+            &r,
+            "aadgate_request_duration_seconds",
+            "Whole request time, from the request head to the end of the response.",
+            REQUEST_BUCKETS,
+        );
+        let auth_duration = histogram_vec(
+            &r,
+            "aadgate_auth_duration_seconds",
+            "Time spent validating the token and running the route's checks and hooks.",
+            AUTH_BUCKETS,
+        );
+        let upstream_duration = histogram_vec(
+            &r,
+            "aadgate_upstream_duration_seconds",
+            "Time from sending the request upstream to the end of the upstream response.",
+            REQUEST_BUCKETS,
+        );
+        let jwks_fetch = counter_vec(&r, "aadgate_jwks_fetch_total", "JWKS fetches by result.", &["result"]);
+        for result in ["ok", "error"] {
+            jwks_fetch.with_label_values(&[result]);
+        }
+        let jwks_keys = IntGauge::new("aadgate_jwks_keys", "Signing keys in the current key set.")
+            .expect("valid metric definition");
+        r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
+        let jwks_last_success = Gauge::new(
+            "aadgate_jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful JWKS fetch (0 = never).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(jwks_last_success.clone())).expect("metric registered once");
+        let token_cache_hits = IntCounter::new(
+            "aadgate_token_cache_hits_total",
+            "Requests whose token was found in the verified-token cache.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(token_cache_hits.clone())).expect("metric registered once");
+        let token_cache_misses = IntCounter::new(
+            "aadgate_token_cache_misses_total",
+            "Requests whose token had to be verified.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(token_cache_misses.clone())).expect("metric registered once");
+        let validator_requests = counter_vec(
+            &r,
+            "aadgate_validator_requests_total",
+            "Validator hook decisions by validator and result (allow, deny, error, cached).",
+            &["validator", "result"],
+        );
+        let exchange_requests = counter_vec(
+            &r,
+            "aadgate_exchange_requests_total",
+            "App-only token lookups by exchange and result (ok, cached, not_consented, error).",
+            &["exchange", "result"],
+        );
+        let config_reloads = counter_vec(
+            &r,
+            "aadgate_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload_success = Gauge::new(
+            "aadgate_config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was loaded.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(config_last_reload_success.clone())).expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("aadgate_build_info", "Always 1; the version label names the build."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(build_info.clone())).expect("metric registered once");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // Registration only fails on a name clash, which cannot happen in a fresh registry.
+            let _ = r.register(Box::new(pc));
+        }
+        Metrics {
+            registry: r,
+            requests,
+            request_duration,
+            auth_duration,
+            upstream_duration,
+            jwks_fetch,
+            jwks_keys,
+            jwks_last_success,
+            token_cache_hits,
+            token_cache_misses,
+            validator_requests,
+            exchange_requests,
+            config_reloads,
+            config_last_reload_success,
+            build_info,
+        }
+    }
+
+    /// Counts one finished request. `reason` is `None` for a proxied response (`ok`).
+    pub fn request_done(&self, route: &str, status: u16, reason: Option<Reason>) {
+        let buf = itoa_status(status);
+        let status = std::str::from_utf8(&buf).unwrap_or("000");
+        let reason = reason.map_or("ok", Reason::as_str);
+        self.requests.with_label_values(&[route, status, reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_set_series_exist_from_start() {
+        let m = Metrics::new();
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for line in [
+            "aadgate_config_reloads_total{result=\"ok\"} 0",
+            "aadgate_config_reloads_total{result=\"error\"} 0",
+            "aadgate_jwks_fetch_total{result=\"ok\"} 0",
+            "aadgate_jwks_fetch_total{result=\"error\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+    }
+
+    #[test]
+    fn requests_are_labelled_with_route_status_and_reason() {
+        let m = Metrics::new();
+        m.request_done("orders", 200, None);
+        m.request_done(NO_ROUTE, 404, Some(Reason::RouteNotFound));
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(text.contains("aadgate_requests_total{reason=\"ok\",route=\"orders\",status=\"200\"} 1"));
+        assert!(text.contains("aadgate_requests_total{reason=\"route_not_found\",route=\"-\",status=\"404\"} 1"));
+    }
+}
