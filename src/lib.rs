@@ -3,7 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod emulator;
 pub mod exchange;
+pub mod explain;
 pub mod jwks;
 pub mod metrics;
+pub mod routing;
+pub mod server;

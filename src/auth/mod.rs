@@ -7,6 +7,7 @@
 pub mod audience;
 pub mod claims;
 pub mod client_app;
+pub mod hints;
 mod error;
 pub mod hooks;
 pub mod issuer;

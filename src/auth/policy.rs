@@ -102,3 +102,66 @@ fn describe(any: &[String], all: &[String]) -> String {
         _ => format!("one of {} and all of {}", any.join(", "), all.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    fn token(v: Value) -> VerifiedToken {
+        VerifiedToken::from_claims(v.as_object().cloned().unwrap_or_default(), Arc::from("k"))
+    }
+
+    fn route(kind: TokenKindRequirement, roles_any: &[&str], roles_all: &[&str], scopes_any: &[&str], scopes_all: &[&str]) -> Route {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+        let mut r = Route::for_test("r", "/");
+        r.token_kind = kind;
+        r.roles_any = v(roles_any);
+        r.roles_all = v(roles_all);
+        r.scopes_any = v(scopes_any);
+        r.scopes_all = v(scopes_all);
+        r
+    }
+
+    #[test]
+    fn token_kind_requirements() {
+        use TokenKindRequirement::*;
+        let app = json!({"idtyp": "app", "roles": ["R"]});
+        let user = json!({"scp": "s"});
+        let neither = json!({});
+        let table = [
+            (Any, &app, true), (Any, &user, true), (Any, &neither, true),
+            (App, &app, true), (App, &user, false), (App, &neither, false),
+            (User, &user, true), (User, &app, false), (User, &neither, false),
+        ];
+        for (kind, t, ok) in table {
+            let got = check(&token(t.clone()), &route(kind, &[], &[], &[], &[])).map_err(|e| e.reason);
+            assert_eq!(got.is_ok(), ok, "{kind:?} {t}");
+            if !ok {
+                assert_eq!(got, Err(Reason::WrongTokenKind));
+            }
+        }
+    }
+
+    #[test]
+    fn roles_any_and_all() {
+        let any = TokenKindRequirement::Any;
+        let t = token(json!({"roles": ["A", "B"]}));
+        assert!(check(&t, &route(any, &["X", "A"], &[], &[], &[])).is_ok());
+        assert!(check(&t, &route(any, &[], &["A", "B"], &[], &[])).is_ok());
+        assert_eq!(check(&t, &route(any, &["X"], &[], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
+        assert_eq!(check(&t, &route(any, &["A"], &["C"], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
+        assert_eq!(check(&token(json!({})), &route(any, &["A"], &[], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
+    }
+
+    #[test]
+    fn scopes_any_and_all() {
+        let any = TokenKindRequirement::Any;
+        let t = token(json!({"scp": "read write"}));
+        assert!(check(&t, &route(any, &[], &[], &["write"], &[])).is_ok());
+        assert!(check(&t, &route(any, &[], &[], &[], &["read", "write"])).is_ok());
+        assert_eq!(check(&t, &route(any, &[], &[], &["admin"], &[])).map_err(|e| e.reason), Err(Reason::MissingScope));
+        assert_eq!(check(&token(json!({"roles": ["A"]})), &route(any, &[], &[], &["read"], &[])).map_err(|e| e.reason), Err(Reason::MissingScope));
+    }
+}

@@ -189,3 +189,36 @@ pub fn default_claim_headers() -> Vec<(HeaderName, ClaimSource)> {
         (HeaderName::from_static("x-auth-token-kind"), ClaimSource::TokenKind),
     ]
 }
+
+#[cfg(test)]
+impl Route {
+    /// A route to `http://127.0.0.1:1` with no requirements, for stage tests.
+    pub(crate) fn for_test(name: &str, prefix: &str) -> Route {
+        Route {
+            name: Arc::from(name),
+            host: None,
+            path_prefix: prefix.into(),
+            methods: None,
+            upstream: Upstream {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1,
+                addr: None,
+                authority: "127.0.0.1:1".into(),
+            },
+            strip_prefix: None,
+            auth: AuthMode::Required,
+            token_kind: TokenKindRequirement::Any,
+            roles_any: vec![],
+            roles_all: vec![],
+            scopes_any: vec![],
+            scopes_all: vec![],
+            clients: None,
+            min_auth_strength: 0,
+            validators: vec![],
+            pass_authorization: true,
+            exchange: None,
+            claim_headers: default_claim_headers(),
+        }
+    }
+}

@@ -1,13 +1,34 @@
 //! App-only token exchange (SPEC section 5): for routes with `exchange = NAME`, the caller's
 //! token is replaced by an app-only token of the caller's tenant, obtained with the
 //! client-credentials grant and an X.509 certificate assertion.
+//!
+//! The folder reads as the steps: [`assertion`] signs the client assertion, [`client`] makes the
+//! token request and classifies AAD's answer, [`cache`] keeps tokens and failures per
+//! (tenant, scope), [`rewrite`] holds what the proxy changes on the forwarded request.
+//! [`Exchanger::token`] ties them together.
 
+pub mod assertion;
+pub mod cache;
 pub mod certs;
+pub mod client;
+pub mod rewrite;
 
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{Reason, Rejection};
+use crate::auth::{Clock, Reason, Rejection, SystemClock};
 use crate::metrics::Metrics;
+
+use cache::{CacheKey, FailureKind, Slot, TokenCache};
+use client::{Class, Failure, Issued, TokenClient};
+
+pub use rewrite::{exchange_headers, has_me_segment, rewrite_me, user_value};
+
+/// A token is served from the cache after a failed refresh only while it stays valid for at
+/// least this many seconds.
+pub const STALE_MARGIN_SECS: i64 = 60;
 
 /// What the token is requested for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,35 +39,90 @@ pub enum ExchangeTarget {
     Resource(String),
 }
 
-/// `[exchange.NAME]`, compiled.
+/// `[exchange.NAME]`, compiled (see `docs/configuration.md` for the file keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeSettings {
+    /// NAME: the `exchange` label of metrics and logs.
     pub name: String,
+    /// The gateway's application (client) id.
     pub client_id: String,
-    /// With `{tenantid}`.
+    /// Token endpoint URL with `{tenantid}`, replaced by the caller's tenant.
     pub token_endpoint: String,
+    /// `scope` (v2 endpoint) or `resource` (v1 endpoint).
     pub target: ExchangeTarget,
     /// The first signs; the rest are kept for rollover.
     pub certificates: Vec<certs::LoadedCertificate>,
+    /// Token request timeout (connect, send and read). Default 10 s.
     pub timeout: Duration,
+    /// How long before expiry a cached token is refreshed (but a token is always reused for
+    /// half its lifetime). Default 5 min.
     pub refresh_before_expiry: Duration,
+    /// How long a failed token request is answered from the cache. Default 30 s.
     pub failure_cache: Duration,
+    /// Most (tenant, scope) entries kept. Default 10000.
     pub max_tenants: u64,
+    /// Rewrite `/me` path segments to `/users/<user>`. Default false.
     pub rewrite_me: bool,
-    /// `oid` or `upn`.
+    /// `oid` or `upn`: the claim that names the user in that rewrite. Default `oid`.
     pub user_claim: String,
 }
 
-/// One `[exchange.NAME]` entry at run time: settings plus its per-tenant token cache.
-#[derive(Debug)]
+/// An app-only access token for one tenant. `Debug` redacts the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppToken {
+    /// The bearer token to send upstream. Never log it.
+    pub access_token: Arc<str>,
+    /// Unix seconds (by the exchanger's clock) at which the token expires.
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for AppToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// One `[exchange.NAME]` entry at run time: settings, the HTTP client, the per-tenant token
+/// cache and the index of the certificate that currently signs assertions.
 pub struct Exchanger {
     settings: ExchangeSettings,
+    client: TokenClient,
+    cache: TokenCache,
+    /// Index into `settings.certificates` of the signing certificate; moves on rollover.
+    signer: AtomicUsize,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Exchanger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchanger")
+            .field("name", &self.settings.name)
+            .field("signer", &self.signer.load(Ordering::Relaxed))
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Exchanger {
-    /// An exchanger with an empty cache.
+    /// An exchanger with an empty cache, on the system clock.
     pub fn new(settings: ExchangeSettings) -> Self {
-        Exchanger { settings }
+        Self::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// An exchanger whose cache judges freshness and failure windows by `clock` (tests move
+    /// time with it). Client assertions always carry wall-clock times, since the token
+    /// endpoint checks them against its own clock.
+    pub fn with_clock(settings: ExchangeSettings, clock: Arc<dyn Clock>) -> Self {
+        Exchanger {
+            client: TokenClient::new(settings.timeout),
+            cache: TokenCache::new(settings.max_tenants),
+            signer: AtomicUsize::new(0),
+            clock,
+            settings,
+        }
     }
 
     /// The settings it was built from.
@@ -54,14 +130,378 @@ impl Exchanger {
         &self.settings
     }
 
-    /// An app-only token for tenant `tid`.
-    pub async fn token(&self, tid: &str, metrics: &Metrics) -> Result<String, Rejection> {
-        let _ = (tid, metrics);
-        Err(Rejection::new(Reason::ExchangeUnavailable, "token exchange is not available in this build"))
+    /// The certificate that signs the next client assertion (the first configured one until a
+    /// rollover); `None` when none is configured.
+    pub fn signing_certificate(&self) -> Option<&certs::LoadedCertificate> {
+        self.settings
+            .certificates
+            .get(self.signer.load(Ordering::Relaxed))
     }
 
-    /// Drops `token` from the cache after the upstream answered 401 to it.
-    pub fn purge(&self, tid: &str, token: &str) {
-        let _ = (tid, token);
+    /// An app-only token for tenant `tid`, from the cache while it is fresh, else from the
+    /// tenant's token endpoint (one request however many callers miss at once).
+    ///
+    /// Errors: `403 tenant_not_consented` when the app is not consented/installed in the
+    /// tenant; `503 exchange_unavailable` (with `Retry-After`) for anything else. A failure is
+    /// answered again, without a request, for `failure_cache`. Counts one
+    /// `aadgate_exchange_requests_total` per call: `ok` (fetched), `cached`, `not_consented`
+    /// or `error`; a cached failure counts as its original result.
+    pub async fn token(&self, tid: &str, metrics: &Metrics) -> Result<AppToken, Rejection> {
+        let count = |result: &str| {
+            metrics
+                .exchange_requests
+                .with_label_values(&[self.settings.name.as_str(), result])
+                .inc();
+        };
+        let tenant = tid.to_ascii_lowercase();
+        if !crate::config::is_guid(&tenant) {
+            count(FailureKind::Unavailable.metric_result());
+            return Err(Rejection::new(
+                Reason::ExchangeUnavailable,
+                format!(
+                    "no app-only token for tenant {:?}: it is not a tenant GUID (tokens are requested from the caller's own tenant, never from common, organizations or consumers)",
+                    tid.chars().take(64).collect::<String>()
+                ),
+            )
+            .retry_after(self.settings.failure_cache.max(Duration::from_secs(1))));
+        }
+        let key = CacheKey::new(&tenant, &self.settings.target);
+        let mut served_stale = false;
+        let (slot, fetched) = self
+            .cache
+            .get_or_fetch(
+                &key,
+                || self.clock.now(),
+                |previous| self.fetch(&tenant, previous, &mut served_stale),
+            )
+            .await;
+        count(if served_stale {
+            "cached"
+        } else {
+            slot.metric_result(fetched)
+        });
+        slot.answer(self.clock.now())
+    }
+
+    /// Drops `access_token` from `tid`'s cache entry after the upstream answered 401 to it, so
+    /// the next request fetches a new token. A newer token in the entry stays.
+    pub fn purge(&self, tid: &str, access_token: &str) {
+        let key = CacheKey::new(tid, &self.settings.target);
+        self.cache.purge(&key, access_token);
+    }
+
+    /// The new cache entry for `tenant`: a token, a failure, or — when the endpoint is
+    /// unavailable but the previous token is still valid for a while — that token again until
+    /// the failure window ends.
+    async fn fetch(
+        &self,
+        tenant: &str,
+        previous: Option<Arc<Slot>>,
+        served_stale: &mut bool,
+    ) -> Slot {
+        let now = self.clock.now();
+        let s = &self.settings;
+        let (rejection, kind) = match self.request_token(tenant).await {
+            Ok(issued) => {
+                return Slot::token(
+                    &issued.access_token,
+                    now,
+                    issued.expires_in,
+                    s.refresh_before_expiry,
+                )
+            }
+            Err(failure) => failure,
+        };
+        if kind == FailureKind::Unavailable {
+            if let Some(Slot::Token { token, .. }) = previous.as_deref() {
+                let last_use = token.expires_at - STALE_MARGIN_SECS;
+                if last_use > now {
+                    let until = cache::failed_until(now, s.failure_cache).min(last_use);
+                    tracing::warn!(
+                        exchange = %s.name,
+                        tenant,
+                        expires_at = token.expires_at,
+                        "token refresh failed; serving the current app-only token for {}s more",
+                        until - now
+                    );
+                    *served_stale = true;
+                    return Slot::Token {
+                        token: token.clone(),
+                        obtained_at: now,
+                        fresh_until: until,
+                    };
+                }
+            }
+        }
+        Slot::failed(rejection, kind, now, s.failure_cache)
+    }
+
+    /// One token request for `tenant`, signed by the current certificate; when the endpoint
+    /// rejects that certificate, once more with each other configured certificate (in config
+    /// order, starting after the current one). The one that works signs from then on.
+    async fn request_token(&self, tenant: &str) -> Result<Issued, (Rejection, FailureKind)> {
+        let s = &self.settings;
+        let endpoint = s.token_endpoint.replace("{tenantid}", tenant);
+        let n = s.certificates.len();
+        if n == 0 {
+            tracing::warn!(exchange = %s.name, tenant, "no certificate configured; cannot request an app-only token");
+            return Err(self.unavailable(
+                tenant,
+                "the gateway has no certificate to request it with".to_string(),
+            ));
+        }
+        let first = self.signer.load(Ordering::Relaxed).min(n - 1);
+        let target = match &s.target {
+            ExchangeTarget::Scope(v) => ("scope", v.as_str()),
+            ExchangeTarget::Resource(v) => ("resource", v.as_str()),
+        };
+        let mut rejected = Vec::new();
+        for step in 0..n {
+            let index = (first + step) % n;
+            let cert = &s.certificates[index];
+            let assertion = match assertion::sign(
+                cert,
+                &s.client_id,
+                &endpoint,
+                crate::jwks::unix_now(),
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(exchange = %s.name, tenant, certificate = %cert.cert_path.display(), error = %e, "cannot sign a client assertion");
+                    continue;
+                }
+            };
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_id", s.client_id.as_str()),
+                target,
+                ("client_assertion_type", client::JWT_BEARER),
+                ("client_assertion", assertion.expose()),
+            ];
+            let failure = match self
+                .client
+                .request(&endpoint, &form, &client_request_id)
+                .await
+            {
+                Ok(issued) => {
+                    if index != first
+                        && self
+                            .signer
+                            .compare_exchange(first, index, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(
+                            exchange = %s.name,
+                            tenant,
+                            certificate = %cert.cert_path.display(),
+                            x5t = %cert.x5t,
+                            previous = %s.certificates[first].cert_path.display(),
+                            previous_x5t = %s.certificates[first].x5t,
+                            "certificate rollover: the token endpoint rejected the previous certificate; this one signs client assertions from now on"
+                        );
+                    }
+                    return Ok(issued);
+                }
+                Err(f) => f,
+            };
+            log_failure(&s.name, tenant, &client_request_id, &cert.x5t, &failure);
+            match client::classify(&failure) {
+                Class::CertificateRejected(code) => rejected.push(format!("AADSTS{code}")),
+                Class::NotConsented(code) => {
+                    return Err(self.not_consented(tenant, code, &endpoint))
+                }
+                Class::Unavailable => return Err(self.unavailable(tenant, describe(&failure))),
+            }
+        }
+        Err(self.unavailable(
+            tenant,
+            format!(
+                "the token endpoint rejected every certificate of the gateway ({}); the application registration must list one of them",
+                if rejected.is_empty() { "none could sign".to_string() } else { rejected.join(", ") }
+            ),
+        ))
+    }
+
+    fn not_consented(&self, tenant: &str, code: u32, endpoint: &str) -> (Rejection, FailureKind) {
+        let c = &self.settings.client_id;
+        let mut message = format!("an administrator of tenant {tenant} must grant admin consent to application {c} (AADSTS{code})");
+        if let Some(origin) = reqwest::Url::parse(endpoint)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+        {
+            message.push_str(&format!(
+                "; admin consent URL: {origin}/{tenant}/adminconsent?client_id={c}"
+            ));
+        }
+        if code == 700_016 {
+            message.push_str(&format!(
+                "; AADSTS700016 can also mean that no application {c} exists, i.e. the gateway's client_id in [exchange.{}] is wrong",
+                self.settings.name
+            ));
+        }
+        (
+            Rejection::new(Reason::TenantNotConsented, message),
+            FailureKind::NotConsented,
+        )
+    }
+
+    fn unavailable(&self, tenant: &str, why: String) -> (Rejection, FailureKind) {
+        (
+            Rejection::new(
+                Reason::ExchangeUnavailable,
+                format!("no app-only token for tenant {tenant}: {why}"),
+            ),
+            FailureKind::Unavailable,
+        )
+    }
+}
+
+/// The caller-facing text of a failure: no token, assertion, trace id or AAD prose.
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Transport(detail) => format!("the token endpoint could not be reached ({detail})"),
+        Failure::Aad { status, body } => {
+            let codes: Vec<String> = body.codes().iter().map(|c| format!("AADSTS{c}")).collect();
+            format!(
+                "the token endpoint answered HTTP {status} {} {}",
+                body.error,
+                codes.join(", ")
+            )
+            .trim_end()
+            .to_string()
+        }
+        Failure::BadResponse { status, detail } => {
+            format!("the token endpoint answered HTTP {status} with {detail}")
+        }
+    }
+}
+
+/// The warn-level record of a failed token request: AADSTS codes, AAD's trace and correlation
+/// ids, tenant and exchange name. Never the assertion or a token.
+fn log_failure(
+    exchange: &str,
+    tenant: &str,
+    client_request_id: &str,
+    x5t: &str,
+    failure: &Failure,
+) {
+    match failure {
+        Failure::Aad { status, body } => {
+            let codes: Vec<String> = body.codes().iter().map(u32::to_string).collect();
+            tracing::warn!(
+                exchange,
+                tenant,
+                status,
+                error = %body.error,
+                aadsts = %codes.join(","),
+                trace_id = body.trace_id.as_deref().unwrap_or("-"),
+                correlation_id = body.correlation_id.as_deref().unwrap_or("-"),
+                client_request_id,
+                certificate_x5t = x5t,
+                description = %body.summary(),
+                "token endpoint refused the app-only token request"
+            );
+        }
+        Failure::Transport(detail) => {
+            tracing::warn!(exchange, tenant, client_request_id, error = %detail, "token endpoint unreachable");
+        }
+        Failure::BadResponse { status, detail } => {
+            tracing::warn!(exchange, tenant, status, client_request_id, error = %detail, "unexpected token endpoint answer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(certificates: Vec<certs::LoadedCertificate>) -> ExchangeSettings {
+        ExchangeSettings {
+            name: "outlook".into(),
+            client_id: "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c".into(),
+            token_endpoint: "http://127.0.0.1:9/{tenantid}/oauth2/v2.0/token".into(),
+            target: ExchangeTarget::Scope("https://outlook.office365.com/.default".into()),
+            certificates,
+            timeout: Duration::from_secs(1),
+            refresh_before_expiry: Duration::from_secs(300),
+            failure_cache: Duration::from_secs(30),
+            max_tenants: 10,
+            rewrite_me: false,
+            user_claim: "oid".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn common_organizations_and_non_guid_tenants_are_refused_without_a_request() {
+        let x = Exchanger::new(settings(Vec::new()));
+        let m = Metrics::new();
+        for tid in ["common", "organizations", "consumers", "", "../x"] {
+            let err = x.token(tid, &m).await.expect_err(tid);
+            assert_eq!(err.reason, Reason::ExchangeUnavailable, "{tid}");
+            assert!(err.retry_after.is_some());
+        }
+        assert_eq!(
+            m.exchange_requests
+                .with_label_values(&["outlook", "error"])
+                .get(),
+            5
+        );
+    }
+
+    #[test]
+    fn not_consented_messages_name_tenant_and_app_and_700016_suspects_the_client_id() {
+        let x = Exchanger::new(settings(Vec::new()));
+        let t = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let (r, kind) = x.not_consented(t, 65_001, "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token");
+        assert_eq!(
+            (r.reason, kind),
+            (Reason::TenantNotConsented, FailureKind::NotConsented)
+        );
+        assert!(
+            r.message.contains(t)
+                && r.message.contains("3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c")
+                && r.message.contains("AADSTS65001")
+        );
+        assert!(r.message.contains("https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/adminconsent?client_id="));
+        assert!(!r.message.contains("client_id in"));
+        let (r, _) = x.not_consented(
+            t,
+            700_016,
+            "https://login.microsoftonline.com/x/oauth2/v2.0/token",
+        );
+        assert!(r
+            .message
+            .contains("client_id in [exchange.outlook] is wrong"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable_and_cached_for_failure_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = assertion::tests::test_certificate(dir.path(), "a");
+        let clock = Arc::new(crate::auth::FixedClock(1_000_000));
+        let x = Exchanger::with_clock(settings(vec![cert]), clock);
+        let m = Metrics::new();
+        let t = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let err = x.token(t, &m).await.expect_err("port 9 refuses");
+        assert_eq!(err.reason, Reason::ExchangeUnavailable);
+        assert_eq!(err.retry_after, Some(Duration::from_secs(30)));
+        let again = x.token(t, &m).await.expect_err("cached failure");
+        assert_eq!(again.message, err.message);
+        assert_eq!(
+            m.exchange_requests
+                .with_label_values(&["outlook", "error"])
+                .get(),
+            2
+        );
+    }
+
+    #[test]
+    fn debug_of_a_token_is_redacted() {
+        let t = AppToken {
+            access_token: Arc::from("eyJ.secret.sig"),
+            expires_at: 5,
+        };
+        assert!(!format!("{t:?}").contains("secret"));
     }
 }

@@ -1,0 +1,86 @@
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use aadgate::cli::{Cli, Command, RunArgs};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    aadgate::cli::init_logging(cli.log_format);
+    let need_config = || {
+        cli.config.clone().ok_or_else(|| {
+            eprintln!("aadgate: a configuration file is needed: -c FILE (or AADGATE_CONFIG)");
+            ExitCode::from(2)
+        })
+    };
+    match cli.command {
+        None | Some(Command::Run(_)) => {
+            let path = match need_config() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let upgrade = matches!(cli.command, Some(Command::Run(RunArgs { upgrade: true })));
+            match aadgate::server::run(path, upgrade) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Check) => {
+            let path = match need_config() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match aadgate::config::load(&path, None) {
+                Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: ok ({} routes)", path.display(), c.routes.len());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Explain(args)) => {
+            let path = match need_config() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            aadgate::explain::main(&path, &args)
+        }
+        Some(Command::Demo(args)) => aadgate::demo::main(&args),
+        Some(Command::DevIdp(args)) => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("aadgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(aadgate::emulator::run_dev_idp(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aadgate dev-idp: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::DevToken(args)) => match aadgate::emulator::run_dev_token(args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("aadgate dev-token: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

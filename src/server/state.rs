@@ -1,0 +1,148 @@
+//! The running configuration and everything built from it, swapped atomically on reload.
+//! In-flight requests keep the `Arc<Authenticator>` they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::{Authenticator, SystemClock, TokenCache};
+use crate::config::{self, Config, ConfigErrors};
+use crate::jwks::KeyStore;
+use crate::metrics::Metrics;
+
+/// The gateway's shared state.
+pub struct SharedState {
+    current: ArcSwap<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    /// The config path as given on the command line (not canonicalised).
+    pub config_path: PathBuf,
+    /// Where background tasks (key store refreshers) run.
+    pub control: tokio::runtime::Handle,
+    reload_lock: std::sync::Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied { listener_change: bool },
+    Unchanged,
+}
+
+impl SharedState {
+    /// Builds the state for an already-validated configuration and starts its key store.
+    pub fn new(config: Config, config_path: PathBuf, metrics: Arc<Metrics>, control: tokio::runtime::Handle) -> Arc<Self> {
+        let keys = KeyStore::new(&config.identity, metrics.clone());
+        control.spawn(keys.clone().run());
+        let auth = Authenticator {
+            cache: Arc::new(TokenCache::new(config.identity.token_cache_size, config.identity.clock_skew)),
+            config: Arc::new(config),
+            keys,
+            metrics: metrics.clone(),
+            clock: Arc::new(SystemClock),
+        };
+        metrics.config_last_reload_success.set(crate::jwks::unix_now() as f64);
+        Arc::new(SharedState {
+            current: ArcSwap::from_pointee(auth),
+            metrics,
+            config_path,
+            control,
+            reload_lock: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// The authenticator for a new request.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.current.load_full()
+    }
+
+    /// Loads the configuration file again and swaps it in if valid. A config that fails to load
+    /// is refused whole: the running one stays, the failure is logged and counted.
+    pub fn reload(&self, why: &str) -> Result<ReloadOutcome, ConfigErrors> {
+        let _serial = self.reload_lock.lock();
+        let old = self.current();
+        let result = config::load(&self.config_path, Some(&old.config));
+        let new_config = match result {
+            Ok(c) => c,
+            Err(errors) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                for e in &errors.0 {
+                    tracing::error!(trigger = why, "configuration reload refused: {e}");
+                }
+                return Err(errors);
+            }
+        };
+        for w in &new_config.warnings {
+            tracing::warn!("{w}");
+        }
+        let listener_change = new_config.server.listen != old.config.server.listen
+            || new_config.server.admin_listen != old.config.server.admin_listen
+            || new_config.server.tls != old.config.server.tls;
+        if listener_change {
+            tracing::warn!("listen / admin_listen / tls changed: the new listeners need a restart; everything else is applied");
+        }
+        let same_source = new_config.identity.same_key_source(&old.config.identity);
+        let keys = if same_source {
+            old.keys.update_intervals(&new_config.identity);
+            old.keys.clone()
+        } else {
+            tracing::info!("the key source changed: loading keys from the new source");
+            let keys = KeyStore::new(&new_config.identity, self.metrics.clone());
+            self.control.spawn(keys.clone().run());
+            old.keys.stop();
+            keys
+        };
+        let cache = if same_source
+            && new_config.identity.token_cache_size == old.config.identity.token_cache_size
+            && new_config.identity.clock_skew == old.config.identity.clock_skew
+        {
+            old.cache.clone()
+        } else {
+            Arc::new(TokenCache::new(new_config.identity.token_cache_size, new_config.identity.clock_skew))
+        };
+        self.current.store(Arc::new(Authenticator {
+            config: Arc::new(new_config),
+            keys,
+            cache,
+            metrics: self.metrics.clone(),
+            clock: old.clock.clone(),
+        }));
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.config_last_reload_success.set(crate::jwks::unix_now() as f64);
+        tracing::info!(trigger = why, "configuration reloaded");
+        Ok(ReloadOutcome::Applied { listener_change })
+    }
+
+    /// Files whose change triggers a reload: the config and the tenants file.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.config_path.clone()];
+        if let Some(f) = &self.current().config.tenants.file {
+            v.push(f.clone());
+        }
+        v
+    }
+
+    /// Readiness: `Ok(detail)` when keys are loaded (the config is valid by construction).
+    pub fn readiness(&self) -> Result<String, String> {
+        let auth = self.current();
+        match auth.keys.current() {
+            Some(set) => Ok(match set.source {
+                crate::jwks::KeySource::CacheFile => format!(
+                    "ready: {} signing keys from cache_file (identity provider unreachable)",
+                    set.len()
+                ),
+                _ => format!("ready: {} signing keys", set.len()),
+            }),
+            None => Err("not ready: signing keys not loaded yet".into()),
+        }
+    }
+}
+
+/// A cheap fingerprint of the watched files' contents, to ignore events that change nothing.
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    paths.iter().map(|p| read_through_links(p)).collect()
+}
+
+fn read_through_links(p: &Path) -> Option<Vec<u8>> {
+    std::fs::read(p).ok()
+}

@@ -1,0 +1,248 @@
+//! Shared harness for end-to-end tests: the real `aadgate` binary on loopback ports chosen at
+//! run time, the in-crate AAD emulator and an echo upstream.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aadgate::emulator::{EchoHandle, EchoServer, Emulator, EmulatorHandle, EmulatorOptions};
+
+pub const TENANT_A: &str = "11111111-1111-4111-8111-111111111111";
+pub const TENANT_B: &str = "22222222-2222-4222-8222-222222222222";
+pub const TENANT_C: &str = "33333333-3333-4333-8333-333333333333";
+pub const AUD: &str = "api://orders";
+pub const AUD_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+pub const CLIENT: &str = "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11";
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The emulator and an echo upstream, in this test's runtime.
+pub struct World {
+    pub idp: EmulatorHandle,
+    pub echo: EchoHandle,
+}
+
+impl World {
+    pub async fn start() -> World {
+        let idp = Emulator::start("127.0.0.1:0".parse().expect("addr"), EmulatorOptions::default())
+            .await
+            .expect("emulator starts");
+        let echo = EchoServer::start("127.0.0.1:0".parse().expect("addr")).await.expect("echo starts");
+        World { idp, echo }
+    }
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Replaces `{port}`, `{admin}`, `{idp}`, `{echo}`, `{dir}` in a config template.
+pub fn render(template: &str, port: u16, admin: u16, world: &World, dir: &std::path::Path) -> String {
+    template
+        .replace("{port}", &port.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace("{idp}", &world.idp.base_url())
+        .replace("{echo}", &world.echo.base_url())
+        .replace("{dir}", &dir.display().to_string())
+}
+
+/// A minimal valid config; tests append routes and sections.
+pub fn base_config(extra_identity: &str, tenants: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{{port}}"]
+admin_listen = "127.0.0.1:{{admin}}"
+workers = 2
+shutdown_grace = "1s"
+upgrade_sock = "{{dir}}/upgrade.sock"
+
+[identity]
+metadata_url = "{{idp}}/common/v2.0/.well-known/openid-configuration"
+audiences = ["{AUD}", "{AUD_ID}"]
+{extra_identity}
+
+[tenants]
+{tenants}
+"#
+    )
+}
+
+impl Gateway {
+    /// Writes the config (a template, see [`render`]) and starts `aadgate run` on it; returns
+    /// once the data-plane port accepts connections.
+    pub async fn start(template: &str, world: &World) -> Gateway {
+        Self::start_with(template, world, &[]).await
+    }
+
+    pub async fn start_with(template: &str, world: &World, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin = free_port();
+        let config_path = dir.path().join("aadgate.toml");
+        std::fs::write(&config_path, render(template, port, admin, world, dir.path())).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aadgate"));
+        cmd.args(args)
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("gateway starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let log2 = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let gw = Gateway {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+            config_path,
+            log,
+            log_reader: Some(reader),
+        };
+        gw.wait_for_port().await;
+        gw
+    }
+
+    async fn wait_for_port(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("gateway did not start:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(self.admin_url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("gateway not ready:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Sends a signal by name (TERM, HUP, INT, QUIT).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill runs");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = child.wait().ok()?;
+        if let Some(r) = self.log_reader.take() {
+            let _ = r.join();
+        }
+        status.code()
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("text")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client that never pools connections across tests and follows no redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Reads one counter/gauge sample from Prometheus text: the value of the first line that starts
+/// with `name` and contains every `label` fragment.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|f| l.contains(f)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends a raw HTTP/1.1 request (no client-side path normalisation) and returns the status code
+/// and the `x-aadgate-reason` header.
+pub async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let reason = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-aadgate-reason:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    (status, reason)
+}
