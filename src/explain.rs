@@ -36,7 +36,10 @@ impl Report {
     }
 
     fn failure(&self) -> Option<&crate::auth::Rejection> {
-        self.trace.steps.iter().find_map(|s| s.result.as_ref().err())
+        self.trace
+            .steps
+            .iter()
+            .find_map(|s| s.result.as_ref().err())
     }
 
     /// The report as JSON.
@@ -89,13 +92,20 @@ impl Report {
         for s in &self.trace.steps {
             match &s.result {
                 Ok(d) => out.push_str(&format!("  PASS {:<20} {d}\n", s.check)),
-                Err(r) => out.push_str(&format!("  FAIL {:<20} {}: {}\n", s.check, r.reason, r.message)),
+                Err(r) => out.push_str(&format!(
+                    "  FAIL {:<20} {}: {}\n",
+                    s.check, r.reason, r.message
+                )),
             }
         }
         match self.failure() {
             None => out.push_str("verdict: ACCEPTED\n"),
             Some(r) => {
-                out.push_str(&format!("verdict: REJECTED ({} {})\n", r.status().as_u16(), r.reason));
+                out.push_str(&format!(
+                    "verdict: REJECTED ({} {})\n",
+                    r.status().as_u16(),
+                    r.reason
+                ));
                 out.push_str(&format!("fix: {}\n", hint(r.reason)));
             }
         }
@@ -110,7 +120,11 @@ fn times(claims: &Map<String, Value>, now: i64) -> Value {
             let t = t as i64;
             let utc = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
             let rel = crate::auth::time::human_span(now - t);
-            let rel = if t <= now { format!("{rel} ago") } else { format!("in {rel}") };
+            let rel = if t <= now {
+                format!("{rel} ago")
+            } else {
+                format!("in {rel}")
+            };
             m.insert(name.to_string(), Value::String(format!("{utc} ({rel})")));
         }
     }
@@ -133,21 +147,33 @@ pub fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, Str
             .cloned()
             .ok_or_else(|| format!("no route named {name:?}"));
     }
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("{:?} is not a method", args.method))?;
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{:?} is not a method", args.method))?;
     let path = args.path.clone().unwrap_or_else(|| "/".into());
     let mp = crate::routing::match_path(&path).map_err(|r| r.message)?;
     let host = crate::routing::normalize_host(args.host.as_deref().unwrap_or(""));
-    crate::routing::select(&config.routes, &method, &host, &mp).cloned().map_err(|r| r.message)
+    crate::routing::select(&config.routes, &method, &host, &mp)
+        .cloned()
+        .map_err(|r| r.message)
 }
 
 /// Explains `token` for `route` with the given authenticator.
 pub async fn explain(auth: &Authenticator, route: &Arc<Route>, token: &str) -> Report {
     let token = token.trim();
-    let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token).trim();
+    let token = token
+        .strip_prefix("Bearer ")
+        .or_else(|| token.strip_prefix("bearer "))
+        .unwrap_or(token)
+        .trim();
     let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
+    let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
     headers.insert(http::header::AUTHORIZATION, value);
-    let method = route.methods.as_ref().and_then(|m| m.first().cloned()).unwrap_or(Method::GET);
+    let method = route
+        .methods
+        .as_ref()
+        .and_then(|m| m.first().cloned())
+        .unwrap_or(Method::GET);
     let host = route.host.clone().unwrap_or_default();
     let parts = RequestParts {
         method: &method,
@@ -189,7 +215,10 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(e.to_string()),
     };
@@ -225,7 +254,10 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
     };
     let report = rt.block_on(explain(&auth, &route, &token));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+        );
     } else {
         print!("{}", report.to_text());
     }

@@ -72,14 +72,17 @@ fn lenient_b64(s: &str) -> Option<Vec<u8>> {
             c => c,
         })
         .collect();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cleaned).ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cleaned)
+        .ok()
 }
 
 impl KeySet {
     /// Parses a JWKS document. Keys that are not RSA signing keys, or lack both `kid` and `x5t`,
     /// are skipped; a document with no usable key is an error.
     pub fn parse(raw: &[u8], source: KeySource) -> Result<KeySet, String> {
-        let doc: Value = serde_json::from_slice(raw).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let doc: Value =
+            serde_json::from_slice(raw).map_err(|e| format!("JWKS is not JSON: {e}"))?;
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -92,7 +95,8 @@ impl KeySet {
             if s("kty") != Some("RSA") || s("use").is_some_and(|u| u != "sig") {
                 continue;
             }
-            let (Some(n), Some(e)) = (s("n").and_then(lenient_b64), s("e").and_then(lenient_b64)) else {
+            let (Some(n), Some(e)) = (s("n").and_then(lenient_b64), s("e").and_then(lenient_b64))
+            else {
                 continue;
             };
             if n.len() < 128 || e.is_empty() {
@@ -171,7 +175,9 @@ pub mod schedule {
     /// 1 s doubling, capped at `min_refetch`.
     pub fn startup_backoff(failures: u32, min_refetch: Duration) -> Duration {
         let exp = failures.saturating_sub(1).min(20);
-        Duration::from_secs(1u64 << exp).min(min_refetch).max(Duration::from_millis(100))
+        Duration::from_secs(1u64 << exp)
+            .min(min_refetch)
+            .max(Duration::from_millis(100))
     }
 
     /// Delay from the last attempt to the next background fetch.
@@ -429,10 +435,14 @@ impl KeyStore {
                     );
                     self.install(set);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cache_file is unusable"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cache_file is unusable")
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cache_file cannot be read"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cache_file cannot be read")
+            }
         }
     }
 
@@ -554,7 +564,10 @@ mod tests {
         let min = Duration::from_secs(30);
         assert_eq!(next_fetch_delay(true, false, 0, refresh, min), refresh);
         assert_eq!(next_fetch_delay(true, true, 1, refresh, min), min);
-        assert_eq!(next_fetch_delay(false, true, 3, refresh, min), Duration::from_secs(4));
+        assert_eq!(
+            next_fetch_delay(false, true, 3, refresh, min),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]
@@ -592,13 +605,25 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert!(set.by_kid("a").is_some());
         assert!(set.by_x5t("xb").is_some());
-        assert!(set.by_kid("ec").is_none() && set.by_kid("enc").is_none() && set.by_kid("short").is_none());
+        assert!(
+            set.by_kid("ec").is_none()
+                && set.by_kid("enc").is_none()
+                && set.by_kid("short").is_none()
+        );
     }
 
     #[test]
     fn a_document_without_usable_keys_is_a_failed_fetch() {
-        for doc in [r#"{"keys": []}"#, r#"{"nokeys": 1}"#, "not json", r#"{"keys":[{"kty":"EC"}]}"#] {
-            assert!(KeySet::parse(doc.as_bytes(), KeySource::Fetched).is_err(), "{doc}");
+        for doc in [
+            r#"{"keys": []}"#,
+            r#"{"nokeys": 1}"#,
+            "not json",
+            r#"{"keys":[{"kty":"EC"}]}"#,
+        ] {
+            assert!(
+                KeySet::parse(doc.as_bytes(), KeySource::Fetched).is_err(),
+                "{doc}"
+            );
         }
     }
 }

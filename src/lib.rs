@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod exchange;
 pub mod explain;
 pub mod jwks;
+pub mod layer;
 pub mod metrics;
 pub mod routing;
 pub mod server;

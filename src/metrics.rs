@@ -51,14 +51,19 @@ impl std::fmt::Debug for Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["route"])
-        .expect("valid metric definition");
-    r.register(Box::new(h.clone())).expect("metric registered once");
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["route"],
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -90,31 +95,40 @@ impl Metrics {
             "Time from sending the request upstream to the end of the upstream response.",
             REQUEST_BUCKETS,
         );
-        let jwks_fetch = counter_vec(&r, "aadgate_jwks_fetch_total", "JWKS fetches by result.", &["result"]);
+        let jwks_fetch = counter_vec(
+            &r,
+            "aadgate_jwks_fetch_total",
+            "JWKS fetches by result.",
+            &["result"],
+        );
         for result in ["ok", "error"] {
             jwks_fetch.with_label_values(&[result]);
         }
         let jwks_keys = IntGauge::new("aadgate_jwks_keys", "Signing keys in the current key set.")
             .expect("valid metric definition");
-        r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
+        r.register(Box::new(jwks_keys.clone()))
+            .expect("metric registered once");
         let jwks_last_success = Gauge::new(
             "aadgate_jwks_last_success_timestamp_seconds",
             "Unix time of the last successful JWKS fetch (0 = never).",
         )
         .expect("valid metric definition");
-        r.register(Box::new(jwks_last_success.clone())).expect("metric registered once");
+        r.register(Box::new(jwks_last_success.clone()))
+            .expect("metric registered once");
         let token_cache_hits = IntCounter::new(
             "aadgate_token_cache_hits_total",
             "Requests whose token was found in the verified-token cache.",
         )
         .expect("valid metric definition");
-        r.register(Box::new(token_cache_hits.clone())).expect("metric registered once");
+        r.register(Box::new(token_cache_hits.clone()))
+            .expect("metric registered once");
         let token_cache_misses = IntCounter::new(
             "aadgate_token_cache_misses_total",
             "Requests whose token had to be verified.",
         )
         .expect("valid metric definition");
-        r.register(Box::new(token_cache_misses.clone())).expect("metric registered once");
+        r.register(Box::new(token_cache_misses.clone()))
+            .expect("metric registered once");
         let validator_requests = counter_vec(
             &r,
             "aadgate_validator_requests_total",
@@ -141,14 +155,21 @@ impl Metrics {
             "Unix time the running configuration was loaded.",
         )
         .expect("valid metric definition");
-        r.register(Box::new(config_last_reload_success.clone())).expect("metric registered once");
+        r.register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
-            Opts::new("aadgate_build_info", "Always 1; the version label names the build."),
+            Opts::new(
+                "aadgate_build_info",
+                "Always 1; the version label names the build.",
+            ),
             &["version"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(build_info.clone())).expect("metric registered once");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -179,7 +200,9 @@ impl Metrics {
         let buf = itoa_status(status);
         let status = std::str::from_utf8(&buf).unwrap_or("000");
         let reason = reason.map_or("ok", Reason::as_str);
-        self.requests.with_label_values(&[route, status, reason]).inc();
+        self.requests
+            .with_label_values(&[route, status, reason])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -199,7 +222,11 @@ impl Default for Metrics {
 
 fn itoa_status(status: u16) -> [u8; 3] {
     let s = status.min(999);
-    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }
 
 #[cfg(test)]
@@ -226,7 +253,10 @@ mod tests {
         m.request_done("orders", 200, None);
         m.request_done(NO_ROUTE, 404, Some(Reason::RouteNotFound));
         let text = String::from_utf8(m.render()).expect("utf8");
-        assert!(text.contains("aadgate_requests_total{reason=\"ok\",route=\"orders\",status=\"200\"} 1"));
-        assert!(text.contains("aadgate_requests_total{reason=\"route_not_found\",route=\"-\",status=\"404\"} 1"));
+        assert!(text
+            .contains("aadgate_requests_total{reason=\"ok\",route=\"orders\",status=\"200\"} 1"));
+        assert!(text.contains(
+            "aadgate_requests_total{reason=\"route_not_found\",route=\"-\",status=\"404\"} 1"
+        ));
     }
 }

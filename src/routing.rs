@@ -68,7 +68,9 @@ pub fn match_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, Rejection> {
     }
     let path: std::borrow::Cow<'_, str> = match decoded {
         None => std::borrow::Cow::Borrowed(raw),
-        Some(v) => std::borrow::Cow::Owned(String::from_utf8(v).map_err(|_| bad("the request path is not UTF-8"))?),
+        Some(v) => std::borrow::Cow::Owned(
+            String::from_utf8(v).map_err(|_| bad("the request path is not UTF-8"))?,
+        ),
     };
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(bad("the request path contains a '.' or '..' segment"));
@@ -83,7 +85,11 @@ pub fn normalize_host(host: &str) -> String {
         rest.split(']').next().unwrap_or(rest)
     } else {
         match h.rsplit_once(':') {
-            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => name,
+            Some((name, port))
+                if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') =>
+            {
+                name
+            }
             _ => h,
         }
     };
@@ -91,7 +97,12 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 /// Picks the route for a request. `path` is the result of [`match_path`].
-pub fn select<'r>(routes: &'r [Arc<Route>], method: &Method, host: &str, path: &str) -> Result<&'r Arc<Route>, Rejection> {
+pub fn select<'r>(
+    routes: &'r [Arc<Route>],
+    method: &Method,
+    host: &str,
+    path: &str,
+) -> Result<&'r Arc<Route>, Rejection> {
     let mut best: Option<&Arc<Route>> = None;
     for r in routes {
         if r.host.as_deref().is_some_and(|h| h != host) {
@@ -107,7 +118,12 @@ pub fn select<'r>(routes: &'r [Arc<Route>], method: &Method, host: &str, path: &
             best = Some(r);
         }
     }
-    best.ok_or_else(|| Rejection::new(Reason::RouteNotFound, format!("no route for {method} {path}")))
+    best.ok_or_else(|| {
+        Rejection::new(
+            Reason::RouteNotFound,
+            format!("no route for {method} {path}"),
+        )
+    })
 }
 
 /// The path sent upstream: `strip_prefix` removed from the path as received (the result always
@@ -132,7 +148,12 @@ pub fn upstream_path(route: &Route, raw_path: &str, query: Option<&str>) -> Stri
 mod tests {
     use super::*;
 
-    fn route(name: &str, prefix: &str, host: Option<&str>, methods: Option<Vec<Method>>) -> Arc<Route> {
+    fn route(
+        name: &str,
+        prefix: &str,
+        host: Option<&str>,
+        methods: Option<Vec<Method>>,
+    ) -> Arc<Route> {
         let mut r = Route::for_test(name, prefix);
         r.host = host.map(String::from);
         r.methods = methods;
@@ -142,10 +163,27 @@ mod tests {
     #[test]
     fn ambiguous_paths_are_refused() {
         for p in [
-            "/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E/b", "/a/.%2e/b", "/a%2fb", "/a%2Fb", "/a%5cb",
-            "/a\\b", "/a%00b", "/a\0b", "relative", "/a%zz", "/a%2",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E/b",
+            "/a/.%2e/b",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00b",
+            "/a\0b",
+            "relative",
+            "/a%zz",
+            "/a%2",
         ] {
-            assert_eq!(match_path(p).map_err(|r| r.reason), Err(Reason::BadRequest), "{p}");
+            assert_eq!(
+                match_path(p).map_err(|r| r.reason),
+                Err(Reason::BadRequest),
+                "{p}"
+            );
         }
     }
 
@@ -166,10 +204,23 @@ mod tests {
             route("orders-api-host", "/orders/", Some("api.contoso.com"), None),
             route("orders-v2", "/orders/v2/", None, None),
         ];
-        let pick = |m: Method, host: &str, p: &str| select(&routes, &m, host, p).map(|r| r.name.to_string()).ok();
-        assert_eq!(pick(Method::GET, "x", "/orders/1").as_deref(), Some("orders"));
-        assert_eq!(pick(Method::POST, "x", "/orders/1").as_deref(), Some("orders"));
-        assert_eq!(pick(Method::GET, "x", "/orders/v2/1").as_deref(), Some("orders-v2"));
+        let pick = |m: Method, host: &str, p: &str| {
+            select(&routes, &m, host, p)
+                .map(|r| r.name.to_string())
+                .ok()
+        };
+        assert_eq!(
+            pick(Method::GET, "x", "/orders/1").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            pick(Method::POST, "x", "/orders/1").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            pick(Method::GET, "x", "/orders/v2/1").as_deref(),
+            Some("orders-v2")
+        );
         assert_eq!(pick(Method::GET, "x", "/other").as_deref(), Some("all"));
     }
 
@@ -180,8 +231,18 @@ mod tests {
             route("post-only", "/p/", None, Some(vec![Method::POST])),
         ];
         assert!(select(&routes, &Method::GET, "api.contoso.com", "/x").is_ok());
-        assert_eq!(select(&routes, &Method::GET, "other", "/x").map_err(|r| r.reason).err(), Some(Reason::RouteNotFound));
-        assert_eq!(select(&routes, &Method::GET, "other", "/p/1").map_err(|r| r.reason).err(), Some(Reason::RouteNotFound));
+        assert_eq!(
+            select(&routes, &Method::GET, "other", "/x")
+                .map_err(|r| r.reason)
+                .err(),
+            Some(Reason::RouteNotFound)
+        );
+        assert_eq!(
+            select(&routes, &Method::GET, "other", "/p/1")
+                .map_err(|r| r.reason)
+                .err(),
+            Some(Reason::RouteNotFound)
+        );
         assert!(select(&routes, &Method::POST, "other", "/p/1").is_ok());
     }
 

@@ -98,11 +98,21 @@ async fn call(gw: &Gateway, path: &str, token: Option<&str>) -> Answer {
 
 async fn answer(r: reqwest::Response) -> Answer {
     let status = r.status().as_u16();
-    let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     let reason = h("x-aadgate-reason");
     let challenge = h("www-authenticate");
     let body = r.json::<Value>().await.unwrap_or(Value::Null);
-    Answer { status, reason, challenge, body }
+    Answer {
+        status,
+        reason,
+        challenge,
+        body,
+    }
 }
 
 fn assert_rejected(a: &Answer, status: u16, reason: &str) {
@@ -124,23 +134,45 @@ fn assert_rejected(a: &Answer, status: u16, reason: &str) {
     };
     assert_eq!(a.body["error"], want_error, "{reason}");
     match (status, reason) {
-        (401, "missing_token") => assert_eq!(a.challenge.as_deref(), Some("Bearer realm=\"aadgate\"")),
-        (401, _) => assert!(a.challenge.as_deref().is_some_and(|c| c.starts_with("Bearer realm=\"aadgate\", error=\"invalid_token\", error_description=\"")), "{:?}", a.challenge),
-        (403, "missing_role" | "missing_scope") => assert!(a.challenge.as_deref().is_some_and(|c| c.contains("error=\"insufficient_scope\""))),
+        (401, "missing_token") => {
+            assert_eq!(a.challenge.as_deref(), Some("Bearer realm=\"aadgate\""))
+        }
+        (401, _) => assert!(
+            a.challenge.as_deref().is_some_and(|c| c.starts_with(
+                "Bearer realm=\"aadgate\", error=\"invalid_token\", error_description=\""
+            )),
+            "{:?}",
+            a.challenge
+        ),
+        (403, "missing_role" | "missing_scope") => assert!(a
+            .challenge
+            .as_deref()
+            .is_some_and(|c| c.contains("error=\"insufficient_scope\""))),
         _ => {}
     }
 }
 
 fn tamper_claims(token: &str, f: impl FnOnce(&mut Value)) -> String {
     let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
     f(&mut claims);
-    format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2])
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    )
 }
 
 fn with_header(token: &str, header: Value) -> String {
     let parts: Vec<&str> = token.split('.').collect();
-    format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), parts[1], parts[2])
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        parts[1],
+        parts[2]
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,51 +185,176 @@ async fn every_core_reason_code_is_answered_with_its_status_body_and_challenge()
     let ok = call(&gw, "/orders/1", Some(&idp.mint(&app(TENANT_A)))).await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
 
-    for target in ["/orders/../x", "/orders/%2e%2e/x", "/orders/a%2Fb", "/orders/a%5cb", "/orders/a%00b", "/orders/./x"] {
-        assert_eq!(raw_get(gw.addr, target).await, (400, Some("bad_request".to_string())), "{target}");
+    for target in [
+        "/orders/../x",
+        "/orders/%2e%2e/x",
+        "/orders/a%2Fb",
+        "/orders/a%5cb",
+        "/orders/a%00b",
+        "/orders/./x",
+    ] {
+        assert_eq!(
+            raw_get(gw.addr, target).await,
+            (400, Some("bad_request".to_string())),
+            "{target}"
+        );
     }
-    let a = answer(client().get(gw.url("/orders/%2F")).send().await.expect("response")).await;
+    let a = answer(
+        client()
+            .get(gw.url("/orders/%2F"))
+            .send()
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_rejected(&a, 400, "bad_request");
     assert_rejected(&call(&gw, "/nowhere", None).await, 404, "route_not_found");
     assert_rejected(&call(&gw, "/orders/1", None).await, 401, "missing_token");
-    assert_rejected(&call(&gw, "/orders/1", Some("not-a-jwt")).await, 401, "malformed_token");
-    let none = with_header(&idp.mint(&app(TENANT_A)), json!({"alg": "none", "typ": "JWT"}));
-    assert_rejected(&call(&gw, "/orders/1", Some(&none)).await, 401, "unsupported_alg");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some("not-a-jwt")).await,
+        401,
+        "malformed_token",
+    );
+    let none = with_header(
+        &idp.mint(&app(TENANT_A)),
+        json!({"alg": "none", "typ": "JWT"}),
+    );
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&none)).await,
+        401,
+        "unsupported_alg",
+    );
     let unknown = idp.mint(&app(TENANT_A).with_header("kid", json!("no-such-kid")));
-    assert_rejected(&call(&gw, "/orders/1", Some(&unknown)).await, 401, "unknown_kid");
-    let forged = tamper_claims(&idp.mint(&app(TENANT_A)), |c| c["roles"] = json!(["Orders.Admin"]));
-    assert_rejected(&call(&gw, "/orders/1", Some(&forged)).await, 401, "bad_signature");
-    assert_rejected(&call(&gw, "/orders/1", Some(&idp.mint(&app(TENANT_A).with_lifetime(-3600)))).await, 401, "expired");
-    assert_rejected(&call(&gw, "/orders/1", Some(&idp.mint(&app(TENANT_A).with_not_before_offset(3600)))).await, 401, "not_yet_valid");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&unknown)).await,
+        401,
+        "unknown_kid",
+    );
+    let forged = tamper_claims(&idp.mint(&app(TENANT_A)), |c| {
+        c["roles"] = json!(["Orders.Admin"])
+    });
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&forged)).await,
+        401,
+        "bad_signature",
+    );
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&idp.mint(&app(TENANT_A).with_lifetime(-3600))),
+        )
+        .await,
+        401,
+        "expired",
+    );
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&idp.mint(&app(TENANT_A).with_not_before_offset(3600))),
+        )
+        .await,
+        401,
+        "not_yet_valid",
+    );
     let wrong_aud = idp.mint(&TokenSpec::app(TENANT_A, "api://other", &["Orders.Read"]));
-    assert_rejected(&call(&gw, "/orders/1", Some(&wrong_aud)).await, 401, "bad_audience");
-    let bad_iss = idp.mint(&app(TENANT_A).with_claim("iss", json!(format!("https://sts.windows.net/{TENANT_B}/"))));
-    assert_rejected(&call(&gw, "/orders/1", Some(&bad_iss)).await, 401, "bad_issuer");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&wrong_aud)).await,
+        401,
+        "bad_audience",
+    );
+    let bad_iss = idp.mint(
+        &app(TENANT_A).with_claim("iss", json!(format!("https://sts.windows.net/{TENANT_B}/"))),
+    );
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&bad_iss)).await,
+        401,
+        "bad_issuer",
+    );
     let other_tenant = "44444444-4444-4444-8444-444444444444";
-    assert_rejected(&call(&gw, "/orders/1", Some(&idp.mint(&app(other_tenant)))).await, 401, "tenant_not_allowed");
-    assert_rejected(&call(&gw, "/orders/1", Some(&idp.mint(&app(TENANT_C)))).await, 401, "tenant_denied");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&idp.mint(&app(other_tenant)))).await,
+        401,
+        "tenant_not_allowed",
+    );
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&idp.mint(&app(TENANT_C)))).await,
+        401,
+        "tenant_denied",
+    );
     let stranger = idp.mint(&app(TENANT_A).with_appid("99999999-9999-4999-8999-999999999999"));
-    assert_rejected(&call(&gw, "/orders/1", Some(&stranger)).await, 403, "client_not_allowed");
-    assert_rejected(&call(&gw, "/strict/1", Some(&idp.mint(&app(TENANT_A)))).await, 403, "client_not_allowed");
-    let secret_app = idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Jobs.Run"]).with_auth_strength("1"));
-    assert_rejected(&call(&gw, "/jobs/1", Some(&secret_app)).await, 403, "weak_client_auth");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&stranger)).await,
+        403,
+        "client_not_allowed",
+    );
+    assert_rejected(
+        &call(&gw, "/strict/1", Some(&idp.mint(&app(TENANT_A)))).await,
+        403,
+        "client_not_allowed",
+    );
+    let secret_app =
+        idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Jobs.Run"]).with_auth_strength("1"));
+    assert_rejected(
+        &call(&gw, "/jobs/1", Some(&secret_app)).await,
+        403,
+        "weak_client_auth",
+    );
     let user = idp.mint(&TokenSpec::user(TENANT_A, AUD, "profile.read"));
-    let strong_user = idp.mint(&TokenSpec::user(TENANT_A, AUD, "profile.read").with_auth_strength("2"));
-    assert_rejected(&call(&gw, "/jobs/1", Some(&strong_user)).await, 403, "wrong_token_kind");
-    assert_rejected(&call(&gw, "/profile/me", Some(&idp.mint(&app(TENANT_A)))).await, 403, "wrong_token_kind");
-    assert_rejected(&call(&gw, "/orders/1", Some(&idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"])))).await, 403, "missing_role");
+    let strong_user =
+        idp.mint(&TokenSpec::user(TENANT_A, AUD, "profile.read").with_auth_strength("2"));
+    assert_rejected(
+        &call(&gw, "/jobs/1", Some(&strong_user)).await,
+        403,
+        "wrong_token_kind",
+    );
+    assert_rejected(
+        &call(&gw, "/profile/me", Some(&idp.mint(&app(TENANT_A)))).await,
+        403,
+        "wrong_token_kind",
+    );
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"]))),
+        )
+        .await,
+        403,
+        "missing_role",
+    );
     let no_roles = idp.mint(&TokenSpec::app(TENANT_A, AUD, &[]).without_claim("roles"));
     let a = call(&gw, "/orders/1", Some(&no_roles)).await;
     assert_rejected(&a, 403, "missing_role");
-    assert!(a.body["message"].as_str().unwrap_or_default().contains("no 'roles' claim"));
-    assert_rejected(&call(&gw, "/profile/me", Some(&idp.mint(&TokenSpec::user(TENANT_A, AUD, "other.scope")))).await, 403, "missing_scope");
-    assert_rejected(&call(&gw, "/dead/1", Some(&idp.mint(&app(TENANT_A)))).await, 502, "upstream_unavailable");
+    assert!(a.body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no 'roles' claim"));
+    assert_rejected(
+        &call(
+            &gw,
+            "/profile/me",
+            Some(&idp.mint(&TokenSpec::user(TENANT_A, AUD, "other.scope"))),
+        )
+        .await,
+        403,
+        "missing_scope",
+    );
+    assert_rejected(
+        &call(&gw, "/dead/1", Some(&idp.mint(&app(TENANT_A)))).await,
+        502,
+        "upstream_unavailable",
+    );
     assert_eq!(call(&gw, "/profile/me", Some(&user)).await.status, 200);
     assert_eq!(call(&gw, "/public/x", None).await.status, 200);
 
     // The token never appears in a response or a log line.
     let logs = gw.logs();
-    assert!(!logs.contains(&user) && !logs.contains(&no_roles), "token leaked into logs");
+    assert!(
+        !logs.contains(&user) && !logs.contains(&no_roles),
+        "token leaked into logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +363,12 @@ async fn v1_and_v2_tokens_from_several_tenants_are_accepted_with_identity_header
     let gw = Gateway::start(&config(), &w).await;
     gw.wait_ready().await;
     for (tid, ver) in [(TENANT_A, 1), (TENANT_A, 2), (TENANT_B, 1), (TENANT_B, 2)] {
-        let token = w.idp.mint(&app(tid).with_ver(ver).with_aud(if ver == 1 { AUD_ID } else { AUD }));
+        let token =
+            w.idp.mint(
+                &app(tid)
+                    .with_ver(ver)
+                    .with_aud(if ver == 1 { AUD_ID } else { AUD }),
+            );
         let a = call(&gw, "/orders/42?x=1", Some(&token)).await;
         assert_eq!(a.status, 200, "{tid} v{ver}: {:?}", a.body);
         let seen = w.echo.last_request().expect("upstream saw the request");
@@ -216,15 +378,27 @@ async fn v1_and_v2_tokens_from_several_tenants_are_accepted_with_identity_header
         assert_eq!(seen.header("x-auth-client-id"), Some(CLIENT));
         assert_eq!(seen.header("x-auth-roles"), Some("Orders.Read"));
         assert_eq!(seen.header("x-auth-token-kind"), Some("app"));
-        assert!(seen.header("authorization").is_some(), "pass_authorization defaults to true");
+        assert!(
+            seen.header("authorization").is_some(),
+            "pass_authorization defaults to true"
+        );
     }
-    let user = w.idp.mint(&TokenSpec::user(TENANT_B, AUD, "profile.read profile.write").with_upn("ada@contoso.com"));
+    let user = w.idp.mint(
+        &TokenSpec::user(TENANT_B, AUD, "profile.read profile.write").with_upn("ada@contoso.com"),
+    );
     assert_eq!(call(&gw, "/profile/x", Some(&user)).await.status, 200);
     let seen = w.echo.last_request().expect("request");
-    assert_eq!(seen.header("x-auth-scopes"), Some("profile.read,profile.write"));
+    assert_eq!(
+        seen.header("x-auth-scopes"),
+        Some("profile.read,profile.write")
+    );
     assert_eq!(seen.header("x-auth-upn"), Some("ada@contoso.com"));
     assert_eq!(seen.header("x-auth-token-kind"), Some("user"));
-    assert_eq!(seen.header("x-auth-roles"), None, "absent claims give no header");
+    assert_eq!(
+        seen.header("x-auth-roles"),
+        None,
+        "absent claims give no header"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,9 +413,17 @@ async fn attack_tokens_are_refused() {
     // alg none / None / NONE with and without the signature.
     for alg in ["none", "None", "NONE"] {
         let t = with_header(&good, json!({"alg": alg, "kid": kid}));
-        assert_rejected(&call(&gw, "/orders/1", Some(&t)).await, 401, "unsupported_alg");
+        assert_rejected(
+            &call(&gw, "/orders/1", Some(&t)).await,
+            401,
+            "unsupported_alg",
+        );
         let stripped = format!("{}.{}.", t.split('.').next().unwrap_or_default(), parts[1]);
-        assert_rejected(&call(&gw, "/orders/1", Some(&stripped)).await, 401, "unsupported_alg");
+        assert_rejected(
+            &call(&gw, "/orders/1", Some(&stripped)).await,
+            401,
+            "unsupported_alg",
+        );
     }
     // HS256 keyed with the RSA public key (the classic algorithm confusion).
     let jwk = w.idp.signing_key().jwk(None);
@@ -249,11 +431,33 @@ async fn attack_tokens_are_refused() {
     let input = format!("{hs_header}.{}", parts[1]);
     let hkey = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, jwk.to_string().as_bytes());
     let sig = URL_SAFE_NO_PAD.encode(aws_lc_rs::hmac::sign(&hkey, input.as_bytes()).as_ref());
-    assert_rejected(&call(&gw, "/orders/1", Some(&format!("{input}.{sig}"))).await, 401, "unsupported_alg");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&format!("{input}.{sig}"))).await,
+        401,
+        "unsupported_alg",
+    );
     // Stripped signature with the real header.
-    assert_rejected(&call(&gw, "/orders/1", Some(&format!("{}.{}.", parts[0], parts[1]))).await, 401, "bad_signature");
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&format!("{}.{}.", parts[0], parts[1])),
+        )
+        .await,
+        401,
+        "bad_signature",
+    );
     // Truncated signature.
-    assert_rejected(&call(&gw, "/orders/1", Some(&format!("{}.{}.{}", parts[0], parts[1], &parts[2][..20]))).await, 401, "bad_signature");
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&format!("{}.{}.{}", parts[0], parts[1], &parts[2][..20])),
+        )
+        .await,
+        401,
+        "bad_signature",
+    );
     // jku / x5u / jwk / x5c naming an attacker key, signed by that key, kid unknown to the gateway.
     let attacker = SigningKey::generate().expect("key");
     for (name, value) in [
@@ -265,15 +469,50 @@ async fn attack_tokens_are_refused() {
         let t = attacker.mint(&app(TENANT_A).with_header(name, value));
         assert_rejected(&call(&gw, "/orders/1", Some(&t)).await, 401, "unknown_kid");
         // Same, but claiming the trusted kid: the signature does not verify with the real key.
-        let t = attacker.mint(&app(TENANT_A).with_header(name, attacker.jwk(None)).with_header("kid", json!(kid)));
-        assert_rejected(&call(&gw, "/orders/1", Some(&t)).await, 401, "bad_signature");
+        let t = attacker.mint(
+            &app(TENANT_A)
+                .with_header(name, attacker.jwk(None))
+                .with_header("kid", json!(kid)),
+        );
+        assert_rejected(
+            &call(&gw, "/orders/1", Some(&t)).await,
+            401,
+            "bad_signature",
+        );
     }
     // Oversized token.
     let big = format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]);
-    assert_rejected(&call(&gw, "/orders/1", Some(&big)).await, 401, "malformed_token");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&big)).await,
+        401,
+        "malformed_token",
+    );
     // Bad base64 and bad JSON.
-    assert_rejected(&call(&gw, "/orders/1", Some(&format!("{}.!!!.{}", parts[0], parts[2]))).await, 401, "malformed_token");
-    assert_rejected(&call(&gw, "/orders/1", Some(&format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("{nope"), parts[2]))).await, 401, "malformed_token");
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&format!("{}.!!!.{}", parts[0], parts[2])),
+        )
+        .await,
+        401,
+        "malformed_token",
+    );
+    assert_rejected(
+        &call(
+            &gw,
+            "/orders/1",
+            Some(&format!(
+                "{}.{}.{}",
+                parts[0],
+                URL_SAFE_NO_PAD.encode("{nope"),
+                parts[2]
+            )),
+        )
+        .await,
+        401,
+        "malformed_token",
+    );
     // Two Authorization headers.
     let r = client()
         .get(gw.url("/orders/1"))
@@ -287,7 +526,10 @@ async fn attack_tokens_are_refused() {
     let graph = with_header(&good, json!({"alg": "RS256", "kid": kid, "nonce": "abc"}));
     let a = call(&gw, "/orders/1", Some(&graph)).await;
     assert_rejected(&a, 401, "bad_signature");
-    assert!(a.body["message"].as_str().unwrap_or_default().contains("Microsoft Graph"));
+    assert!(a.body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Microsoft Graph"));
     // The real token still works.
     assert_eq!(call(&gw, "/orders/1", Some(&good)).await.status, 200);
 }
@@ -297,7 +539,12 @@ async fn key_rotation_is_accepted_after_one_refetch() {
     let w = World::start().await;
     let gw = Gateway::start(&config(), &w).await;
     gw.wait_ready().await;
-    assert_eq!(call(&gw, "/orders/1", Some(&w.idp.mint(&app(TENANT_A)))).await.status, 200);
+    assert_eq!(
+        call(&gw, "/orders/1", Some(&w.idp.mint(&app(TENANT_A))))
+            .await
+            .status,
+        200
+    );
     let before = w.idp.jwks_fetch_count();
     // Let the refetch window (2 s) pass; tokenless calls do not touch keys.
     wait_refetch_window(&gw).await;
@@ -330,10 +577,18 @@ async fn a_flood_of_unknown_kids_makes_at_most_one_fetch_per_interval() {
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let t = w.idp.mint(&app(TENANT_A).with_header("kid", json!(format!("flood-{i}"))));
+        let t = w
+            .idp
+            .mint(&app(TENANT_A).with_header("kid", json!(format!("flood-{i}"))));
         let url = gw.url("/orders/1");
         tasks.push(tokio::spawn(async move {
-            client().get(url).bearer_auth(t).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+            client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
         }));
     }
     for t in tasks {
@@ -343,7 +598,11 @@ async fn a_flood_of_unknown_kids_makes_at_most_one_fetch_per_interval() {
     // min_refetch_interval is 2 s: one fetch per started interval at most.
     let allowed = 1 + started.elapsed().as_secs() / 2;
     assert!(fetched >= 1, "the first unknown kid triggers a refetch");
-    assert!(fetched <= allowed, "{fetched} fetches in {:?} for a flood of unknown kids", started.elapsed());
+    assert!(
+        fetched <= allowed,
+        "{fetched} fetches in {:?} for a flood of unknown kids",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +615,13 @@ async fn fifty_concurrent_first_requests_make_one_jwks_fetch() {
         let url = gw.url("/orders/1");
         let t = token.clone();
         tasks.push(tokio::spawn(async move {
-            client().get(url).bearer_auth(t).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+            client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
         }));
     }
     for t in tasks {
@@ -373,13 +638,31 @@ async fn jwks_down_at_start_gives_503_then_recovers() {
     let token = w.idp.mint(&app(TENANT_A));
     // Wait until the first attempt has failed (it is counted), then expect 503s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while sample(&gw.metrics().await, "aadgate_jwks_fetch_total", &["result=\"error\""]).unwrap_or(0.0) < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "no failed fetch counted");
+    while sample(
+        &gw.metrics().await,
+        "aadgate_jwks_fetch_total",
+        &["result=\"error\""],
+    )
+    .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed fetch counted"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    let ready = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503);
-    assert_rejected(&call(&gw, "/orders/1", Some(&token)).await, 503, "keys_unavailable");
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&token)).await,
+        503,
+        "keys_unavailable",
+    );
     w.idp.set_keys_available(true);
     gw.wait_ready().await;
     assert_eq!(call(&gw, "/orders/1", Some(&token)).await.status, 200);
@@ -393,11 +676,26 @@ async fn jwks_down_after_load_keeps_known_kids_working() {
     w.idp.set_keys_available(false);
     wait_refetch_window(&gw).await;
     // An unknown kid triggers a refetch that fails...
-    let unknown = w.idp.mint(&app(TENANT_A).with_header("kid", json!("rotated-away")));
-    assert_rejected(&call(&gw, "/orders/1", Some(&unknown)).await, 401, "unknown_kid");
+    let unknown = w
+        .idp
+        .mint(&app(TENANT_A).with_header("kid", json!("rotated-away")));
+    assert_rejected(
+        &call(&gw, "/orders/1", Some(&unknown)).await,
+        401,
+        "unknown_kid",
+    );
     // ...and the known key keeps working.
-    assert_eq!(call(&gw, "/orders/1", Some(&w.idp.mint(&app(TENANT_A)))).await.status, 200);
-    let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    assert_eq!(
+        call(&gw, "/orders/1", Some(&w.idp.mint(&app(TENANT_A))))
+            .await
+            .status,
+        200
+    );
+    let ready = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
 }
 
@@ -419,7 +717,10 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         assert_eq!(req.send().await.expect("response").status(), 200);
         let seen = w.echo.last_request().expect("request");
         for (name, value) in &seen.headers {
-            assert!(!(name.starts_with("x-auth-") && value.contains("poof")) && value != "Admin", "{name}: {value} reached the upstream");
+            assert!(
+                !(name.starts_with("x-auth-") && value.contains("poof")) && value != "Admin",
+                "{name}: {value} reached the upstream"
+            );
         }
         if tok.is_none() {
             assert!(seen.headers.iter().all(|(n, _)| !n.starts_with("x-auth-")));
@@ -437,16 +738,30 @@ async fn large_bodies_stream_through_both_ways() {
     let body: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let r = client().post(gw.url("/orders/upload")).bearer_auth(&token).body(body).send().await.expect("upload");
+    let r = client()
+        .post(gw.url("/orders/upload"))
+        .bearer_auth(&token)
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(r.status(), 200);
     let echoed: Value = r.json().await.expect("json");
     assert_eq!(echoed["body_bytes"], 10 * 1024 * 1024);
     assert_eq!(echoed["body_sha256"], hex);
 
     let n: u64 = 10 * 1024 * 1024 + 7;
-    let r = client().get(gw.url(&format!("/files/download/{n}"))).bearer_auth(&token).send().await.expect("download");
+    let r = client()
+        .get(gw.url(&format!("/files/download/{n}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("download");
     assert_eq!(r.status(), 200);
     let got = r.bytes().await.expect("body");
     assert_eq!(got.len() as u64, n);
-    assert!(got.iter().enumerate().all(|(i, b)| *b == aadgate::emulator::download_pattern_byte(i as u64)));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == aadgate::emulator::download_pattern_byte(i as u64)));
 }

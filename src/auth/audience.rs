@@ -20,8 +20,15 @@ pub fn check(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), Rej
     if auds.iter().any(|a| accepted.iter().any(|x| x == a)) {
         return Ok(());
     }
-    let got = if auds.is_empty() { "no audience".to_string() } else { format!("audience {}", auds.join(", ")) };
-    let mut message = format!("the token was issued for {got}; this API accepts {}", accepted.join(", "));
+    let got = if auds.is_empty() {
+        "no audience".to_string()
+    } else {
+        format!("audience {}", auds.join(", "))
+    };
+    let mut message = format!(
+        "the token was issued for {got}; this API accepts {}",
+        accepted.join(", ")
+    );
     if auds.iter().any(|a| GRAPH_AUDIENCES.contains(a)) {
         message.push_str(". It is a Microsoft Graph token: request a token for this API (scope \"<App ID URI>/.default\"), not for Graph");
     } else {
@@ -37,10 +44,16 @@ mod tests {
 
     #[test]
     fn one_accepted_audience_suffices() {
-        let accepted = vec!["api://orders".to_string(), "6e74172b-be56-4843-9ff4-e66a39bb12e3".to_string()];
+        let accepted = vec![
+            "api://orders".to_string(),
+            "6e74172b-be56-4843-9ff4-e66a39bb12e3".to_string(),
+        ];
         let table = [
             (json!({"aud": "api://orders"}), true),
-            (json!({"aud": ["x", "6e74172b-be56-4843-9ff4-e66a39bb12e3"]}), true),
+            (
+                json!({"aud": ["x", "6e74172b-be56-4843-9ff4-e66a39bb12e3"]}),
+                true,
+            ),
             (json!({"aud": "api://other"}), false),
             (json!({"aud": []}), false),
             (json!({"aud": 5}), false),

@@ -99,18 +99,30 @@ impl VerifiedToken {
                 .filter(|v| !v.is_empty())
                 .map(|v| (c, v.to_string()))
         });
-        let auth_strength = client.as_ref().and_then(|(c, _)| match claims.get(c.strength_claim()) {
-            Some(Value::String(s)) => s.parse::<u8>().ok(),
-            Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
-            _ => None,
-        });
+        let auth_strength =
+            client
+                .as_ref()
+                .and_then(|(c, _)| match claims.get(c.strength_claim()) {
+                    Some(Value::String(s)) => s.parse::<u8>().ok(),
+                    Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+                    _ => None,
+                });
         let roles: Vec<String> = match claims.get("roles") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
         let scopes: Vec<String> = str_claim("scp")
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let idtyp = str_claim("idtyp");
         let has_scp = claims.contains_key("scp");
@@ -123,7 +135,10 @@ impl VerifiedToken {
         } else {
             TokenKind::Neither
         };
-        let exp = claims.get("exp").and_then(Value::as_f64).map_or(0, |f| f as i64);
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map_or(0, |f| f as i64);
         let tid = str_claim("tid").unwrap_or_default().to_ascii_lowercase();
         VerifiedToken {
             claims,
@@ -178,7 +193,9 @@ mod tests {
     use serde_json::json;
 
     fn token(v: Value) -> VerifiedToken {
-        let Value::Object(m) = v else { panic!("object") };
+        let Value::Object(m) = v else {
+            panic!("object")
+        };
         VerifiedToken::from_claims(m, Arc::from("k"))
     }
 
@@ -199,7 +216,8 @@ mod tests {
 
     #[test]
     fn client_id_comes_from_appid_for_v1_and_azp_for_v2_with_fallback() {
-        let t = token(json!({"ver": "1.0", "appid": "a", "azp": "b", "appidacr": "2", "azpacr": "0"}));
+        let t =
+            token(json!({"ver": "1.0", "appid": "a", "azp": "b", "appidacr": "2", "azpacr": "0"}));
         assert_eq!(t.client, Some((ClientClaim::Appid, "a".into())));
         assert_eq!(t.auth_strength, Some(2));
         let t = token(json!({"ver": "2.0", "appid": "a", "azp": "b", "azpacr": 1}));

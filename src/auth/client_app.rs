@@ -8,7 +8,11 @@ use super::error::{Reason, Rejection};
 use crate::config::{ClientSettings, Route};
 
 /// Checks the client id and strength for `route`.
-pub fn check(token: &VerifiedToken, route: &Route, global: &ClientSettings) -> Result<(), Rejection> {
+pub fn check(
+    token: &VerifiedToken,
+    route: &Route,
+    global: &ClientSettings,
+) -> Result<(), Rejection> {
     let allow: &HashSet<String> = route.clients.as_ref().unwrap_or(&global.allow);
     let client = token.client_id();
     if !allow.is_empty() {
@@ -32,7 +36,10 @@ pub fn check(token: &VerifiedToken, route: &Route, global: &ClientSettings) -> R
     if required > 0 {
         let have = token.auth_strength.unwrap_or(0);
         if have < required {
-            let claim = token.client.as_ref().map_or("appidacr", |(c, _)| c.strength_claim());
+            let claim = token
+                .client
+                .as_ref()
+                .map_or("appidacr", |(c, _)| c.strength_claim());
             let hint = match (have, required) {
                 (1, 2) => ": the client authenticated with a client secret; this API requires a certificate (or a managed identity / federated credential)",
                 (0, _) => ": the client is a public client (no credential); this API requires a confidential client",
@@ -67,7 +74,12 @@ mod tests {
     #[test]
     fn an_empty_allow_list_admits_any_client() {
         let r = Route::for_test("r", "/");
-        assert!(check(&token(json!({"ver": "2.0", "azp": "x"})), &r, &global(&[], 0)).is_ok());
+        assert!(check(
+            &token(json!({"ver": "2.0", "azp": "x"})),
+            &r,
+            &global(&[], 0)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -75,8 +87,14 @@ mod tests {
         let r = Route::for_test("r", "/");
         let g = global(&["abc"], 0);
         assert!(check(&token(json!({"ver": "1.0", "appid": "ABC"})), &r, &g).is_ok());
-        for t in [json!({"ver": "1.0", "appid": "other"}), json!({"ver": "1.0"})] {
-            assert_eq!(check(&token(t), &r, &g).map_err(|e| e.reason), Err(Reason::ClientNotAllowed));
+        for t in [
+            json!({"ver": "1.0", "appid": "other"}),
+            json!({"ver": "1.0"}),
+        ] {
+            assert_eq!(
+                check(&token(t), &r, &g).map_err(|e| e.reason),
+                Err(Reason::ClientNotAllowed)
+            );
         }
     }
 
@@ -85,7 +103,10 @@ mod tests {
         let mut r = Route::for_test("r", "/");
         r.clients = Some(["special".to_string()].into_iter().collect());
         let g = global(&["abc"], 0);
-        assert_eq!(check(&token(json!({"appid": "abc"})), &r, &g).map_err(|e| e.reason), Err(Reason::ClientNotAllowed));
+        assert_eq!(
+            check(&token(json!({"appid": "abc"})), &r, &g).map_err(|e| e.reason),
+            Err(Reason::ClientNotAllowed)
+        );
         assert!(check(&token(json!({"appid": "special"})), &r, &g).is_ok());
     }
 
@@ -96,7 +117,10 @@ mod tests {
         let g = global(&[], 0);
         let table = [
             (json!({"ver": "1.0", "appid": "a", "appidacr": "2"}), true),
-            (json!({"ver": "1.0", "appid": "a", "appidacr": "1", "azpacr": "2"}), false),
+            (
+                json!({"ver": "1.0", "appid": "a", "appidacr": "1", "azpacr": "2"}),
+                false,
+            ),
             (json!({"ver": "2.0", "azp": "a", "azpacr": 2}), true),
             (json!({"ver": "2.0", "azp": "a", "azpacr": "0"}), false),
             (json!({"ver": "2.0", "azp": "a"}), false),

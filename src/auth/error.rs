@@ -336,15 +336,23 @@ mod tests {
         assert!(Rejection::new(Reason::MissingRole, "m")
             .challenge()
             .is_some_and(|c| c.contains("error=\"insufficient_scope\"")));
-        assert_eq!(Rejection::new(Reason::ClientNotAllowed, "m").challenge(), None);
-        assert_eq!(Rejection::new(Reason::UpstreamUnavailable, "m").challenge(), None);
+        assert_eq!(
+            Rejection::new(Reason::ClientNotAllowed, "m").challenge(),
+            None
+        );
+        assert_eq!(
+            Rejection::new(Reason::UpstreamUnavailable, "m").challenge(),
+            None
+        );
     }
 
     #[test]
     fn retry_after_is_rounded_up_to_whole_seconds() {
-        let r = Rejection::new(Reason::ExchangeUnavailable, "m").retry_after(Duration::from_millis(1200));
+        let r = Rejection::new(Reason::ExchangeUnavailable, "m")
+            .retry_after(Duration::from_millis(1200));
         assert!(r.headers("id").contains(&("retry-after", "2".to_string())));
-        let r = Rejection::new(Reason::ExchangeUnavailable, "m").retry_after(Duration::from_millis(10));
+        let r =
+            Rejection::new(Reason::ExchangeUnavailable, "m").retry_after(Duration::from_millis(10));
         assert!(r.headers("id").contains(&("retry-after", "1".to_string())));
     }
 }

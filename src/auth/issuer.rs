@@ -30,19 +30,37 @@ fn fill(template: &str, tid: &str) -> String {
 }
 
 /// Checks `iss` against the templates and the signing key's issuer. Returns the lower-case tid.
-pub fn check(claims: &Map<String, Value>, key: &Jwk, templates: &[String]) -> Result<String, Rejection> {
+pub fn check(
+    claims: &Map<String, Value>,
+    key: &Jwk,
+    templates: &[String],
+) -> Result<String, Rejection> {
     let tid = tenant_id(claims)?;
-    let raw_tid = claims.get("tid").and_then(Value::as_str).unwrap_or_default();
-    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+    let raw_tid = claims
+        .get("tid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     // A GUID in the issuer may use either case; compare with the token's own spelling and ours.
-    let matches = |candidate: &str| templates.iter().any(|t| fill(t, &tid) == candidate || fill(t, raw_tid) == candidate);
+    let matches = |candidate: &str| {
+        templates
+            .iter()
+            .any(|t| fill(t, &tid) == candidate || fill(t, raw_tid) == candidate)
+    };
     if !matches(iss) {
         let expected: Vec<String> = templates.iter().map(|t| fill(t, &tid)).collect();
         let mut message = format!(
             "the token's issuer {iss:?} is not one of the accepted issuers for tenant {tid} ({})",
             expected.join(", ")
         );
-        if iss.starts_with("https://sts.windows.net/") && !templates.iter().any(|t| t.starts_with("https://sts.windows.net/")) {
+        if iss.starts_with("https://sts.windows.net/")
+            && !templates
+                .iter()
+                .any(|t| t.starts_with("https://sts.windows.net/"))
+        {
             message.push_str(". It is a v1 token: add \"https://sts.windows.net/{tenantid}/\" to [tenants] issuers, or set accessTokenAcceptedVersion = 2 in the API's app manifest");
         } else if iss.contains("/v2.0") && !templates.iter().any(|t| t.contains("/v2.0")) {
             message.push_str(". It is a v2 token: add \"https://login.microsoftonline.com/{tenantid}/v2.0\" to [tenants] issuers");
@@ -79,17 +97,30 @@ mod tests {
     }
 
     fn templates() -> Vec<String> {
-        crate::config::DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect()
+        crate::config::DEFAULT_ISSUERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
-    fn run(claims: Value, key_issuer: Option<&str>, templates: &[String]) -> Result<String, Reason> {
-        check(claims.as_object().expect("object"), &key(key_issuer), templates).map_err(|r| r.reason)
+    fn run(
+        claims: Value,
+        key_issuer: Option<&str>,
+        templates: &[String],
+    ) -> Result<String, Reason> {
+        check(
+            claims.as_object().expect("object"),
+            &key(key_issuer),
+            templates,
+        )
+        .map_err(|r| r.reason)
     }
 
     #[test]
     fn v1_and_v2_issuers_of_the_token_tenant_pass() {
         let v1 = json!({"tid": TID, "iss": format!("https://sts.windows.net/{TID}/")});
-        let v2 = json!({"tid": TID, "iss": format!("https://login.microsoftonline.com/{TID}/v2.0")});
+        let v2 =
+            json!({"tid": TID, "iss": format!("https://login.microsoftonline.com/{TID}/v2.0")});
         assert_eq!(run(v1, None, &templates()), Ok(TID.to_string()));
         assert_eq!(run(v2, None, &templates()), Ok(TID.to_string()));
     }
@@ -106,7 +137,11 @@ mod tests {
             json!({"tid": TID}),
         ];
         for c in table {
-            assert_eq!(run(c.clone(), None, &templates()), Err(Reason::BadIssuer), "{c}");
+            assert_eq!(
+                run(c.clone(), None, &templates()),
+                Err(Reason::BadIssuer),
+                "{c}"
+            );
         }
     }
 
@@ -121,11 +156,13 @@ mod tests {
     fn signing_key_issuer_must_match_after_substitution() {
         let v2_key = Some("https://login.microsoftonline.com/{tenantid}/v2.0");
         let v1 = json!({"tid": TID, "iss": format!("https://sts.windows.net/{TID}/")});
-        let v2 = json!({"tid": TID, "iss": format!("https://login.microsoftonline.com/{TID}/v2.0")});
+        let v2 =
+            json!({"tid": TID, "iss": format!("https://login.microsoftonline.com/{TID}/v2.0")});
         // A v1 token verified by a key whose issuer is the v2 form passes (same tenant).
         assert!(run(v1, v2_key, &templates()).is_ok());
         assert!(run(v2.clone(), v2_key, &templates()).is_ok());
-        let foreign = Some("https://login.microsoftonline.com/22222222-2222-2222-2222-222222222222/v2.0");
+        let foreign =
+            Some("https://login.microsoftonline.com/22222222-2222-2222-2222-222222222222/v2.0");
         assert_eq!(run(v2, foreign, &templates()), Err(Reason::BadIssuer));
     }
 }

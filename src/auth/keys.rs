@@ -18,7 +18,11 @@ pub struct FoundKey {
 
 /// Looks up the token's key. `wait` bounds how long a kid-miss refetch (or the first key load in
 /// progress) may hold the request.
-pub async fn lookup(store: &KeyStore, header: &JoseHeader, wait: Duration) -> Result<FoundKey, Rejection> {
+pub async fn lookup(
+    store: &KeyStore,
+    header: &JoseHeader,
+    wait: Duration,
+) -> Result<FoundKey, Rejection> {
     let (id, by_kid) = match (&header.kid, &header.x5t) {
         (Some(kid), _) => (kid.as_str(), true),
         (None, Some(x5t)) => (x5t.as_str(), false),
@@ -46,11 +50,17 @@ pub async fn lookup(store: &KeyStore, header: &JoseHeader, wait: Duration) -> Re
         })?,
     };
     if let Some(jwk) = find(&set) {
-        return Ok(FoundKey { id: Arc::from(id), jwk });
+        return Ok(FoundKey {
+            id: Arc::from(id),
+            jwk,
+        });
     }
     if let Some(newer) = store.refetch_for_unknown_kid(wait).await {
         if let Some(jwk) = find(&newer) {
-            return Ok(FoundKey { id: Arc::from(id), jwk });
+            return Ok(FoundKey {
+                id: Arc::from(id),
+                jwk,
+            });
         }
     }
     Err(Rejection::new(

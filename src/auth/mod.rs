@@ -7,8 +7,8 @@
 pub mod audience;
 pub mod claims;
 pub mod client_app;
-pub mod hints;
 mod error;
+pub mod hints;
 pub mod hooks;
 pub mod issuer;
 pub mod keys;
@@ -118,7 +118,9 @@ impl Principal {
             let text = match source {
                 ClaimSource::Claim(c) => t.claim_text(c),
                 ClaimSource::ClientId => t.client_id().map(String::from),
-                ClaimSource::Upn => t.claim_text("upn").or_else(|| t.claim_text("preferred_username")),
+                ClaimSource::Upn => t
+                    .claim_text("upn")
+                    .or_else(|| t.claim_text("preferred_username")),
                 ClaimSource::TokenKind => t.kind.header_value().map(String::from),
             };
             if let Some(v) = text.and_then(|s| HeaderValue::from_str(&s).ok()) {
@@ -143,7 +145,12 @@ pub struct Trace {
     pub steps: Vec<Step>,
 }
 
-fn record<T>(trace: &mut Option<&mut Trace>, check: &'static str, r: Result<T, Rejection>, detail: impl FnOnce(&T) -> String) -> Result<T, Rejection> {
+fn record<T>(
+    trace: &mut Option<&mut Trace>,
+    check: &'static str,
+    r: Result<T, Rejection>,
+    detail: impl FnOnce(&T) -> String,
+) -> Result<T, Rejection> {
     if let Some(t) = trace.as_deref_mut() {
         t.steps.push(Step {
             check,
@@ -172,7 +179,12 @@ struct ExpireAtExp {
 }
 
 impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
-    fn expire_after_create(&self, _: &[u8; 32], v: &Arc<VerifiedToken>, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Arc<VerifiedToken>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         let left = (v.exp + self.skew - crate::jwks::unix_now()).max(0);
         Some(Duration::from_secs(left as u64))
     }
@@ -237,7 +249,11 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Validates the request for `route`: SPEC section 1, steps 2–8, in order.
-    pub async fn authenticate(&self, route: &Arc<Route>, req: &RequestParts<'_>) -> Result<Principal, Rejection> {
+    pub async fn authenticate(
+        &self,
+        route: &Arc<Route>,
+        req: &RequestParts<'_>,
+    ) -> Result<Principal, Rejection> {
         self.run(route, req, None).await
     }
 
@@ -251,21 +267,73 @@ impl Authenticator {
         self.run(route, req, Some(trace)).await
     }
 
-    async fn run(&self, route: &Arc<Route>, req: &RequestParts<'_>, mut t: Option<&mut Trace>) -> Result<Principal, Rejection> {
+    async fn run(
+        &self,
+        route: &Arc<Route>,
+        req: &RequestParts<'_>,
+        mut t: Option<&mut Trace>,
+    ) -> Result<Principal, Rejection> {
         let cfg = &*self.config;
-        let raw = record(&mut t, "bearer token", token::extract_bearer(req.headers.get_all(AUTHORIZATION).iter(), cfg.server.max_token_bytes), |r| format!("{} bytes", r.len()))?;
+        let raw = record(
+            &mut t,
+            "bearer token",
+            token::extract_bearer(
+                req.headers.get_all(AUTHORIZATION).iter(),
+                cfg.server.max_token_bytes,
+            ),
+            |r| format!("{} bytes", r.len()),
+        )?;
         let hash = token_hash(raw);
-        let verified = match self.from_cache(&hash, &mut t) {
+        let verified = match self.cached(&hash, &mut t) {
             Some(v) => v,
             None => self.verify(raw, hash, &mut t).await?,
         };
-        let tenant = record(&mut t, "tenant", tenant::check(&verified.tid, &cfg.tenants), |d| format!("{d:?}"))?;
+        let tenant = record(
+            &mut t,
+            "tenant",
+            tenant::check(&verified.tid, &cfg.tenants),
+            |d| format!("{d:?}"),
+        )?;
         if let tenant::TenantDecision::AskHook(name) = tenant {
-            let hook = cfg.validators.get(&name).ok_or_else(|| Rejection::new(Reason::HookUnavailable, format!("tenant hook {name:?} is not configured")))?;
-            record(&mut t, "tenant hook", hook.check_tenant(&verified.tid, &verified.iss, &self.metrics).await, |_| format!("{name} allowed tenant {}", verified.tid))?;
+            let hook = cfg.validators.get(&name).ok_or_else(|| {
+                Rejection::new(
+                    Reason::HookUnavailable,
+                    format!("tenant hook {name:?} is not configured"),
+                )
+            })?;
+            record(
+                &mut t,
+                "tenant hook",
+                hook.check_tenant(&verified.tid, &verified.iss, &self.metrics)
+                    .await,
+                |_| format!("{name} allowed tenant {}", verified.tid),
+            )?;
         }
-        record(&mut t, "client application", client_app::check(&verified, route, &cfg.clients), |_| format!("{} (strength {:?})", verified.client_id().unwrap_or("-"), verified.auth_strength))?;
-        record(&mut t, "route policy", policy::check(&verified, route), |_| format!("kind {:?}, roles [{}], scopes [{}]", verified.kind, verified.roles.join(","), verified.scopes.join(" ")))?;
+        record(
+            &mut t,
+            "client application",
+            client_app::check(&verified, route, &cfg.clients),
+            |_| {
+                format!(
+                    "{} (strength {:?})",
+                    verified.client_id().unwrap_or("-"),
+                    verified.auth_strength
+                )
+            },
+        )?;
+        record(
+            &mut t,
+            "route policy",
+            policy::check(&verified, route),
+            |_| {
+                format!(
+                    "kind {:?}, roles [{}], scopes [{}]",
+                    verified.kind,
+                    verified.roles.join(","),
+                    verified.scopes.join(" ")
+                )
+            },
+        )?;
         let mut hook_headers = Vec::new();
         let hook_req = hooks::HookRequest {
             route: &route.name,
@@ -277,7 +345,13 @@ impl Authenticator {
             token_hash: &hash,
         };
         for v in &route.validators {
-            let added = record(&mut t, "validator", v.check_request(&hook_req, &self.metrics).await, |h| format!("{} allowed ({} headers added)", v.name, h.len()))?;
+            let added = record(
+                &mut t,
+                "validator",
+                v.check_request_with(&hook_req, &cfg.claim_header_names, &self.metrics)
+                    .await,
+                |h| format!("{} allowed ({} headers added)", v.name, h.len()),
+            )?;
             hook_headers.extend(added);
         }
         Ok(Principal {
@@ -290,7 +364,7 @@ impl Authenticator {
 
     /// Steps 3–5 for a cached token: no decoding or signature work, but lifetime, audience and
     /// issuer are checked again against the running configuration and key set.
-    fn from_cache(&self, hash: &[u8; 32], t: &mut Option<&mut Trace>) -> Option<Arc<VerifiedToken>> {
+    fn cached(&self, hash: &[u8; 32], t: &mut Option<&mut Trace>) -> Option<Arc<VerifiedToken>> {
         let cached = self.cache.get(hash);
         let Some(v) = cached else {
             if self.cache.inner.is_some() {
@@ -300,11 +374,19 @@ impl Authenticator {
         };
         let cfg = &*self.config;
         let keys = self.keys.current()?;
-        let usable = keys.by_kid(&v.kid).or_else(|| keys.by_x5t(&v.kid)).filter(|jwk| {
-            time::check(&v.claims, self.clock.now(), cfg.identity.clock_skew.as_secs() as i64).is_ok()
-                && audience::check(&v.claims, &cfg.identity.audiences).is_ok()
-                && issuer::check(&v.claims, jwk, &cfg.tenants.issuers).is_ok()
-        });
+        let usable = keys
+            .by_kid(&v.kid)
+            .or_else(|| keys.by_x5t(&v.kid))
+            .filter(|jwk| {
+                time::check(
+                    &v.claims,
+                    self.clock.now(),
+                    cfg.identity.clock_skew.as_secs() as i64,
+                )
+                .is_ok()
+                    && audience::check(&v.claims, &cfg.identity.audiences).is_ok()
+                    && issuer::check(&v.claims, jwk, &cfg.tenants.issuers).is_ok()
+            });
         if usable.is_none() {
             self.metrics.token_cache_misses.inc();
             return None;
@@ -320,15 +402,64 @@ impl Authenticator {
     }
 
     /// Steps 3–5 in full: decode, algorithm, key, signature, lifetime, audience, issuer.
-    async fn verify(&self, raw: &str, hash: [u8; 32], t: &mut Option<&mut Trace>) -> Result<Arc<VerifiedToken>, Rejection> {
+    async fn verify(
+        &self,
+        raw: &str,
+        hash: [u8; 32],
+        t: &mut Option<&mut Trace>,
+    ) -> Result<Arc<VerifiedToken>, Rejection> {
         let cfg = &*self.config;
-        let parsed = record(t, "decode", token::parse(raw), |p| format!("alg {}, kid {}", p.header.alg, p.header.kid.as_deref().or(p.header.x5t.as_deref()).unwrap_or("-")))?;
-        let alg = record(t, "algorithm", signature::check_algorithm(&parsed.header, &cfg.identity.algorithms), |a| format!("{a:?}"))?;
-        let key = record(t, "signing key", keys::lookup(&self.keys, &parsed.header, crate::jwks::KID_MISS_WAIT).await, |k| format!("found {}", k.id))?;
-        record(t, "signature", signature::verify(&parsed, &key, alg), |_| "verified".into())?;
-        record(t, "lifetime", time::check(&parsed.claims, self.clock.now(), cfg.identity.clock_skew.as_secs() as i64), |_| "within exp/nbf".into())?;
-        record(t, "audience", audience::check(&parsed.claims, &cfg.identity.audiences), |_| "accepted".into())?;
-        record(t, "issuer", issuer::check(&parsed.claims, &key.jwk, &cfg.tenants.issuers), |tid| format!("tenant {tid}"))?;
+        let parsed = record(t, "decode", token::parse(raw), |p| {
+            format!(
+                "alg {}, kid {}",
+                p.header.alg,
+                p.header
+                    .kid
+                    .as_deref()
+                    .or(p.header.x5t.as_deref())
+                    .unwrap_or("-")
+            )
+        })?;
+        let alg = record(
+            t,
+            "algorithm",
+            signature::check_algorithm(&parsed.header, &cfg.identity.algorithms),
+            |a| format!("{a:?}"),
+        )?;
+        let key = record(
+            t,
+            "signing key",
+            keys::lookup(&self.keys, &parsed.header, crate::jwks::KID_MISS_WAIT).await,
+            |k| format!("found {}", k.id),
+        )?;
+        record(
+            t,
+            "signature",
+            signature::verify(&parsed, &key, alg),
+            |_| "verified".into(),
+        )?;
+        record(
+            t,
+            "lifetime",
+            time::check(
+                &parsed.claims,
+                self.clock.now(),
+                cfg.identity.clock_skew.as_secs() as i64,
+            ),
+            |_| "within exp/nbf".into(),
+        )?;
+        record(
+            t,
+            "audience",
+            audience::check(&parsed.claims, &cfg.identity.audiences),
+            |_| "accepted".into(),
+        )?;
+        record(
+            t,
+            "issuer",
+            issuer::check(&parsed.claims, &key.jwk, &cfg.tenants.issuers),
+            |tid| format!("tenant {tid}"),
+        )?;
         let verified = Arc::new(VerifiedToken::from_claims(parsed.claims, key.id));
         self.cache.insert(hash, verified.clone());
         Ok(verified)

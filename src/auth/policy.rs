@@ -46,7 +46,10 @@ fn check_roles(token: &VerifiedToken, route: &Route) -> Result<(), Rejection> {
         };
         return Err(Rejection::new(
             Reason::MissingRole,
-            format!("the token has no 'roles' claim; this route requires {}: {hint}", describe(&route.roles_any, &route.roles_all)),
+            format!(
+                "the token has no 'roles' claim; this route requires {}: {hint}",
+                describe(&route.roles_any, &route.roles_all)
+            ),
         ));
     }
     let any_ok = route.roles_any.is_empty() || route.roles_any.iter().any(has);
@@ -77,7 +80,10 @@ fn check_scopes(token: &VerifiedToken, route: &Route) -> Result<(), Rejection> {
         };
         return Err(Rejection::new(
             Reason::MissingScope,
-            format!("the token has no 'scp' claim; this route requires {}{hint}", describe(&route.scopes_any, &route.scopes_all)),
+            format!(
+                "the token has no 'scp' claim; this route requires {}{hint}",
+                describe(&route.scopes_any, &route.scopes_all)
+            ),
         ));
     }
     let any_ok = route.scopes_any.is_empty() || route.scopes_any.iter().any(has);
@@ -113,7 +119,13 @@ mod tests {
         VerifiedToken::from_claims(v.as_object().cloned().unwrap_or_default(), Arc::from("k"))
     }
 
-    fn route(kind: TokenKindRequirement, roles_any: &[&str], roles_all: &[&str], scopes_any: &[&str], scopes_all: &[&str]) -> Route {
+    fn route(
+        kind: TokenKindRequirement,
+        roles_any: &[&str],
+        roles_all: &[&str],
+        scopes_any: &[&str],
+        scopes_all: &[&str],
+    ) -> Route {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
         let mut r = Route::for_test("r", "/");
         r.token_kind = kind;
@@ -131,12 +143,19 @@ mod tests {
         let user = json!({"scp": "s"});
         let neither = json!({});
         let table = [
-            (Any, &app, true), (Any, &user, true), (Any, &neither, true),
-            (App, &app, true), (App, &user, false), (App, &neither, false),
-            (User, &user, true), (User, &app, false), (User, &neither, false),
+            (Any, &app, true),
+            (Any, &user, true),
+            (Any, &neither, true),
+            (App, &app, true),
+            (App, &user, false),
+            (App, &neither, false),
+            (User, &user, true),
+            (User, &app, false),
+            (User, &neither, false),
         ];
         for (kind, t, ok) in table {
-            let got = check(&token(t.clone()), &route(kind, &[], &[], &[], &[])).map_err(|e| e.reason);
+            let got =
+                check(&token(t.clone()), &route(kind, &[], &[], &[], &[])).map_err(|e| e.reason);
             assert_eq!(got.is_ok(), ok, "{kind:?} {t}");
             if !ok {
                 assert_eq!(got, Err(Reason::WrongTokenKind));
@@ -150,9 +169,18 @@ mod tests {
         let t = token(json!({"roles": ["A", "B"]}));
         assert!(check(&t, &route(any, &["X", "A"], &[], &[], &[])).is_ok());
         assert!(check(&t, &route(any, &[], &["A", "B"], &[], &[])).is_ok());
-        assert_eq!(check(&t, &route(any, &["X"], &[], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
-        assert_eq!(check(&t, &route(any, &["A"], &["C"], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
-        assert_eq!(check(&token(json!({})), &route(any, &["A"], &[], &[], &[])).map_err(|e| e.reason), Err(Reason::MissingRole));
+        assert_eq!(
+            check(&t, &route(any, &["X"], &[], &[], &[])).map_err(|e| e.reason),
+            Err(Reason::MissingRole)
+        );
+        assert_eq!(
+            check(&t, &route(any, &["A"], &["C"], &[], &[])).map_err(|e| e.reason),
+            Err(Reason::MissingRole)
+        );
+        assert_eq!(
+            check(&token(json!({})), &route(any, &["A"], &[], &[], &[])).map_err(|e| e.reason),
+            Err(Reason::MissingRole)
+        );
     }
 
     #[test]
@@ -161,7 +189,17 @@ mod tests {
         let t = token(json!({"scp": "read write"}));
         assert!(check(&t, &route(any, &[], &[], &["write"], &[])).is_ok());
         assert!(check(&t, &route(any, &[], &[], &[], &["read", "write"])).is_ok());
-        assert_eq!(check(&t, &route(any, &[], &[], &["admin"], &[])).map_err(|e| e.reason), Err(Reason::MissingScope));
-        assert_eq!(check(&token(json!({"roles": ["A"]})), &route(any, &[], &[], &["read"], &[])).map_err(|e| e.reason), Err(Reason::MissingScope));
+        assert_eq!(
+            check(&t, &route(any, &[], &[], &["admin"], &[])).map_err(|e| e.reason),
+            Err(Reason::MissingScope)
+        );
+        assert_eq!(
+            check(
+                &token(json!({"roles": ["A"]})),
+                &route(any, &[], &[], &["read"], &[])
+            )
+            .map_err(|e| e.reason),
+            Err(Reason::MissingScope)
+        );
     }
 }

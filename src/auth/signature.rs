@@ -24,7 +24,11 @@ pub fn check_algorithm(header: &JoseHeader, allowed: &[Algorithm]) -> Result<Alg
             format!(
                 "the token is signed with alg {:?}; this gateway accepts {}",
                 header.alg,
-                allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+                allowed
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -39,13 +43,21 @@ pub fn verify(token: &ParsedToken<'_>, key: &FoundKey, alg: Algorithm) -> Result
                 "the token has a `nonce` header: it is a Microsoft Graph token, issued for Graph and verifiable only by Graph. Request a token for this API instead (scope \"<this API's App ID URI>/.default\")",
             )
         } else {
-            Rejection::new(Reason::BadSignature, "the token's signature does not verify")
+            Rejection::new(
+                Reason::BadSignature,
+                "the token's signature does not verify",
+            )
         }
     };
     if token.signature.is_empty() {
         return Err(bad());
     }
-    match jsonwebtoken::crypto::verify(token.signature, token.signing_input.as_bytes(), &key.jwk.key, alg) {
+    match jsonwebtoken::crypto::verify(
+        token.signature,
+        token.signing_input.as_bytes(),
+        &key.jwk.key,
+        alg,
+    ) {
         Ok(true) => Ok(()),
         Ok(false) | Err(_) => Err(bad()),
     }
@@ -67,8 +79,13 @@ mod tests {
     #[test]
     fn only_configured_asymmetric_algorithms_pass() {
         let allowed = [Algorithm::RS256];
-        assert_eq!(check_algorithm(&header("RS256"), &allowed), Ok(Algorithm::RS256));
-        for alg in ["none", "None", "NONE", "HS256", "HS512", "RS512", "ES256", "", "rs256"] {
+        assert_eq!(
+            check_algorithm(&header("RS256"), &allowed),
+            Ok(Algorithm::RS256)
+        );
+        for alg in [
+            "none", "None", "NONE", "HS256", "HS512", "RS512", "ES256", "", "rs256",
+        ] {
             assert_eq!(
                 check_algorithm(&header(alg), &allowed).map_err(|r| r.reason),
                 Err(Reason::UnsupportedAlg),

@@ -14,7 +14,10 @@ pub enum TenantDecision {
 /// Applies the deny-list and the static modes to the (lower-case) tenant id.
 pub fn check(tid: &str, settings: &TenantSettings) -> Result<TenantDecision, Rejection> {
     if settings.deny.contains(tid) {
-        return Err(Rejection::new(Reason::TenantDenied, format!("tenant {tid} is denied by this gateway")));
+        return Err(Rejection::new(
+            Reason::TenantDenied,
+            format!("tenant {tid} is denied by this gateway"),
+        ));
     }
     match &settings.mode {
         TenantMode::Any => Ok(TenantDecision::Allowed),
@@ -44,9 +47,16 @@ mod tests {
 
     #[test]
     fn deny_wins_over_every_mode() {
-        for mode in [TenantMode::Any, TenantMode::AllowList, TenantMode::Hook("h".into())] {
+        for mode in [
+            TenantMode::Any,
+            TenantMode::AllowList,
+            TenantMode::Hook("h".into()),
+        ] {
             let s = settings(mode, &["t"], &["t"]);
-            assert_eq!(check("t", &s).map_err(|r| r.reason), Err(Reason::TenantDenied));
+            assert_eq!(
+                check("t", &s).map_err(|r| r.reason),
+                Err(Reason::TenantDenied)
+            );
         }
     }
 
@@ -54,12 +64,18 @@ mod tests {
     fn allow_list_admits_only_listed_tenants() {
         let s = settings(TenantMode::AllowList, &["a"], &[]);
         assert_eq!(check("a", &s), Ok(TenantDecision::Allowed));
-        assert_eq!(check("b", &s).map_err(|r| r.reason), Err(Reason::TenantNotAllowed));
+        assert_eq!(
+            check("b", &s).map_err(|r| r.reason),
+            Err(Reason::TenantNotAllowed)
+        );
     }
 
     #[test]
     fn any_admits_and_hook_defers() {
-        assert_eq!(check("x", &settings(TenantMode::Any, &[], &[])), Ok(TenantDecision::Allowed));
+        assert_eq!(
+            check("x", &settings(TenantMode::Any, &[], &[])),
+            Ok(TenantDecision::Allowed)
+        );
         assert_eq!(
             check("x", &settings(TenantMode::Hook("reg".into()), &[], &[])),
             Ok(TenantDecision::AskHook("reg".into()))

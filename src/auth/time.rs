@@ -5,7 +5,10 @@ use serde_json::{Map, Value};
 use super::error::{Reason, Rejection};
 
 fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims.get(name).and_then(Value::as_f64).map(|f| f.floor() as i64)
+    claims
+        .get(name)
+        .and_then(Value::as_f64)
+        .map(|f| f.floor() as i64)
 }
 
 /// Describes a span of seconds for messages ("3 h", "42 s").
@@ -22,12 +25,18 @@ pub fn human_span(secs: i64) -> String {
 /// Checks the token's lifetime at `now` (Unix seconds) with `skew` seconds of tolerance.
 pub fn check(claims: &Map<String, Value>, now: i64, skew: i64) -> Result<(), Rejection> {
     let Some(exp) = num(claims, "exp") else {
-        return Err(Rejection::new(Reason::Expired, "the token has no `exp` claim; tokens without an expiry are refused"));
+        return Err(Rejection::new(
+            Reason::Expired,
+            "the token has no `exp` claim; tokens without an expiry are refused",
+        ));
     };
     if exp + skew < now {
         return Err(Rejection::new(
             Reason::Expired,
-            format!("the token expired {} ago; get a new one", human_span(now - exp)),
+            format!(
+                "the token expired {} ago; get a new one",
+                human_span(now - exp)
+            ),
         ));
     }
     if let Some(nbf) = num(claims, "nbf") {
@@ -68,12 +77,22 @@ mod tests {
             (json!({"exp": now - 301}), Err(Reason::Expired)),
             (json!({}), Err(Reason::Expired)),
             (json!({"exp": now + 10, "nbf": now + 299}), Ok(())),
-            (json!({"exp": now + 10, "nbf": now + 301}), Err(Reason::NotYetValid)),
-            (json!({"exp": now + 10, "iat": now + 301}), Err(Reason::NotYetValid)),
+            (
+                json!({"exp": now + 10, "nbf": now + 301}),
+                Err(Reason::NotYetValid),
+            ),
+            (
+                json!({"exp": now + 10, "iat": now + 301}),
+                Err(Reason::NotYetValid),
+            ),
             (json!({"exp": (now + 10) as f64 + 0.5}), Ok(())),
         ];
         for (c, want) in table {
-            assert_eq!(check(&claims(c.clone()), now, skew).map_err(|r| r.reason), want, "{c}");
+            assert_eq!(
+                check(&claims(c.clone()), now, skew).map_err(|r| r.reason),
+                want,
+                "{c}"
+            );
         }
     }
 }

@@ -74,7 +74,8 @@ pub fn extract_bearer<'a>(
         ));
     }
     // All bytes are ASCII, checked just above.
-    std::str::from_utf8(token).map_err(|_| Rejection::new(Reason::MalformedToken, "the token is not ASCII"))
+    std::str::from_utf8(token)
+        .map_err(|_| Rejection::new(Reason::MalformedToken, "the token is not ASCII"))
 }
 
 /// The JOSE header fields the gateway uses. `jku`, `x5u`, `jwk` and `x5c` are never read.
@@ -109,7 +110,8 @@ fn malformed(message: impl Into<String>) -> Rejection {
 /// and non-numeric `exp`/`nbf`/`iat`.
 pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     let mut parts = token.splitn(4, '.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed(
             "the token is not a JWS compact token (three base64url segments separated by '.'); an encrypted (JWE) or opaque token cannot be validated here",
@@ -117,7 +119,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     };
     let header = decode_object(h, "header")?;
     if header.contains_key("crit") {
-        return Err(malformed("the token header has a `crit` member; no critical extensions are supported"));
+        return Err(malformed(
+            "the token header has a `crit` member; no critical extensions are supported",
+        ));
     }
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
@@ -128,7 +132,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
         match header.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(malformed(format!("the token header's `{name}` is not a string"))),
+            Some(_) => Err(malformed(format!(
+                "the token header's `{name}` is not a string"
+            ))),
         }
     };
     let kid = string_member("kid")?;
@@ -138,7 +144,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     for name in ["exp", "nbf", "iat"] {
         if let Some(v) = claims.get(name) {
             if !v.is_number() {
-                return Err(malformed(format!("the token's `{name}` claim is not a number")));
+                return Err(malformed(format!(
+                    "the token's `{name}` claim is not a number"
+                )));
             }
         }
     }
@@ -213,9 +221,17 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_surrounding_spaces_are_ignored() {
-        for v in ["Bearer abc.def.ghi", "bearer abc.def.ghi", "BEARER   abc.def.ghi  "] {
+        for v in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "BEARER   abc.def.ghi  ",
+        ] {
             let h = hv(v);
-            assert_eq!(extract_bearer(std::iter::once(&h), 100), Ok("abc.def.ghi"), "{v}");
+            assert_eq!(
+                extract_bearer(std::iter::once(&h), 100),
+                Ok("abc.def.ghi"),
+                "{v}"
+            );
         }
     }
 
@@ -228,7 +244,10 @@ mod tests {
             (&["Bearer    "], Reason::MalformedToken),
             (&["Bearer a.b.c", "Bearer a.b.c"], Reason::MalformedToken),
             (&["Bearer a.b.c+"], Reason::MalformedToken),
-            (&["Bearer aaaaaaaaaa.bbbbbbbbbbbbb.ccccccccc"], Reason::MalformedToken),
+            (
+                &["Bearer aaaaaaaaaa.bbbbbbbbbbbbb.ccccccccc"],
+                Reason::MalformedToken,
+            ),
         ];
         for (values, want) in table {
             let hs: Vec<HeaderValue> = values.iter().map(|v| hv(v)).collect();
@@ -253,7 +272,11 @@ mod tests {
 
     #[test]
     fn a_well_formed_token_parses_into_header_and_claims() {
-        let t = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64(r#"{"exp":1,"tid":"t"}"#));
+        let t = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64(r#"{"exp":1,"tid":"t"}"#)
+        );
         let p = parse(&t).expect("parses");
         assert_eq!(p.header.alg, "RS256");
         assert_eq!(p.header.kid.as_deref(), Some("k1"));
@@ -272,18 +295,46 @@ mod tests {
             ("bad base64", format!("{ok_h}.!!!.c")),
             ("header not json", format!("{}.{ok_p}.c", b64("nope"))),
             ("header an array", format!("{}.{ok_p}.c", b64("[1]"))),
-            ("duplicate header key", format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","alg":"none"}"#))),
-            ("duplicate claim", format!("{ok_h}.{}.c", b64(r#"{"aud":"a","aud":"b"}"#))),
-            ("crit header", format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","crit":["x"]}"#))),
+            (
+                "duplicate header key",
+                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","alg":"none"}"#)),
+            ),
+            (
+                "duplicate claim",
+                format!("{ok_h}.{}.c", b64(r#"{"aud":"a","aud":"b"}"#)),
+            ),
+            (
+                "crit header",
+                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","crit":["x"]}"#)),
+            ),
             ("alg missing", format!("{}.{ok_p}.c", b64(r#"{"kid":"k"}"#))),
-            ("alg not a string", format!("{}.{ok_p}.c", b64(r#"{"alg":1}"#))),
-            ("kid not a string", format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","kid":7}"#))),
-            ("exp a string", format!("{ok_h}.{}.c", b64(r#"{"exp":"1"}"#))),
-            ("nbf a string", format!("{ok_h}.{}.c", b64(r#"{"nbf":"1"}"#))),
-            ("trailing bytes", format!("{ok_h}.{}.c", b64(r#"{"exp":1} x"#))),
+            (
+                "alg not a string",
+                format!("{}.{ok_p}.c", b64(r#"{"alg":1}"#)),
+            ),
+            (
+                "kid not a string",
+                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","kid":7}"#)),
+            ),
+            (
+                "exp a string",
+                format!("{ok_h}.{}.c", b64(r#"{"exp":"1"}"#)),
+            ),
+            (
+                "nbf a string",
+                format!("{ok_h}.{}.c", b64(r#"{"nbf":"1"}"#)),
+            ),
+            (
+                "trailing bytes",
+                format!("{ok_h}.{}.c", b64(r#"{"exp":1} x"#)),
+            ),
         ];
         for (name, t) in table {
-            assert_eq!(parse(&t).map(|_| ()).map_err(|r| r.reason), Err(Reason::MalformedToken), "{name}");
+            assert_eq!(
+                parse(&t).map(|_| ()).map_err(|r| r.reason),
+                Err(Reason::MalformedToken),
+                "{name}"
+            );
         }
     }
 

@@ -49,7 +49,11 @@ pub fn load(path: &Path, previous: Option<&Config>) -> Result<Config, ConfigErro
 
 /// Compiles configuration text as if read from `path` (relative paths resolve against its
 /// folder).
-pub fn load_str(path: &Path, source: &str, previous: Option<&Config>) -> Result<Config, ConfigErrors> {
+pub fn load_str(
+    path: &Path,
+    source: &str,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
     let mut r = Reporter::new(path, source);
     let parsed: ConfigFile = match toml::from_str(source) {
         Ok(f) => f,
@@ -111,8 +115,10 @@ impl Compiler<'_> {
         let exchanges = self.exchanges(&f.exchange, previous);
         let routes = self.routes(&f.routes, &validators, &exchanges, &clients);
 
-        let mut claim_header_names: HashSet<HeaderName> =
-            default_claim_headers().into_iter().map(|(h, _)| h).collect();
+        let mut claim_header_names: HashSet<HeaderName> = default_claim_headers()
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
         for route in &routes {
             claim_header_names.extend(route.claim_headers.iter().map(|(h, _)| h.clone()));
         }
@@ -169,7 +175,8 @@ impl Compiler<'_> {
         };
         let max_token_bytes = match &f.max_token_bytes {
             Some(m) if *m.get_ref() < 64 => {
-                self.r.error(m.span(), "`max_token_bytes` must be at least 64");
+                self.r
+                    .error(m.span(), "`max_token_bytes` must be at least 64");
                 DEFAULT_MAX_TOKEN_BYTES
             }
             Some(m) => *m.get_ref(),
@@ -201,10 +208,10 @@ impl Compiler<'_> {
             upstream_connect_timeout: dur(&f.upstream_connect_timeout, Duration::from_secs(5)),
             upstream_read_timeout: dur(&f.upstream_read_timeout, Duration::from_secs(60)),
             shutdown_grace: dur(&f.shutdown_grace, Duration::from_secs(30)),
-            upgrade_sock: f
-                .upgrade_sock
-                .as_ref()
-                .map_or_else(|| PathBuf::from("/tmp/aadgate_upgrade.sock"), |p| self.path(p.get_ref())),
+            upgrade_sock: f.upgrade_sock.as_ref().map_or_else(
+                || PathBuf::from("/tmp/aadgate_upgrade.sock"),
+                |p| self.path(p.get_ref()),
+            ),
             tls,
         })
     }
@@ -230,7 +237,10 @@ impl Compiler<'_> {
                 "[identity] needs `metadata_url` or `jwks_uri`, e.g. metadata_url = \"https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration\"",
             );
         }
-        let metadata_url = f.metadata_url.as_ref().and_then(|u| self.url(u, "metadata_url"));
+        let metadata_url = f
+            .metadata_url
+            .as_ref()
+            .and_then(|u| self.url(u, "metadata_url"));
         let jwks_uri = f.jwks_uri.as_ref().and_then(|u| self.url(u, "jwks_uri"));
         let mut algorithms = Vec::new();
         match &f.algorithms {
@@ -255,7 +265,12 @@ impl Compiler<'_> {
                 }
             }
         }
-        let audiences: Vec<String> = f.audiences.get_ref().iter().map(|a| a.get_ref().clone()).collect();
+        let audiences: Vec<String> = f
+            .audiences
+            .get_ref()
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect();
         if audiences.is_empty() {
             self.r.error(
                 f.audiences.span(),
@@ -271,12 +286,14 @@ impl Compiler<'_> {
         let min_refetch_interval = dur(&f.min_refetch_interval, DEFAULT_MIN_REFETCH_INTERVAL);
         if let Some(d) = &f.refresh_interval {
             if d.get_ref().get() < Duration::from_secs(1) {
-                self.r.error(d.span(), "`refresh_interval` must be at least 1s");
+                self.r
+                    .error(d.span(), "`refresh_interval` must be at least 1s");
             }
         }
         if let Some(d) = &f.min_refetch_interval {
             if d.get_ref().get() < Duration::from_secs(1) {
-                self.r.error(d.span(), "`min_refetch_interval` must be at least 1s");
+                self.r
+                    .error(d.span(), "`min_refetch_interval` must be at least 1s");
             }
         }
         Some(IdentitySettings {
@@ -324,13 +341,15 @@ impl Compiler<'_> {
         let mode = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
             None | Some(("allow_list", _)) => TenantMode::AllowList,
             Some(("any", _)) => TenantMode::Any,
-            Some(("hook", span)) => match &f.hook {
-                None => {
-                    self.r.error(span, "mode = \"hook\" needs `hook = \"VALIDATOR\"`");
-                    TenantMode::Any
-                }
-                Some(h) => {
-                    match validators.get(h.get_ref()) {
+            Some(("hook", span)) => {
+                match &f.hook {
+                    None => {
+                        self.r
+                            .error(span, "mode = \"hook\" needs `hook = \"VALIDATOR\"`");
+                        TenantMode::Any
+                    }
+                    Some(h) => {
+                        match validators.get(h.get_ref()) {
                         None => self.r.error(
                             h.span(),
                             format!("no validator named {:?} (define [validators.{}])", h.get_ref(), h.get_ref()),
@@ -341,20 +360,24 @@ impl Compiler<'_> {
                         ),
                         Some(_) => {}
                     }
-                    TenantMode::Hook(h.get_ref().clone())
+                        TenantMode::Hook(h.get_ref().clone())
+                    }
                 }
-            },
+            }
             Some((other, span)) => {
                 self.r.error(
                     span,
-                    format!("unknown tenant mode {other:?}; use \"allow_list\", \"any\" or \"hook\""),
+                    format!(
+                        "unknown tenant mode {other:?}; use \"allow_list\", \"any\" or \"hook\""
+                    ),
                 );
                 TenantMode::AllowList
             }
         };
         if f.hook.is_some() && !matches!(mode, TenantMode::Hook(_)) {
             if let Some(h) = &f.hook {
-                self.r.error(h.span(), "`hook` is only used with mode = \"hook\"");
+                self.r
+                    .error(h.span(), "`hook` is only used with mode = \"hook\"");
             }
         }
         let file = f.file.as_ref().map(|p| {
@@ -374,8 +397,11 @@ impl Compiler<'_> {
                 list.get_ref()
                     .iter()
                     .map(|i| {
-                        if !i.get_ref().starts_with("https://") && !i.get_ref().starts_with("http://") {
-                            self.r.error(i.span(), format!("issuer {:?} is not a URL", i.get_ref()));
+                        if !i.get_ref().starts_with("https://")
+                            && !i.get_ref().starts_with("http://")
+                        {
+                            self.r
+                                .error(i.span(), format!("issuer {:?} is not a URL", i.get_ref()));
                         }
                         i.get_ref().clone()
                     })
@@ -438,21 +464,38 @@ impl Compiler<'_> {
             let f = v.get_ref();
             let validator = match f.kind.get_ref().as_str() {
                 "http" => {
-                    for (present, key) in [(f.expr.is_some(), "expr"), (f.message.is_some(), "message")] {
+                    for (present, key) in
+                        [(f.expr.is_some(), "expr"), (f.message.is_some(), "message")]
+                    {
                         if present {
-                            self.r.error(v.span(), format!("`{key}` is for kind = \"cel\" validators"));
+                            self.r.error(
+                                v.span(),
+                                format!("`{key}` is for kind = \"cel\" validators"),
+                            );
                         }
                     }
                     let Some(url) = &f.url else {
-                        self.r.error(v.span(), format!("validator {name:?} (kind = \"http\") needs `url`"));
+                        self.r.error(
+                            v.span(),
+                            format!("validator {name:?} (kind = \"http\") needs `url`"),
+                        );
                         continue;
                     };
-                    let Some(url_s) = self.url(url, "url") else { continue };
-                    let on_error = match f.on_error.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+                    let Some(url_s) = self.url(url, "url") else {
+                        continue;
+                    };
+                    let on_error = match f
+                        .on_error
+                        .as_ref()
+                        .map(|o| (o.get_ref().as_str(), o.span()))
+                    {
                         None | Some(("deny", _)) => OnError::Deny,
                         Some(("allow", _)) => OnError::Allow,
                         Some((other, span)) => {
-                            self.r.error(span, format!("on_error must be \"deny\" or \"allow\", not {other:?}"));
+                            self.r.error(
+                                span,
+                                format!("on_error must be \"deny\" or \"allow\", not {other:?}"),
+                            );
                             OnError::Deny
                         }
                     };
@@ -476,26 +519,47 @@ impl Compiler<'_> {
                         (f.on_error.is_some(), "on_error"),
                     ] {
                         if present {
-                            self.r.error(v.span(), format!("`{key}` is for kind = \"http\" validators"));
+                            self.r.error(
+                                v.span(),
+                                format!("`{key}` is for kind = \"http\" validators"),
+                            );
                         }
                     }
                     let Some(expr) = &f.expr else {
-                        self.r.error(v.span(), format!("validator {name:?} (kind = \"cel\") needs `expr`"));
+                        self.r.error(
+                            v.span(),
+                            format!("validator {name:?} (kind = \"cel\") needs `expr`"),
+                        );
                         continue;
                     };
-                    let message = f
-                        .message
-                        .as_ref()
-                        .map_or_else(|| format!("denied by validator {name:?}"), |m| m.get_ref().clone());
+                    let message = f.message.as_ref().map_or_else(
+                        || format!("denied by validator {name:?}"),
+                        |m| m.get_ref().clone(),
+                    );
                     match Validator::cel(name, expr.get_ref(), message) {
                         Ok(v) => Arc::new(v),
                         Err((line, col, msg)) => {
                             // Point inside the string: the expression starts after the opening
                             // quote (or triple quote) of the TOML string.
                             let raw_start = expr.span().start;
-                            let quote_len = self.quote_len(raw_start);
-                            let offset = self.offset_in_expr(raw_start + quote_len, expr.get_ref(), line, col);
-                            self.r.error(offset..offset, format!("CEL syntax error: {msg}"));
+                            let mut quote_len = self.quote_len(raw_start);
+                            // TOML drops a newline right after an opening triple quote.
+                            if quote_len == 3 {
+                                let rest = &self.r.source()[raw_start + 3..];
+                                if rest.starts_with("\r\n") {
+                                    quote_len += 2;
+                                } else if rest.starts_with('\n') {
+                                    quote_len += 1;
+                                }
+                            }
+                            let offset = self.offset_in_expr(
+                                raw_start + quote_len,
+                                expr.get_ref(),
+                                line,
+                                col,
+                            );
+                            self.r
+                                .error(offset..offset, format!("CEL syntax error: {msg}"));
                             continue;
                         }
                     }
@@ -528,7 +592,10 @@ impl Compiler<'_> {
         let mut off = 0usize;
         for (i, l) in expr.split_inclusive('\n').enumerate() {
             if i + 1 == line {
-                let c = l.char_indices().nth(col.saturating_sub(1)).map_or(l.len(), |(b, _)| b);
+                let c = l
+                    .char_indices()
+                    .nth(col.saturating_sub(1))
+                    .map_or(l.len(), |(b, _)| b);
                 return start + off + c;
             }
             off += l.len();
@@ -546,7 +613,8 @@ impl Compiler<'_> {
             let f = e.get_ref();
             let client_id = f.client_id.get_ref().trim().to_string();
             if client_id.is_empty() {
-                self.r.error(f.client_id.span(), "`client_id` must not be empty");
+                self.r
+                    .error(f.client_id.span(), "`client_id` must not be empty");
             }
             let endpoint = f.token_endpoint.get_ref().clone();
             if !endpoint.contains("{tenantid}") {
@@ -556,14 +624,23 @@ impl Compiler<'_> {
                 );
             }
             let probe = endpoint.replace("{tenantid}", "00000000-0000-0000-0000-000000000000");
-            if reqwest::Url::parse(&probe).map(|u| u.scheme() != "https" && u.scheme() != "http").unwrap_or(true) {
-                self.r.error(f.token_endpoint.span(), format!("`token_endpoint` {endpoint:?} is not an http(s) URL"));
+            if reqwest::Url::parse(&probe)
+                .map(|u| u.scheme() != "https" && u.scheme() != "http")
+                .unwrap_or(true)
+            {
+                self.r.error(
+                    f.token_endpoint.span(),
+                    format!("`token_endpoint` {endpoint:?} is not an http(s) URL"),
+                );
             }
             let target = match (&f.scope, &f.resource) {
                 (Some(s), None) => ExchangeTarget::Scope(s.get_ref().clone()),
                 (None, Some(r)) => ExchangeTarget::Resource(r.get_ref().clone()),
                 (Some(s), Some(_)) => {
-                    self.r.error(s.span(), "set `scope` (v2 token endpoint) or `resource` (v1 endpoint), not both");
+                    self.r.error(
+                        s.span(),
+                        "set `scope` (v2 token endpoint) or `resource` (v1 endpoint), not both",
+                    );
                     continue;
                 }
                 (None, None) => {
@@ -575,7 +652,10 @@ impl Compiler<'_> {
                 }
             };
             if f.certificates.get_ref().is_empty() {
-                self.r.error(f.certificates.span(), "`certificates` needs at least one { cert, key } pair");
+                self.r.error(
+                    f.certificates.span(),
+                    "`certificates` needs at least one { cert, key } pair",
+                );
             }
             let mut certificates = Vec::new();
             for c in f.certificates.get_ref() {
@@ -588,8 +668,12 @@ impl Compiler<'_> {
                         }
                         certificates.push(loaded);
                     }
-                    Err(crate::exchange::certs::CertError::Cert(m)) => self.r.error(c.get_ref().cert.span(), m),
-                    Err(crate::exchange::certs::CertError::Key(m)) => self.r.error(c.get_ref().key.span(), m),
+                    Err(crate::exchange::certs::CertError::Cert(m)) => {
+                        self.r.error(c.get_ref().cert.span(), m)
+                    }
+                    Err(crate::exchange::certs::CertError::Key(m)) => {
+                        self.r.error(c.get_ref().key.span(), m)
+                    }
                 }
             }
             let user_claim = match &f.user_claim {
@@ -633,7 +717,9 @@ impl Compiler<'_> {
 
     fn upstream(&mut self, s: &Spanned<String>) -> Option<Upstream> {
         let text = s.get_ref();
-        let bad = |msg: &str| format!("upstream {text:?} {msg}; write scheme://host[:port], e.g. \"http://127.0.0.1:3000\"");
+        let bad = |msg: &str| {
+            format!("upstream {text:?} {msg}; write scheme://host[:port], e.g. \"http://127.0.0.1:3000\"")
+        };
         let url = match reqwest::Url::parse(text) {
             Ok(u) => u,
             Err(_) => {
@@ -649,8 +735,12 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() || url.fragment().is_some() {
-            self.r.error(s.span(), bad("must not have a path, query or fragment"));
+        if !(url.path() == "/" || url.path().is_empty())
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            self.r
+                .error(s.span(), bad("must not have a path, query or fragment"));
             return None;
         }
         if !url.username().is_empty() || url.password().is_some() {
@@ -661,9 +751,16 @@ impl Compiler<'_> {
             self.r.error(s.span(), bad("has no host"));
             return None;
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let addr = IpAddr::from_str(&host).ok().map(|ip| SocketAddr::new(ip, port));
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let addr = IpAddr::from_str(&host)
+            .ok()
+            .map(|ip| SocketAddr::new(ip, port));
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
             None => url.host_str().unwrap_or(&host).to_string(),
@@ -694,14 +791,19 @@ impl Compiler<'_> {
             let f = rs.get_ref();
             let name = f.name.get_ref().clone();
             if name.trim().is_empty() {
-                self.r.error(f.name.span(), "route `name` must not be empty");
+                self.r
+                    .error(f.name.span(), "route `name` must not be empty");
             }
             if names.insert(name.clone(), ()).is_some() {
-                self.r.error(f.name.span(), format!("duplicate route name {name:?}"));
+                self.r
+                    .error(f.name.span(), format!("duplicate route name {name:?}"));
             }
             let prefix = f.path_prefix.get_ref().clone();
             if !prefix.starts_with('/') {
-                self.r.error(f.path_prefix.span(), format!("path_prefix {prefix:?} must start with '/'"));
+                self.r.error(
+                    f.path_prefix.span(),
+                    format!("path_prefix {prefix:?} must start with '/'"),
+                );
             }
             if let Some(sp) = &f.strip_prefix {
                 if !prefix.starts_with(sp.get_ref().as_str()) || !sp.get_ref().starts_with('/') {
@@ -713,15 +815,22 @@ impl Compiler<'_> {
             }
             let host = f.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
-                h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(h.clone(), |(n, _)| n.to_string())
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or(h.clone(), |(n, _)| n.to_string())
             });
             let methods = f.methods.as_ref().map(|ms| {
                 ms.iter()
-                    .filter_map(|m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            self.r.error(m.span(), format!("{:?} is not an HTTP method", m.get_ref()));
-                            None
+                    .filter_map(|m| {
+                        match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                self.r.error(
+                                    m.span(),
+                                    format!("{:?} is not an HTTP method", m.get_ref()),
+                                );
+                                None
+                            }
                         }
                     })
                     .collect::<Vec<_>>()
@@ -731,20 +840,32 @@ impl Compiler<'_> {
                 None | Some(("required", _)) => AuthMode::Required,
                 Some(("anonymous", _)) => AuthMode::Anonymous,
                 Some((other, span)) => {
-                    self.r.error(span, format!("auth must be \"required\" or \"anonymous\", not {other:?}"));
+                    self.r.error(
+                        span,
+                        format!("auth must be \"required\" or \"anonymous\", not {other:?}"),
+                    );
                     AuthMode::Required
                 }
             };
-            let token_kind = match f.token_kind.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+            let token_kind = match f
+                .token_kind
+                .as_ref()
+                .map(|a| (a.get_ref().as_str(), a.span()))
+            {
                 None | Some(("any", _)) => TokenKindRequirement::Any,
                 Some(("app", _)) => TokenKindRequirement::App,
                 Some(("user", _)) => TokenKindRequirement::User,
                 Some((other, span)) => {
-                    self.r.error(span, format!("token_kind must be \"any\", \"app\" or \"user\", not {other:?}"));
+                    self.r.error(
+                        span,
+                        format!("token_kind must be \"any\", \"app\" or \"user\", not {other:?}"),
+                    );
                     TokenKindRequirement::Any
                 }
             };
-            let strings = |v: &Vec<Spanned<String>>| v.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>();
+            let strings = |v: &Vec<Spanned<String>>| {
+                v.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>()
+            };
             let route_clients = f.clients.as_ref().map(|c| self.client_ids(c));
             let min_auth_strength = match &f.min_auth_strength {
                 Some(m) => self.strength(m).max(clients.min_auth_strength),
@@ -756,26 +877,43 @@ impl Compiler<'_> {
                     Some(val) => route_validators.push(val.clone()),
                     None => self.r.error(
                         v.span(),
-                        format!("no validator named {:?} (define [validators.{}])", v.get_ref(), v.get_ref()),
+                        format!(
+                            "no validator named {:?} (define [validators.{}])",
+                            v.get_ref(),
+                            v.get_ref()
+                        ),
                     ),
                 }
             }
-            let exchange = f.exchange.as_ref().and_then(|e| match exchanges.get(e.get_ref()) {
-                Some(x) => Some(x.clone()),
-                None => {
-                    self.r.error(
-                        e.span(),
-                        format!("no exchange named {:?} (define [exchange.{}])", e.get_ref(), e.get_ref()),
-                    );
-                    None
-                }
-            });
+            let exchange = f
+                .exchange
+                .as_ref()
+                .and_then(|e| match exchanges.get(e.get_ref()) {
+                    Some(x) => Some(x.clone()),
+                    None => {
+                        self.r.error(
+                            e.span(),
+                            format!(
+                                "no exchange named {:?} (define [exchange.{}])",
+                                e.get_ref(),
+                                e.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
             if auth == AuthMode::Anonymous {
                 for (present, key) in [
                     (exchange.is_some(), "exchange"),
                     (!route_validators.is_empty(), "validators"),
-                    (!f.roles_any.is_empty() || !f.roles_all.is_empty(), "roles_any/roles_all"),
-                    (!f.scopes_any.is_empty() || !f.scopes_all.is_empty(), "scopes_any/scopes_all"),
+                    (
+                        !f.roles_any.is_empty() || !f.roles_all.is_empty(),
+                        "roles_any/roles_all",
+                    ),
+                    (
+                        !f.scopes_any.is_empty() || !f.scopes_all.is_empty(),
+                        "scopes_any/scopes_all",
+                    ),
                     (f.token_kind.is_some(), "token_kind"),
                     (f.clients.is_some(), "clients"),
                 ] {
@@ -794,7 +932,10 @@ impl Compiler<'_> {
                         match HeaderName::from_bytes(lower.as_bytes()) {
                             Ok(hn) => {
                                 if is_hop_or_reserved(&lower) {
-                                    self.r.error(h.span(), format!("{lower:?} cannot be a claim header"));
+                                    self.r.error(
+                                        h.span(),
+                                        format!("{lower:?} cannot be a claim header"),
+                                    );
                                 }
                                 let source = match claim.get_ref().as_str() {
                                     "" => {
@@ -808,7 +949,10 @@ impl Compiler<'_> {
                                 };
                                 v.push((hn, source));
                             }
-                            Err(_) => self.r.error(h.span(), format!("{:?} is not a valid header name", h.get_ref())),
+                            Err(_) => self.r.error(
+                                h.span(),
+                                format!("{:?} is not a valid header name", h.get_ref()),
+                            ),
                         }
                     }
                     v
@@ -848,7 +992,17 @@ impl Compiler<'_> {
 fn is_hop_or_reserved(name: &str) -> bool {
     matches!(
         name,
-        "authorization" | "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade" | "trailer" | "keep-alive" | "proxy-authorization" | "x-request-id"
+        "authorization"
+            | "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+            | "trailer"
+            | "keep-alive"
+            | "proxy-authorization"
+            | "x-request-id"
     )
 }
 
@@ -869,7 +1023,10 @@ pub fn load_tenant_file(path: &Path) -> Result<HashSet<String>, String> {
         if is_guid(t.get_ref()) {
             out.insert(t.get_ref().to_ascii_lowercase());
         } else {
-            r.error(t.span(), format!("{:?} is not a tenant id (GUID)", t.get_ref()));
+            r.error(
+                t.span(),
+                format!("{:?} is not a tenant id (GUID)", t.get_ref()),
+            );
         }
     }
     match r.errors.first() {

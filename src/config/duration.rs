@@ -25,9 +25,9 @@ impl fmt::Debug for Duration {
 /// Parses `"<digits><unit>"` where unit is one of `ms`, `s`, `m`, `h`, `d`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {text:?} has no unit; write e.g. \"30s\", \"5m\" or \"300ms\""))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("duration {text:?} has no unit; write e.g. \"30s\", \"5m\" or \"300ms\"")
+    })?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
         return Err(format!(
@@ -85,7 +85,15 @@ mod tests {
 
     #[test]
     fn durations_without_unit_or_with_unknown_unit_are_refused() {
-        for text in ["30", "", "s", "5 minutes", "1.5s", "-1s", "99999999999999999999s"] {
+        for text in [
+            "30",
+            "",
+            "s",
+            "5 minutes",
+            "1.5s",
+            "-1s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(text).is_err(), "{text}");
         }
     }

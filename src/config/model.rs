@@ -179,14 +179,35 @@ pub struct Route {
 /// The claim headers sent when a route configures none (SPEC section 3).
 pub fn default_claim_headers() -> Vec<(HeaderName, ClaimSource)> {
     vec![
-        (HeaderName::from_static("x-auth-tenant-id"), ClaimSource::Claim("tid".into())),
-        (HeaderName::from_static("x-auth-object-id"), ClaimSource::Claim("oid".into())),
-        (HeaderName::from_static("x-auth-client-id"), ClaimSource::ClientId),
-        (HeaderName::from_static("x-auth-subject"), ClaimSource::Claim("sub".into())),
-        (HeaderName::from_static("x-auth-roles"), ClaimSource::Claim("roles".into())),
-        (HeaderName::from_static("x-auth-scopes"), ClaimSource::Claim("scp".into())),
+        (
+            HeaderName::from_static("x-auth-tenant-id"),
+            ClaimSource::Claim("tid".into()),
+        ),
+        (
+            HeaderName::from_static("x-auth-object-id"),
+            ClaimSource::Claim("oid".into()),
+        ),
+        (
+            HeaderName::from_static("x-auth-client-id"),
+            ClaimSource::ClientId,
+        ),
+        (
+            HeaderName::from_static("x-auth-subject"),
+            ClaimSource::Claim("sub".into()),
+        ),
+        (
+            HeaderName::from_static("x-auth-roles"),
+            ClaimSource::Claim("roles".into()),
+        ),
+        (
+            HeaderName::from_static("x-auth-scopes"),
+            ClaimSource::Claim("scp".into()),
+        ),
         (HeaderName::from_static("x-auth-upn"), ClaimSource::Upn),
-        (HeaderName::from_static("x-auth-token-kind"), ClaimSource::TokenKind),
+        (
+            HeaderName::from_static("x-auth-token-kind"),
+            ClaimSource::TokenKind,
+        ),
     ]
 }
 

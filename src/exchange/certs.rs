@@ -48,7 +48,9 @@ impl std::fmt::Debug for LoadedCertificate {
 
 impl PartialEq for LoadedCertificate {
     fn eq(&self, other: &Self) -> bool {
-        self.cert_path == other.cert_path && self.key_path == other.key_path && self.x5t_s256 == other.x5t_s256
+        self.cert_path == other.cert_path
+            && self.key_path == other.key_path
+            && self.x5t_s256 == other.x5t_s256
     }
 }
 
@@ -64,7 +66,11 @@ impl LoadedCertificate {
                 self.not_after
             ))
         } else if now < self.not_before {
-            Some(format!("certificate {} is not valid yet (notBefore {})", self.cert_path.display(), self.not_before))
+            Some(format!(
+                "certificate {} is not valid yet (notBefore {})",
+                self.cert_path.display(),
+                self.not_before
+            ))
         } else {
             None
         }
@@ -79,20 +85,39 @@ pub fn thumbprint(der: &[u8], alg: &'static digest::Algorithm) -> String {
 /// Reads a PEM certificate and PEM private key (PKCS#8 or PKCS#1 RSA) and checks they belong
 /// together.
 pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate, CertError> {
-    let cert_pem = std::fs::read(cert_path)
-        .map_err(|e| CertError::Cert(format!("certificate {} cannot be read: {e}", cert_path.display())))?;
+    let cert_pem = std::fs::read(cert_path).map_err(|e| {
+        CertError::Cert(format!(
+            "certificate {} cannot be read: {e}",
+            cert_path.display()
+        ))
+    })?;
     let cert_der = pem::parse_many(&cert_pem)
-        .map_err(|e| CertError::Cert(format!("certificate {} is not PEM: {e}", cert_path.display())))?
+        .map_err(|e| {
+            CertError::Cert(format!(
+                "certificate {} is not PEM: {e}",
+                cert_path.display()
+            ))
+        })?
         .into_iter()
         .find(|p| p.tag() == "CERTIFICATE")
-        .ok_or_else(|| CertError::Cert(format!("{} has no CERTIFICATE block", cert_path.display())))?
+        .ok_or_else(|| {
+            CertError::Cert(format!("{} has no CERTIFICATE block", cert_path.display()))
+        })?
         .into_contents();
-    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
-        .map_err(|e| CertError::Cert(format!("certificate {} cannot be parsed: {e}", cert_path.display())))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| {
+        CertError::Cert(format!(
+            "certificate {} cannot be parsed: {e}",
+            cert_path.display()
+        ))
+    })?;
     let cert_public = cert.public_key().subject_public_key.data.to_vec();
 
-    let key_pem = std::fs::read(key_path)
-        .map_err(|e| CertError::Key(format!("private key {} cannot be read: {e}", key_path.display())))?;
+    let key_pem = std::fs::read(key_path).map_err(|e| {
+        CertError::Key(format!(
+            "private key {} cannot be read: {e}",
+            key_path.display()
+        ))
+    })?;
     let key_block = pem::parse_many(&key_pem)
         .map_err(|e| CertError::Key(format!("private key {} is not PEM: {e}", key_path.display())))?
         .into_iter()
@@ -123,8 +148,12 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate,
             cert_path.display()
         )));
     }
-    let encoding_key = EncodingKey::from_rsa_pem(&key_pem)
-        .map_err(|e| CertError::Key(format!("private key {} cannot be used for RS256: {e}", key_path.display())))?;
+    let encoding_key = EncodingKey::from_rsa_pem(&key_pem).map_err(|e| {
+        CertError::Key(format!(
+            "private key {} cannot be used for RS256: {e}",
+            key_path.display()
+        ))
+    })?;
     Ok(LoadedCertificate {
         cert_path: cert_path.to_path_buf(),
         key_path: key_path.to_path_buf(),

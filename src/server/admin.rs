@@ -24,7 +24,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<SharedState>) {
 
 async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

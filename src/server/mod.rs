@@ -75,7 +75,10 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
         grace_period_seconds: Some(server_settings.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: server_settings.upgrade_sock.to_string_lossy().into_owned(),
-        pid_file: std::env::temp_dir().join("aadgate.pid").to_string_lossy().into_owned(),
+        pid_file: std::env::temp_dir()
+            .join("aadgate.pid")
+            .to_string_lossy()
+            .into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -84,11 +87,16 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy::Gateway { state });
+    let mut service =
+        pingora::proxy::http_proxy_service(&server.configuration, proxy::Gateway { state });
     for addr in &server_settings.listen {
         match &server_settings.tls {
             Some(tls) => service
-                .add_tls(&addr.to_string(), &tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                .add_tls(
+                    &addr.to_string(),
+                    &tls.cert.to_string_lossy(),
+                    &tls.key.to_string_lossy(),
+                )
                 .map_err(|e| format!("cannot set up TLS on {addr}: {e}"))?,
             None => service.add_tcp(&addr.to_string()),
         }

@@ -54,7 +54,12 @@ pub struct RequestCtx {
 pub fn request_id(incoming: Option<&HeaderValue>) -> String {
     incoming
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), String::from)
 }
 
@@ -78,19 +83,31 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str)
     }
     resp.insert_header("content-length", body.len().to_string())?;
     // A request body the caller is still sending would otherwise have to be drained.
-    if session.req_header().headers.contains_key(http::header::CONTENT_LENGTH)
-        || session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING)
+    if session
+        .req_header()
+        .headers
+        .contains_key(http::header::CONTENT_LENGTH)
+        || session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
     {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 
 impl Gateway {
     /// Routing, header hygiene and authentication. `Err` is a rejection to answer with.
-    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> std::result::Result<(), Rejection> {
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Rejection> {
         let auth = self.state.current();
         ctx.auth = Some(auth.clone());
         let cfg = &auth.config;
@@ -136,7 +153,9 @@ impl Gateway {
                 if let Some(path) = ctx.upstream_path.as_deref() {
                     if crate::exchange::has_me_segment(path) {
                         let user = (principal.kind() != TokenKind::App)
-                            .then(|| crate::exchange::user_value(principal.token(), &settings.user_claim))
+                            .then(|| {
+                                crate::exchange::user_value(principal.token(), &settings.user_claim)
+                            })
                             .flatten();
                         let Some(user) = user else {
                             return Err(Rejection::new(
@@ -148,7 +167,9 @@ impl Gateway {
                     }
                 }
             }
-            let token = exchanger.token(principal.tenant_id(), &auth.metrics).await?;
+            let token = exchanger
+                .token(principal.tenant_id(), &auth.metrics)
+                .await?;
             ctx.exchange = Some(ExchangeUse {
                 exchanger: exchanger.clone(),
                 tenant: principal.tenant_id().to_string(),
@@ -195,9 +216,16 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(auth)) = (&ctx.route, &ctx.auth) else {
-            return Err(Error::explain(ErrorType::InternalError, "no route selected"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route selected",
+            ));
         };
         let up = &route.upstream;
         let addr = match up.addr {
@@ -210,7 +238,12 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.upstream_started = Some(Instant::now());
         let Some(route) = &ctx.route else {
             return Ok(());
@@ -225,10 +258,25 @@ impl ProxyHttp for Gateway {
         if let Some(h) = original_host {
             upstream.insert_header("x-forwarded-host", h)?;
         }
-        upstream.insert_header("x-forwarded-proto", if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" })?;
+        upstream.insert_header(
+            "x-forwarded-proto",
+            if session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some()
+            {
+                "https"
+            } else {
+                "http"
+            },
+        )?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip,
             };
@@ -245,8 +293,14 @@ impl ProxyHttp for Gateway {
         }
         if let Some(x) = &ctx.exchange {
             upstream.insert_header(AUTHORIZATION, format!("Bearer {}", x.token))?;
-            let caller_id = session.req_header().headers.get("client-request-id").and_then(|v| v.to_str().ok());
-            for (name, value) in crate::exchange::exchange_headers(caller_id, std::time::SystemTime::now()) {
+            let caller_id = session
+                .req_header()
+                .headers
+                .get("client-request-id")
+                .and_then(|v| v.to_str().ok());
+            for (name, value) in
+                crate::exchange::exchange_headers(caller_id, std::time::SystemTime::now())
+            {
                 if name.as_str() == "client-request-id" {
                     ctx.client_request_id = value.to_str().ok().map(String::from);
                 }
@@ -256,7 +310,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -265,7 +324,13 @@ impl ProxyHttp for Gateway {
                 x.exchanger.purge(&x.tenant, &x.token);
             }
             if status >= 400 {
-                let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                let h = |n: &str| {
+                    resp.headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 tracing::warn!(
                     request_id = %ctx.request_id,
                     route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name),
@@ -281,16 +346,35 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let upstream_failure = matches!(e.esource(), pingora::ErrorSource::Upstream)
-            || matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute | ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+            || matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectError
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+            );
         if upstream_failure && session.response_written().is_none() {
-            let r = Rejection::new(Reason::UpstreamUnavailable, format!("the upstream did not answer: {}", e.etype().as_str()));
+            let r = Rejection::new(
+                Reason::UpstreamUnavailable,
+                format!("the upstream did not answer: {}", e.etype().as_str()),
+            );
             ctx.rejection = Some(Reason::UpstreamUnavailable);
             if let Err(err) = respond(session, &r, &ctx.request_id).await {
                 tracing::debug!(error = %err, "could not send the 502 response");
             }
-            return FailToProxy { error_code: 502, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 502,
+                can_reuse_downstream: false,
+            };
         }
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
@@ -300,7 +384,10 @@ impl ProxyHttp for Gateway {
         if code > 0 && session.response_written().is_none() {
             let _ = session.respond_error(code).await;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -311,16 +398,25 @@ impl ProxyHttp for Gateway {
         let reason = ctx.rejection;
         m.request_done(route, status, reason);
         let total = ctx.started.elapsed();
-        m.request_duration.with_label_values(&[route]).observe(total.as_secs_f64());
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(total.as_secs_f64());
         if let Some(a) = ctx.auth_time {
-            m.auth_duration.with_label_values(&[route]).observe(a.as_secs_f64());
+            m.auth_duration
+                .with_label_values(&[route])
+                .observe(a.as_secs_f64());
         }
         let upstream_time = ctx.upstream_started.map(|s| s.elapsed());
         if let Some(u) = upstream_time {
-            m.upstream_duration.with_label_values(&[route]).observe(u.as_secs_f64());
+            m.upstream_duration
+                .with_label_values(&[route])
+                .observe(u.as_secs_f64());
         }
         let req = session.req_header();
-        let client_addr = session.client_addr().and_then(|a| a.as_inet()).map(SocketAddr::to_string);
+        let client_addr = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(SocketAddr::to_string);
         tracing::info!(
             target: "aadgate::access",
             request_id = %ctx.request_id,

@@ -33,9 +33,11 @@ pub async fn on_sighup(state: Arc<SharedState>) {
 /// Reloads when a watched file's content changes. Runs until the process exits.
 pub async fn on_file_change(state: Arc<SharedState>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.send(());
-    }) {
+    let mut watcher = match notify::recommended_watcher(
+        move |_event: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        },
+    ) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the configuration files; reload with SIGHUP");
@@ -44,9 +46,20 @@ pub async fn on_file_change(state: Arc<SharedState>) {
     };
     let mut watched_dirs: HashSet<PathBuf> = HashSet::new();
     let mut files = state.watched_files();
-    let watch_dirs = |watcher: &mut notify::RecommendedWatcher, files: &[PathBuf], dirs: &mut HashSet<PathBuf>| {
+    let watch_dirs = |watcher: &mut notify::RecommendedWatcher,
+                      files: &[PathBuf],
+                      dirs: &mut HashSet<PathBuf>| {
         for f in files {
-            let dir = f.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }).unwrap_or_else(|| PathBuf::from("."));
+            let dir = f
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                })
+                .unwrap_or_else(|| PathBuf::from("."));
             if dirs.insert(dir.clone()) {
                 if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder");

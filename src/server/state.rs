@@ -31,17 +31,27 @@ pub enum ReloadOutcome {
 
 impl SharedState {
     /// Builds the state for an already-validated configuration and starts its key store.
-    pub fn new(config: Config, config_path: PathBuf, metrics: Arc<Metrics>, control: tokio::runtime::Handle) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        metrics: Arc<Metrics>,
+        control: tokio::runtime::Handle,
+    ) -> Arc<Self> {
         let keys = KeyStore::new(&config.identity, metrics.clone());
         control.spawn(keys.clone().run());
         let auth = Authenticator {
-            cache: Arc::new(TokenCache::new(config.identity.token_cache_size, config.identity.clock_skew)),
+            cache: Arc::new(TokenCache::new(
+                config.identity.token_cache_size,
+                config.identity.clock_skew,
+            )),
             config: Arc::new(config),
             keys,
             metrics: metrics.clone(),
             clock: Arc::new(SystemClock),
         };
-        metrics.config_last_reload_success.set(crate::jwks::unix_now() as f64);
+        metrics
+            .config_last_reload_success
+            .set(crate::jwks::unix_now() as f64);
         Arc::new(SharedState {
             current: ArcSwap::from_pointee(auth),
             metrics,
@@ -65,7 +75,10 @@ impl SharedState {
         let new_config = match result {
             Ok(c) => c,
             Err(errors) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 for e in &errors.0 {
                     tracing::error!(trigger = why, "configuration reload refused: {e}");
                 }
@@ -98,7 +111,10 @@ impl SharedState {
         {
             old.cache.clone()
         } else {
-            Arc::new(TokenCache::new(new_config.identity.token_cache_size, new_config.identity.clock_skew))
+            Arc::new(TokenCache::new(
+                new_config.identity.token_cache_size,
+                new_config.identity.clock_skew,
+            ))
         };
         self.current.store(Arc::new(Authenticator {
             config: Arc::new(new_config),
@@ -108,7 +124,9 @@ impl SharedState {
             clock: old.clock.clone(),
         }));
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-        self.metrics.config_last_reload_success.set(crate::jwks::unix_now() as f64);
+        self.metrics
+            .config_last_reload_success
+            .set(crate::jwks::unix_now() as f64);
         tracing::info!(trigger = why, "configuration reloaded");
         Ok(ReloadOutcome::Applied { listener_change })
     }

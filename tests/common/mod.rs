@@ -34,10 +34,15 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
-        let idp = Emulator::start("127.0.0.1:0".parse().expect("addr"), EmulatorOptions::default())
+        let idp = Emulator::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            EmulatorOptions::default(),
+        )
+        .await
+        .expect("emulator starts");
+        let echo = EchoServer::start("127.0.0.1:0".parse().expect("addr"))
             .await
-            .expect("emulator starts");
-        let echo = EchoServer::start("127.0.0.1:0".parse().expect("addr")).await.expect("echo starts");
+            .expect("echo starts");
         World { idp, echo }
     }
 }
@@ -54,7 +59,13 @@ pub struct Gateway {
 }
 
 /// Replaces `{port}`, `{admin}`, `{idp}`, `{echo}`, `{dir}` in a config template.
-pub fn render(template: &str, port: u16, admin: u16, world: &World, dir: &std::path::Path) -> String {
+pub fn render(
+    template: &str,
+    port: u16,
+    admin: u16,
+    world: &World,
+    dir: &std::path::Path,
+) -> String {
     template
         .replace("{port}", &port.to_string())
         .replace("{admin}", &admin.to_string())
@@ -97,7 +108,11 @@ impl Gateway {
         let port = free_port();
         let admin = free_port();
         let config_path = dir.path().join("aadgate.toml");
-        std::fs::write(&config_path, render(template, port, admin, world, dir.path())).expect("write config");
+        std::fs::write(
+            &config_path,
+            render(template, port, admin, world, dir.path()),
+        )
+        .expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aadgate"));
         cmd.args(args)
             .arg("run")
@@ -179,7 +194,11 @@ impl Gateway {
 
     /// Sends a signal by name (TERM, HUP, INT, QUIT).
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill runs");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -195,7 +214,12 @@ impl Gateway {
 
     /// The metrics text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("text")
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     }
 }
 
@@ -238,7 +262,11 @@ pub async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf);
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let reason = text
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("x-aadgate-reason:"))

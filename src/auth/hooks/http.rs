@@ -1,0 +1,1055 @@
+//! HTTP validator hooks (`kind = "http"`): the gateway POSTs the request facts as JSON and the
+//! hook answers allow or deny (SPEC section 3, "Validator hooks").
+//!
+//! Request stage body: `{"stage": "request", "route", "method", "path", "host", "tenant_id",
+//! "client_id", "claims": {…}}`; tenant stage body: `{"stage": "tenant", "tenant_id", "issuer"}`.
+//! The raw token is never sent. A `200` answer `{"allow": true, "headers": {…}}` allows,
+//! `{"allow": false, "message": "…"}` denies; anything else (another status, a body that is not
+//! that JSON, a connection error, a timeout) is an error handled per `on_error`.
+//!
+//! Decisions (allow and deny, never errors) are cached for `cache_ttl` in a per-validator moka
+//! cache: by tenant for the tenant stage, by (token hash, route, method, path) for the request
+//! stage, and a request-stage decision never outlives the token's `exp`. Each entry carries its
+//! own wall-clock `expires_at`, checked on every read. Concurrent misses for one key make one
+//! call. All validators share one connection pool; nothing is locked across a call, so a slow
+//! hook delays only the requests that wait for it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ::http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{count, HookRequest, HttpValidatorSettings, OnError, Outcome};
+use crate::auth::error::{Reason, Rejection};
+use crate::metrics::Metrics;
+
+/// Most request-stage decisions one validator keeps.
+pub const REQUEST_CACHE_CAPACITY: u64 = 100_000;
+/// Most tenant-stage decisions one validator keeps.
+pub const TENANT_CACHE_CAPACITY: u64 = 10_000;
+/// Largest hook answer read; a longer body is an error.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest deny message passed on to the caller (longer ones are cut).
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// The client every HTTP hook call goes through: one connection pool for all validators, no
+/// redirects followed, no proxy from the environment. `None` when the TLS backend failed to
+/// initialise (every call is then an error).
+fn client() -> Option<&'static reqwest::Client> {
+    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(concat!("aadgate/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| tracing::error!(error = %e, "cannot build the HTTP client for validator hooks"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Wall clock in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Allowed, with the (already filtered) headers to add upstream.
+    Allow(Vec<(HeaderName, HeaderValue)>),
+    /// Denied, with the hook's message (or a default naming the validator).
+    Deny(String),
+}
+
+/// Why a call produced no decision. The text is for logs; callers see only the validator name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HookError {
+    Timeout,
+    Connect(String),
+    Status(u16),
+    BadAnswer(String),
+    NoClient,
+}
+
+impl std::fmt::Display for HookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookError::Timeout => f.write_str("timed out"),
+            HookError::Connect(e) => write!(f, "request failed: {e}"),
+            HookError::Status(s) => write!(f, "answered status {s}"),
+            HookError::BadAnswer(e) => write!(f, "answered a body that is not a decision: {e}"),
+            HookError::NoClient => f.write_str("no HTTP client"),
+        }
+    }
+}
+
+/// A cached decision and the wall-clock time (Unix ms) it stops being usable.
+#[derive(Debug)]
+struct Cached {
+    decision: Decision,
+    expires_at_ms: i64,
+}
+
+impl Cached {
+    fn usable(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// Lets moka evict an entry at its own `expires_at` (never later than `cache_ttl`).
+struct UntilExpiresAt;
+
+impl<K> moka::Expiry<K, Arc<Cached>> for UntilExpiresAt {
+    fn expire_after_create(&self, _: &K, v: &Arc<Cached>, _: Instant) -> Option<Duration> {
+        let left = v.expires_at_ms.saturating_sub(now_ms()).max(0);
+        Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+    }
+}
+
+/// Request-stage cache key: (token hash, route, method, path).
+type RequestKey = ([u8; 32], Arc<str>, Box<str>, Box<str>);
+
+type DecisionCache<K> = moka::future::Cache<K, Arc<Cached>>;
+
+fn build_cache<K>(capacity: u64, ttl: Duration) -> DecisionCache<K>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    moka::future::Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(ttl)
+        .expire_after(UntilExpiresAt)
+        .build()
+}
+
+/// One HTTP validator: its settings and decision caches.
+pub(crate) struct HttpHook {
+    settings: HttpValidatorSettings,
+    requests: Option<DecisionCache<RequestKey>>,
+    tenants: Option<DecisionCache<String>>,
+}
+
+impl std::fmt::Debug for HttpHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHook")
+            .field("settings", &self.settings)
+            .field(
+                "cached_requests",
+                &self.requests.as_ref().map(|c| c.entry_count()),
+            )
+            .field(
+                "cached_tenants",
+                &self.tenants.as_ref().map(|c| c.entry_count()),
+            )
+            .finish()
+    }
+}
+
+/// The hook's answer, as sent.
+#[derive(Deserialize)]
+struct Answer {
+    allow: bool,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+}
+
+/// Hop-by-hop and framing headers a hook may not add: the proxy owns them.
+fn is_reserved(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "x-request-id"
+    )
+}
+
+/// The headers of an allow answer that may go upstream. Invalid names or values, non-string
+/// values, hop-by-hop headers, `x-auth-*` and configured claim headers are dropped with a warn
+/// log (which names the header, never its value).
+pub(crate) fn filter_headers(
+    validator: &str,
+    raw: Option<&Map<String, Value>>,
+    claim_headers: &HashSet<HeaderName>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(raw) = raw else { return Vec::new() };
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+            tracing::warn!(validator, header = %name.escape_debug(), "hook header dropped: not a valid header name");
+            continue;
+        };
+        if hn.as_str().starts_with("x-auth-") || claim_headers.contains(&hn) {
+            tracing::warn!(validator, header = %hn, "hook header dropped: identity headers come from the token only");
+            continue;
+        }
+        if is_reserved(&hn) {
+            tracing::warn!(validator, header = %hn, "hook header dropped: the proxy owns this header");
+            continue;
+        }
+        let Some(hv) = value.as_str().and_then(|v| HeaderValue::from_str(v).ok()) else {
+            tracing::warn!(validator, header = %hn, "hook header dropped: the value is not a valid header value string");
+            continue;
+        };
+        out.push((hn, hv));
+    }
+    out
+}
+
+/// Parses a 200 answer into a decision.
+fn parse_answer(
+    validator: &str,
+    body: &[u8],
+    claim_headers: &HashSet<HeaderName>,
+) -> Result<Decision, HookError> {
+    let a: Answer =
+        serde_json::from_slice(body).map_err(|e| HookError::BadAnswer(e.to_string()))?;
+    if a.allow {
+        Ok(Decision::Allow(filter_headers(
+            validator,
+            a.headers.as_ref(),
+            claim_headers,
+        )))
+    } else {
+        let message = a
+            .message
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect())
+            .unwrap_or_else(|| format!("denied by validator {validator:?}"));
+        Ok(Decision::Deny(message))
+    }
+}
+
+impl HttpHook {
+    pub(crate) fn new(settings: HttpValidatorSettings) -> Self {
+        let ttl = settings.cache_ttl;
+        let on = !ttl.is_zero();
+        HttpHook {
+            requests: on.then(|| build_cache(REQUEST_CACHE_CAPACITY, ttl)),
+            tenants: on.then(|| build_cache(TENANT_CACHE_CAPACITY, ttl)),
+            settings,
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &HttpValidatorSettings {
+        &self.settings
+    }
+
+    /// One POST to the hook, bounded by `timeout`; the answer is read up to
+    /// [`MAX_ANSWER_BYTES`].
+    async fn call(
+        &self,
+        validator: &str,
+        body: &Value,
+        claim_headers: &HashSet<HeaderName>,
+    ) -> Result<Decision, HookError> {
+        let client = client().ok_or(HookError::NoClient)?;
+        let timeout = self.settings.timeout;
+        let exchange = async {
+            let mut resp = client
+                .post(&self.settings.url)
+                .timeout(timeout)
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| {
+                    if e.is_timeout() {
+                        HookError::Timeout
+                    } else {
+                        HookError::Connect(without_url(&e))
+                    }
+                })?;
+            let status = resp.status();
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| {
+                if e.is_timeout() {
+                    HookError::Timeout
+                } else {
+                    HookError::Connect(without_url(&e))
+                }
+            })? {
+                if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(HookError::BadAnswer(format!(
+                        "longer than {MAX_ANSWER_BYTES} bytes"
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if status != reqwest::StatusCode::OK {
+                return Err(HookError::Status(status.as_u16()));
+            }
+            parse_answer(validator, &buf, claim_headers)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(HookError::Timeout),
+        }
+    }
+
+    /// Looks `key` up in `cache`, calling the hook on a miss (one call for concurrent misses).
+    /// Returns the decision and whether it came from the cache.
+    async fn decide<K>(
+        &self,
+        validator: &str,
+        cache: Option<&DecisionCache<K>>,
+        key: K,
+        expires_at_ms: i64,
+        body: &Value,
+        claim_headers: &HashSet<HeaderName>,
+    ) -> Result<(Decision, bool), HookError>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        let Some(cache) = cache else {
+            return self
+                .call(validator, body, claim_headers)
+                .await
+                .map(|d| (d, false));
+        };
+        for _ in 0..2 {
+            let called = AtomicBool::new(false);
+            let init = async {
+                called.store(true, Ordering::Relaxed);
+                let decision = self.call(validator, body, claim_headers).await?;
+                Ok::<_, HookError>(Arc::new(Cached {
+                    decision,
+                    expires_at_ms,
+                }))
+            };
+            let entry = cache.entry(key.clone()).or_try_insert_with(init).await;
+            let ran = called.load(Ordering::Relaxed);
+            let entry = entry.map_err(|e| (*e).clone())?;
+            let cached = entry.into_value();
+            if ran || cached.usable(now_ms()) {
+                return Ok((cached.decision.clone(), !ran));
+            }
+            // moka had not evicted an entry our clock says is stale: drop it and ask again.
+            cache.invalidate(&key).await;
+        }
+        self.call(validator, body, claim_headers)
+            .await
+            .map(|d| (d, false))
+    }
+
+    /// Maps a failure to `503 hook_unavailable` or, with `on_error = "allow"`, to a pass.
+    fn on_error(
+        &self,
+        validator: &str,
+        stage: &'static str,
+        e: &HookError,
+    ) -> Result<(), Rejection> {
+        match self.settings.on_error {
+            OnError::Deny => {
+                tracing::warn!(validator, stage, error = %e, "validator hook failed; denying (on_error = \"deny\")");
+                Err(Rejection::new(
+                    Reason::HookUnavailable,
+                    format!("validator {validator:?} is unavailable; try again later"),
+                ))
+            }
+            OnError::Allow => {
+                tracing::warn!(validator, stage, error = %e, "validator hook failed; allowing (on_error = \"allow\")");
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn check_request(
+        &self,
+        validator: &str,
+        req: &HookRequest<'_>,
+        claim_headers: &HashSet<HeaderName>,
+        metrics: &Metrics,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let body = json!({
+            "stage": "request",
+            "route": req.route,
+            "method": req.method,
+            "path": req.path,
+            "host": req.host,
+            "tenant_id": req.token.tid,
+            "client_id": req.token.client_id(),
+            "claims": req.token.claims,
+        });
+        let ttl_ms = i64::try_from(self.settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now_ms()
+            .saturating_add(ttl_ms)
+            .min(req.token.exp.saturating_mul(1000));
+        let key: RequestKey = (
+            *req.token_hash,
+            Arc::from(req.route),
+            req.method.into(),
+            req.path.into(),
+        );
+        let result = self
+            .decide(
+                validator,
+                self.requests.as_ref(),
+                key,
+                expires_at_ms,
+                &body,
+                claim_headers,
+            )
+            .await;
+        match result {
+            Ok((decision, from_cache)) => {
+                let outcome = match (&decision, from_cache) {
+                    (_, true) => Outcome::Cached,
+                    (Decision::Allow(_), false) => Outcome::Allow,
+                    (Decision::Deny(_), false) => Outcome::Deny,
+                };
+                count(metrics, validator, outcome);
+                match decision {
+                    Decision::Allow(headers) => Ok(headers),
+                    Decision::Deny(message) => {
+                        tracing::debug!(
+                            validator,
+                            route = req.route,
+                            "validator hook denied the request"
+                        );
+                        Err(Rejection::new(Reason::HookDenied, message))
+                    }
+                }
+            }
+            Err(e) => {
+                count(metrics, validator, Outcome::Error);
+                self.on_error(validator, "request", &e).map(|()| Vec::new())
+            }
+        }
+    }
+
+    pub(crate) async fn check_tenant(
+        &self,
+        validator: &str,
+        tid: &str,
+        issuer: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Rejection> {
+        let body = json!({
+            "stage": "tenant",
+            "tenant_id": tid,
+            "issuer": issuer,
+        });
+        let ttl_ms = i64::try_from(self.settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now_ms().saturating_add(ttl_ms);
+        let result = self
+            .decide(
+                validator,
+                self.tenants.as_ref(),
+                tid.to_string(),
+                expires_at_ms,
+                &body,
+                &HashSet::new(),
+            )
+            .await;
+        match result {
+            Ok((decision, from_cache)) => {
+                let outcome = match (&decision, from_cache) {
+                    (_, true) => Outcome::Cached,
+                    (Decision::Allow(_), false) => Outcome::Allow,
+                    (Decision::Deny(_), false) => Outcome::Deny,
+                };
+                count(metrics, validator, outcome);
+                match decision {
+                    Decision::Allow(_) => Ok(()),
+                    Decision::Deny(message) => {
+                        Err(Rejection::new(Reason::TenantNotAllowed, message))
+                    }
+                }
+            }
+            Err(e) => {
+                count(metrics, validator, Outcome::Error);
+                self.on_error(validator, "tenant", &e)
+            }
+        }
+    }
+}
+
+/// A reqwest error's text without the URL (which may carry credentials in its query).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<hook url>");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use ::http::HeaderMap;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use tokio::sync::Notify;
+
+    use super::super::Validator;
+    use super::*;
+    use crate::auth::claims::VerifiedToken;
+
+    /// What the in-test hook server answers.
+    #[derive(Clone)]
+    enum Reply {
+        Json(u16, String),
+        /// Never answers (waits on a `Notify` nobody fires).
+        Hang,
+    }
+
+    type Script = Arc<dyn Fn(usize, &Value) -> Reply + Send + Sync>;
+
+    #[derive(Clone)]
+    struct Hook {
+        calls: Arc<AtomicUsize>,
+        bodies: Arc<Mutex<Vec<Value>>>,
+        script: Script,
+        never: Arc<Notify>,
+    }
+
+    struct HookServer {
+        url: String,
+        hook: Hook,
+    }
+
+    impl HookServer {
+        fn calls(&self) -> usize {
+            self.hook.calls.load(Ordering::SeqCst)
+        }
+
+        fn bodies(&self) -> Vec<Value> {
+            self.hook
+                .bodies
+                .lock()
+                .map(|b| b.clone())
+                .unwrap_or_default()
+        }
+    }
+
+    async fn answer(State(h): State<Hook>, Json(body): Json<Value>) -> Response {
+        let n = h.calls.fetch_add(1, Ordering::SeqCst);
+        let reply = (h.script)(n, &body);
+        if let Ok(mut b) = h.bodies.lock() {
+            b.push(body);
+        }
+        match reply {
+            Reply::Json(status, text) => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                [("content-type", "application/json")],
+                text,
+            )
+                .into_response(),
+            Reply::Hang => {
+                h.never.notified().await;
+                StatusCode::OK.into_response()
+            }
+        }
+    }
+
+    /// A hook server on 127.0.0.1 at a port chosen by the OS; it is accepting once this returns.
+    async fn hook_server(
+        script: impl Fn(usize, &Value) -> Reply + Send + Sync + 'static,
+    ) -> HookServer {
+        let hook = Hook {
+            calls: Arc::default(),
+            bodies: Arc::default(),
+            script: Arc::new(script),
+            never: Arc::new(Notify::new()),
+        };
+        let app = Router::new()
+            .route("/hook", post(answer))
+            .with_state(hook.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HookServer {
+            url: format!("http://{addr}/hook"),
+            hook,
+        }
+    }
+
+    fn always(status: u16, body: &str) -> impl Fn(usize, &Value) -> Reply + Send + Sync + 'static {
+        let body = body.to_string();
+        move |_, _| Reply::Json(status, body.clone())
+    }
+
+    fn settings(url: &str, ttl: Duration, on_error: OnError) -> HttpValidatorSettings {
+        HttpValidatorSettings {
+            url: url.to_string(),
+            timeout: Duration::from_millis(500),
+            cache_ttl: ttl,
+            on_error,
+        }
+    }
+
+    fn token(tid: &str, exp: i64) -> VerifiedToken {
+        let claims = json!({
+            "tid": tid,
+            "iss": format!("https://sts.windows.net/{tid}/"),
+            "ver": "1.0",
+            "appid": "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11",
+            "roles": ["Orders.Read"],
+            "exp": exp,
+        });
+        let Value::Object(m) = claims else {
+            unreachable!("object literal")
+        };
+        VerifiedToken::from_claims(m, Arc::from("kid-1"))
+    }
+
+    const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    fn later() -> i64 {
+        crate::jwks::unix_now() + 3600
+    }
+
+    struct Req {
+        token: VerifiedToken,
+        hash: [u8; 32],
+        headers: HeaderMap,
+        path: String,
+    }
+
+    impl Req {
+        fn new(secret: &str, token: VerifiedToken) -> Self {
+            Req {
+                token,
+                hash: crate::auth::token_hash(secret),
+                headers: HeaderMap::new(),
+                path: "/orders/1".into(),
+            }
+        }
+
+        fn hook(&self) -> HookRequest<'_> {
+            HookRequest {
+                route: "orders",
+                method: "GET",
+                path: &self.path,
+                host: "api.contoso.com",
+                headers: &self.headers,
+                token: &self.token,
+                token_hash: &self.hash,
+            }
+        }
+    }
+
+    fn counted(m: &Metrics, name: &str, result: &str) -> u64 {
+        m.validator_requests
+            .with_label_values(&[name, result])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn an_allow_answer_allows_and_returns_its_headers() {
+        let srv = hook_server(always(
+            200,
+            r#"{"allow": true, "headers": {"X-Entitlement": "gold"}}"#,
+        ))
+        .await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let m = Metrics::new();
+        let r = Req::new("t1", token(TID, later()));
+        let headers = v.check_request(&r.hook(), &m).await.expect("allowed");
+        assert_eq!(
+            headers,
+            vec![(
+                HeaderName::from_static("x-entitlement"),
+                HeaderValue::from_static("gold")
+            )]
+        );
+        assert_eq!(counted(&m, "ent", "allow"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deny_answer_is_hook_denied_with_the_hook_message() {
+        let srv = hook_server(always(
+            200,
+            r#"{"allow": false, "message": "no entitlement for orders"}"#,
+        ))
+        .await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let m = Metrics::new();
+        let r = Req::new("t1", token(TID, later()));
+        let e = v.check_request(&r.hook(), &m).await.expect_err("denied");
+        assert_eq!(e.reason, Reason::HookDenied);
+        assert_eq!(e.message, "no entitlement for orders");
+        assert_eq!(counted(&m, "ent", "deny"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deny_without_message_names_the_validator() {
+        let srv = hook_server(always(200, r#"{"allow": false}"#)).await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let r = Req::new("t1", token(TID, later()));
+        let e = v
+            .check_request(&r.hook(), &Metrics::new())
+            .await
+            .expect_err("denied");
+        assert_eq!(e.reason, Reason::HookDenied);
+        assert!(e.message.contains("ent"));
+    }
+
+    #[tokio::test]
+    async fn invalid_identity_and_hop_by_hop_headers_from_a_hook_are_dropped() {
+        let answer = json!({"allow": true, "headers": {
+            "x-plan": "gold",
+            "x-auth-tenant-id": "forged",
+            "X-Auth-Roles": "Admin",
+            "x-custom-claim": "forged",
+            "bad name": "v",
+            "x-bad-value": "line\nbreak",
+            "x-number": 3,
+            "content-length": "10",
+            "host": "evil",
+        }});
+        let srv = hook_server(always(200, &answer.to_string())).await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let r = Req::new("t1", token(TID, later()));
+        let claim_headers: HashSet<HeaderName> = [HeaderName::from_static("x-custom-claim")].into();
+        let headers = v
+            .check_request_with(&r.hook(), &claim_headers, &Metrics::new())
+            .await
+            .expect("allowed");
+        assert_eq!(
+            headers,
+            vec![(
+                HeaderName::from_static("x-plan"),
+                HeaderValue::from_static("gold")
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_hook_body_carries_the_request_facts_and_never_the_token() {
+        let srv = hook_server(always(200, r#"{"allow": true}"#)).await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let mut r = Req::new("raw-token-text", token(TID, later()));
+        r.headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer raw-token-text"),
+        );
+        v.check_request(&r.hook(), &Metrics::new())
+            .await
+            .expect("allowed");
+        let bodies = srv.bodies();
+        let body = bodies.first().expect("one call");
+        assert_eq!(body["stage"], "request");
+        assert_eq!(body["route"], "orders");
+        assert_eq!(body["method"], "GET");
+        assert_eq!(body["path"], "/orders/1");
+        assert_eq!(body["host"], "api.contoso.com");
+        assert_eq!(body["tenant_id"], TID);
+        assert_eq!(body["client_id"], "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11");
+        assert_eq!(body["claims"]["roles"], json!(["Orders.Read"]));
+        assert!(!body.to_string().contains("raw-token-text"));
+    }
+
+    #[tokio::test]
+    async fn failures_follow_on_error() {
+        let dead = {
+            // A port that was just free: nothing listens there.
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            format!("http://{}/hook", l.local_addr().expect("addr"))
+        };
+        let cases: [(&str, Reply); 4] = [
+            (
+                "a 500 answer",
+                Reply::Json(500, r#"{"allow": true}"#.into()),
+            ),
+            ("a body that is not JSON", Reply::Json(200, "allow".into())),
+            (
+                "JSON without allow",
+                Reply::Json(200, r#"{"message": "x"}"#.into()),
+            ),
+            ("no answer within the timeout", Reply::Hang),
+        ];
+        for (case, reply) in cases {
+            let srv = hook_server(move |_, _| reply.clone()).await;
+            for (on_error, want) in [
+                (OnError::Deny, Some(Reason::HookUnavailable)),
+                (OnError::Allow, None),
+            ] {
+                let mut s = settings(&srv.url, Duration::from_secs(60), on_error);
+                s.timeout = Duration::from_millis(200);
+                let v = Validator::http("ent", s);
+                let m = Metrics::new();
+                let r = Req::new("t1", token(TID, later()));
+                let got = v.check_request(&r.hook(), &m).await;
+                assert_eq!(
+                    got.as_ref().err().map(|e| e.reason),
+                    want,
+                    "{case} with {on_error:?}"
+                );
+                if let Err(e) = got {
+                    assert!(
+                        e.message.contains("ent"),
+                        "{case}: the message names the validator"
+                    );
+                }
+                assert_eq!(counted(&m, "ent", "error"), 1, "{case} with {on_error:?}");
+            }
+        }
+        for (on_error, want) in [
+            (OnError::Deny, Some(Reason::HookUnavailable)),
+            (OnError::Allow, None),
+        ] {
+            let v = Validator::http("ent", settings(&dead, Duration::ZERO, on_error));
+            let r = Req::new("t1", token(TID, later()));
+            let got = v.check_request(&r.hook(), &Metrics::new()).await;
+            assert_eq!(
+                got.err().map(|e| e.reason),
+                want,
+                "connection refused with {on_error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn many_requests_with_one_token_make_one_call_while_cached() {
+        let srv = hook_server(always(
+            200,
+            r#"{"allow": true, "headers": {"x-plan": "gold"}}"#,
+        ))
+        .await;
+        let v = Validator::http(
+            "ent",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        );
+        let m = Metrics::new();
+        let r = Req::new("t1", token(TID, later()));
+        for _ in 0..5 {
+            let h = v.check_request(&r.hook(), &m).await.expect("allowed");
+            assert_eq!(h.len(), 1, "cached decisions keep their headers");
+        }
+        assert_eq!(srv.calls(), 1);
+        assert_eq!(counted(&m, "ent", "allow"), 1);
+        assert_eq!(counted(&m, "ent", "cached"), 4);
+        // Another path, or another token, is another decision.
+        let mut other_path = Req::new("t1", token(TID, later()));
+        other_path.path = "/orders/2".into();
+        v.check_request(&other_path.hook(), &m)
+            .await
+            .expect("allowed");
+        v.check_request(&Req::new("t2", token(TID, later())).hook(), &m)
+            .await
+            .expect("allowed");
+        assert_eq!(srv.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn denies_are_cached_like_allows() {
+        let srv = hook_server(always(200, r#"{"allow": false, "message": "no"}"#)).await;
+        let v = Validator::http(
+            "ent",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        );
+        let r = Req::new("t1", token(TID, later()));
+        for _ in 0..3 {
+            let e = v
+                .check_request(&r.hook(), &Metrics::new())
+                .await
+                .expect_err("denied");
+            assert_eq!(e.reason, Reason::HookDenied);
+        }
+        assert_eq!(srv.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_cache_ttl_calls_the_hook_every_time() {
+        let srv = hook_server(always(200, r#"{"allow": true}"#)).await;
+        let v = Validator::http("ent", settings(&srv.url, Duration::ZERO, OnError::Deny));
+        let r = Req::new("t1", token(TID, later()));
+        for _ in 0..4 {
+            v.check_request(&r.hook(), &Metrics::new())
+                .await
+                .expect("allowed");
+        }
+        assert_eq!(srv.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let srv = hook_server(|n, _| {
+            if n == 0 {
+                Reply::Json(500, String::new())
+            } else {
+                Reply::Json(200, r#"{"allow": true}"#.into())
+            }
+        })
+        .await;
+        let v = Validator::http(
+            "ent",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        );
+        let r = Req::new("t1", token(TID, later()));
+        let first = v.check_request(&r.hook(), &Metrics::new()).await;
+        assert_eq!(first.err().map(|e| e.reason), Some(Reason::HookUnavailable));
+        v.check_request(&r.hook(), &Metrics::new())
+            .await
+            .expect("allowed");
+        v.check_request(&r.hook(), &Metrics::new())
+            .await
+            .expect("allowed");
+        assert_eq!(srv.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cached_decision_never_outlives_the_token() {
+        let srv = hook_server(always(200, r#"{"allow": true}"#)).await;
+        let v = Validator::http(
+            "ent",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        );
+        // Expired a few seconds ago, still accepted within clock skew: nothing may be reused.
+        let r = Req::new("t1", token(TID, crate::jwks::unix_now() - 5));
+        for _ in 0..3 {
+            v.check_request(&r.hook(), &Metrics::new())
+                .await
+                .expect("allowed");
+        }
+        assert_eq!(srv.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_make_one_call() {
+        let srv = hook_server(always(200, r#"{"allow": true}"#)).await;
+        let v = Arc::new(Validator::http(
+            "ent",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        ));
+        let r = Arc::new(Req::new("t1", token(TID, later())));
+        let m = Arc::new(Metrics::new());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (v, r, m) = (v.clone(), r.clone(), m.clone());
+            tasks.push(tokio::spawn(async move {
+                v.check_request(&r.hook(), &m).await.map(|_| ())
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("allowed");
+        }
+        assert_eq!(srv.calls(), 1);
+        assert_eq!(
+            counted(&m, "ent", "allow") + counted(&m, "ent", "cached"),
+            20
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tenant_stage_makes_one_call_per_tenant() {
+        let other = "11111111-2222-3333-4444-555555555555";
+        let srv = hook_server(|_, body| {
+            let allowed = body["tenant_id"] == TID;
+            Reply::Json(
+                200,
+                json!({"allow": allowed, "message": "tenant not onboarded"}).to_string(),
+            )
+        })
+        .await;
+        let v = Validator::http(
+            "registry",
+            settings(&srv.url, Duration::from_secs(60), OnError::Deny),
+        );
+        let m = Metrics::new();
+        for _ in 0..3 {
+            v.check_tenant(TID, &format!("https://sts.windows.net/{TID}/"), &m)
+                .await
+                .expect("allowed");
+            let e = v
+                .check_tenant(other, "https://sts.windows.net/x/", &m)
+                .await
+                .expect_err("denied");
+            assert_eq!(e.reason, Reason::TenantNotAllowed);
+            assert_eq!(e.message, "tenant not onboarded");
+        }
+        assert_eq!(srv.calls(), 2);
+        let bodies = srv.bodies();
+        assert_eq!(
+            bodies[0],
+            json!({"stage": "tenant", "tenant_id": TID, "issuer": format!("https://sts.windows.net/{TID}/")})
+        );
+        assert_eq!(counted(&m, "registry", "cached"), 4);
+    }
+
+    #[tokio::test]
+    async fn a_failing_tenant_hook_follows_on_error() {
+        let srv = hook_server(always(503, "")).await;
+        for (on_error, want) in [
+            (OnError::Deny, Some(Reason::HookUnavailable)),
+            (OnError::Allow, None),
+        ] {
+            let v = Validator::http(
+                "registry",
+                settings(&srv.url, Duration::from_secs(60), on_error),
+            );
+            let got = v
+                .check_tenant(TID, "https://sts.windows.net/x/", &Metrics::new())
+                .await;
+            assert_eq!(got.err().map(|e| e.reason), want, "{on_error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hanging_hook_for_one_validator_does_not_delay_another() {
+        let hanging = hook_server(|_, _| Reply::Hang).await;
+        let fast = hook_server(always(200, r#"{"allow": true}"#)).await;
+        let mut slow_settings = settings(&hanging.url, Duration::from_secs(60), OnError::Deny);
+        slow_settings.timeout = Duration::from_secs(30);
+        let a = Arc::new(Validator::http("a", slow_settings));
+        let b = Validator::http(
+            "b",
+            settings(&fast.url, Duration::from_secs(60), OnError::Deny),
+        );
+        let m = Arc::new(Metrics::new());
+        let r = Arc::new(Req::new("t1", token(TID, later())));
+        let stuck = {
+            let (a, r, m) = (a.clone(), r.clone(), m.clone());
+            tokio::spawn(async move { a.check_request(&r.hook(), &m).await.map(|_| ()) })
+        };
+        // Wait until A's call is in flight at its hook.
+        while hanging.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let got =
+            tokio::time::timeout(Duration::from_secs(5), b.check_request(&r.hook(), &m)).await;
+        assert!(matches!(got, Ok(Ok(_))), "B answered while A hangs");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!stuck.is_finished(), "A is still waiting for its hook");
+        stuck.abort();
+    }
+}
