@@ -104,15 +104,41 @@ impl Gateway {
     }
 
     pub async fn start_with(template: &str, world: &World, args: &[&str]) -> Gateway {
+        let p = Prepared::new(template, world);
+        let path = p.dir.path().join("aadgate.toml");
+        std::fs::write(&path, &p.rendered).expect("write config");
+        p.launch(path, args).await
+    }
+}
+
+/// A rendered config with its ports and folder, before the process starts (for tests that lay
+/// the config out themselves, e.g. as a Kubernetes ConfigMap mount).
+pub struct Prepared {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin: u16,
+    pub rendered: String,
+}
+
+impl Prepared {
+    pub fn new(template: &str, world: &World) -> Prepared {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin = free_port();
-        let config_path = dir.path().join("aadgate.toml");
-        std::fs::write(
-            &config_path,
-            render(template, port, admin, world, dir.path()),
-        )
-        .expect("write config");
+        let rendered = render(template, port, admin, world, dir.path());
+        Prepared {
+            dir,
+            port,
+            admin,
+            rendered,
+        }
+    }
+
+    /// Starts `aadgate [args] run -c config_path`.
+    pub async fn launch(self, config_path: PathBuf, args: &[&str]) -> Gateway {
+        let Prepared {
+            dir, port, admin, ..
+        } = self;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aadgate"));
         cmd.args(args)
             .arg("run")
@@ -145,7 +171,9 @@ impl Gateway {
         gw.wait_for_port().await;
         gw
     }
+}
 
+impl Gateway {
     async fn wait_for_port(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
