@@ -1,12 +1,438 @@
-//! `aadgate demo`.
+//! `aadgate demo`: the AAD emulator, an echo upstream, a mock Outlook API and the gateway in one
+//! process, with `conf/demo.toml`; prints ready-to-run `curl` commands, or with `--once` runs
+//! every scenario and prints a table.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::json;
 
 use crate::cli::DemoArgs;
+use crate::config::{self, Config};
+use crate::emulator::{
+    AppRegistration, EchoServer, Emulator, EmulatorHandle, EmulatorOptions, MockOutlook, TokenSpec,
+    DEFAULT_TENANT,
+};
 
-/// Entry point of `aadgate demo`.
+/// The demo's second tenant: allowed by the gateway, but it never consented to the gateway's
+/// application, so exchange routes refuse its callers.
+pub const FABRIKAM: &str = "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b";
+/// A tenant the gateway does not allow.
+pub const WOODGROVE: &str = "a9b8c7d6-e5f4-4a3b-9c2d-1e0f9a8b7c6d";
+
+/// Where the demo's own servers listen, read from the demo configuration: the emulator at
+/// `metadata_url`'s host and port, the echo upstream at the first plain route's upstream, the
+/// mock Outlook API at the first exchange route's upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub emulator: SocketAddr,
+    pub echo: SocketAddr,
+    pub outlook: SocketAddr,
+}
+
+impl Addresses {
+    /// Reads the addresses from `config`.
+    pub fn from_config(config: &Config) -> Result<Addresses, String> {
+        let url = config
+            .identity
+            .metadata_url
+            .as_deref()
+            .ok_or("the demo config needs metadata_url pointing at the emulator")?;
+        let url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        let emulator = url
+            .socket_addrs(|| None)
+            .ok()
+            .and_then(|a| a.first().copied())
+            .ok_or("metadata_url has no usable address")?;
+        let upstream = |exchange: bool| {
+            config
+                .routes
+                .iter()
+                .find(|r| r.exchange.is_some() == exchange && r.upstream.addr.is_some())
+                .and_then(|r| r.upstream.addr)
+        };
+        Ok(Addresses {
+            emulator,
+            echo: upstream(false).ok_or("the demo config needs a route to the echo upstream")?,
+            outlook: upstream(true)
+                .ok_or("the demo config needs an exchange route to the mock Outlook API")?,
+        })
+    }
+}
+
+/// One demo request and the outcome it should get.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub token: Option<String>,
+    pub status: u16,
+    /// `None` for a proxied answer.
+    pub reason: Option<&'static str>,
+}
+
+fn tamper(token: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(parts.get(1).copied().unwrap_or_default())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    claims["roles"] = json!(["Orders.Read", "Orders.Admin"]);
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts.get(2).copied().unwrap_or_default()
+    )
+}
+
+/// The scenario table, with tokens freshly minted by the emulator.
+pub fn scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
+    let app = |tid: &str, roles: &[&str]| idp.mint(&TokenSpec::app(tid, aud, roles));
+    let user = idp.mint(
+        &TokenSpec::user(DEFAULT_TENANT, aud, "profile.read Mail.Read").with_upn("ada@contoso.com"),
+    );
+    let daemon = app(DEFAULT_TENANT, &["Orders.Read"]);
+    let s = |name, path, token: Option<String>, status, reason| Scenario {
+        name,
+        path,
+        token,
+        status,
+        reason,
+    };
+    vec![
+        s(
+            "valid app-only token",
+            "/api/orders/42",
+            Some(daemon.clone()),
+            200,
+            None,
+        ),
+        s(
+            "valid user token",
+            "/api/profile/me",
+            Some(user.clone()),
+            200,
+            None,
+        ),
+        s(
+            "no token",
+            "/api/orders/42",
+            None,
+            401,
+            Some("missing_token"),
+        ),
+        s(
+            "tenant not on the allow-list",
+            "/api/orders/42",
+            Some(app(WOODGROVE, &["Orders.Read"])),
+            401,
+            Some("tenant_not_allowed"),
+        ),
+        s(
+            "missing app role",
+            "/api/orders/42",
+            Some(app(DEFAULT_TENANT, &["Orders.Write"])),
+            403,
+            Some("missing_role"),
+        ),
+        s(
+            "token for another API",
+            "/api/orders/42",
+            Some(idp.mint(&TokenSpec::app(
+                DEFAULT_TENANT,
+                "api://someone-else",
+                &["Orders.Read"],
+            ))),
+            401,
+            Some("bad_audience"),
+        ),
+        s(
+            "expired token",
+            "/api/orders/42",
+            Some(
+                idp.mint(
+                    &TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_lifetime(-7200),
+                ),
+            ),
+            401,
+            Some("expired"),
+        ),
+        s(
+            "forged claims",
+            "/api/orders/42",
+            Some(tamper(&daemon)),
+            401,
+            Some("bad_signature"),
+        ),
+        s(
+            "app-only token on a user route",
+            "/api/profile/me",
+            Some(daemon.clone()),
+            403,
+            Some("wrong_token_kind"),
+        ),
+        s(
+            "client secret instead of certificate",
+            "/api/jobs/run",
+            Some(
+                idp.mint(
+                    &TokenSpec::app(DEFAULT_TENANT, aud, &["Jobs.Run"]).with_auth_strength("1"),
+                ),
+            ),
+            403,
+            Some("weak_client_auth"),
+        ),
+        s(
+            "guest account (CEL validator)",
+            "/api/orders/42",
+            Some(idp.mint(
+                &TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_claim("acct", json!(1)),
+            )),
+            403,
+            Some("hook_denied"),
+        ),
+        s(
+            "app-only mail call through the exchange",
+            "/api/v2.0/users/ada@contoso.com/messages",
+            Some(daemon.clone()),
+            200,
+            None,
+        ),
+        s(
+            "user /me mail call through the exchange",
+            "/api/v2.0/me/messages",
+            Some(user),
+            200,
+            None,
+        ),
+        s(
+            "mail call from an unconsented tenant",
+            "/api/v2.0/users/bob@fabrikam.com/messages",
+            Some(app(FABRIKAM, &["Orders.Read"])),
+            403,
+            Some("tenant_not_consented"),
+        ),
+        s("public health check", "/health", None, 200, None),
+    ]
+}
+
+struct Demo {
+    idp: EmulatorHandle,
+}
+
+async fn start_world(config: Config, at: Addresses) -> Result<Demo, String> {
+    let busy = |what: &str, addr: SocketAddr, e: &dyn std::fmt::Display| {
+        format!("cannot start the {what} on {addr}: {e} (is another `aadgate demo` running?)")
+    };
+    let idp = Emulator::start(at.emulator, EmulatorOptions::default())
+        .await
+        .map_err(|e| busy("AAD emulator", at.emulator, &e))?;
+    let echo = EchoServer::start(at.echo)
+        .await
+        .map_err(|e| busy("echo upstream", at.echo, &e))?;
+    let outlook = MockOutlook::start(at.outlook, idp.clone())
+        .await
+        .map_err(|e| busy("mock Outlook API", at.outlook, &e))?;
+    // The handles stop their servers when dropped; the demo runs until the process exits.
+    std::mem::forget(echo);
+    std::mem::forget(outlook);
+    for x in config.exchanges.values() {
+        let s = x.settings();
+        let mut app = AppRegistration::new(&s.client_id).with_display_name("aadgate demo gateway");
+        for c in &s.certificates {
+            app = app.with_certificate_der(c.cert_der.clone());
+        }
+        idp.register_app(app).map_err(|e| e.to_string())?;
+        idp.consent(DEFAULT_TENANT, &s.client_id, vec!["Mail.Read".into()]);
+    }
+    idp.add_tenant(FABRIKAM);
+    Ok(Demo { idp })
+}
+
+/// Waits (bounded) until the keys are loaded (`/readyz`) and the data-plane port accepts.
+async fn wait_ready(admin: SocketAddr, listen: SocketAddr) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://{admin}/readyz")).send().await {
+            if r.status() == 200 && tokio::net::TcpStream::connect(listen).await.is_ok() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the gateway did not become ready within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs every scenario against the gateway at `base`; returns the table and whether all matched.
+pub async fn run_scenarios(base: &str, scenarios: &[Scenario]) -> (String, bool) {
+    let client = reqwest::Client::new();
+    let mut all = true;
+    let mut rows = vec![(
+        "scenario".to_string(),
+        "expected".to_string(),
+        "got".to_string(),
+        "".to_string(),
+    )];
+    for s in scenarios {
+        let mut req = client.get(format!("{base}{}", s.path));
+        if let Some(t) = &s.token {
+            req = req.bearer_auth(t);
+        }
+        let (status, reason) = match req.send().await {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.headers()
+                    .get("x-aadgate-reason")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from),
+            ),
+            Err(e) => (0, Some(format!("request failed: {e}"))),
+        };
+        let ok = status == s.status && reason.as_deref() == s.reason;
+        all &= ok;
+        let fmt = |st: u16, r: Option<&str>| format!("{st} {}", r.unwrap_or("ok"));
+        rows.push((
+            s.name.to_string(),
+            fmt(s.status, s.reason),
+            fmt(status, reason.as_deref()),
+            if ok { "PASS".into() } else { "FAIL".into() },
+        ));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (a, b, c, d) in rows {
+        out.push_str(&format!("{a:<w0$}  {b:<w1$}  {c:<w2$}  {d}\n"));
+    }
+    out.push_str(&format!(
+        "{} scenarios, {}\n",
+        scenarios.len(),
+        if all {
+            "all as expected"
+        } else {
+            "SOME FAILED"
+        }
+    ));
+    (out, all)
+}
+
+fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) -> String {
+    let mut out = String::new();
+    out.push_str("aadgate demo is running:\n");
+    out.push_str(&format!("  gateway        {base}   (conf/demo.toml)\n"));
+    out.push_str(&format!(
+        "  admin          http://{admin}   (/metrics /healthz /readyz)\n"
+    ));
+    out.push_str(&format!("  AAD emulator   http://{}\n", at.emulator));
+    out.push_str(&format!("  echo upstream  http://{}\n", at.echo));
+    out.push_str(&format!("  mock Outlook   http://{}\n\n", at.outlook));
+    out.push_str("Try these (tokens minted just now, valid for an hour):\n\n");
+    for s in scenarios {
+        out.push_str(&format!(
+            "# {} -> expect {} {}\n",
+            s.name,
+            s.status,
+            s.reason.unwrap_or("ok")
+        ));
+        match &s.token {
+            Some(t) => out.push_str(&format!(
+                "curl -i -H 'Authorization: Bearer {t}' {base}{}\n\n",
+                s.path
+            )),
+            None => out.push_str(&format!("curl -i {base}{}\n\n", s.path)),
+        }
+    }
+    out.push_str("Explain any token:  aadgate explain -c conf/demo.toml --route orders <TOKEN>\n");
+    out.push_str(
+        "Mint more:          aadgate dev-token --help   (the demo's emulator uses its own key)\n",
+    );
+    out.push_str("Stop with Ctrl-C.\n");
+    out
+}
+
+/// `aadgate demo [--once]`.
 pub fn main(args: &DemoArgs) -> ExitCode {
-    let _ = args;
-    eprintln!("aadgate demo: not built yet");
-    ExitCode::FAILURE
+    let fail = |msg: String| {
+        eprintln!("aadgate demo: {msg}");
+        ExitCode::FAILURE
+    };
+    let path: &Path = &args.demo_config;
+    let config = match config::load(path, None) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "{e}\n(run the demo from the repository root, or pass --demo-config)"
+            ))
+        }
+    };
+    let Some(listen) = config.server.listen.first().copied() else {
+        return fail("the demo config has no listen address".into());
+    };
+    let Some(admin) = config.server.admin_listen else {
+        return fail("the demo config needs admin_listen".into());
+    };
+    let aud = config
+        .identity
+        .audiences
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let at = match Addresses::from_config(&config) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    let demo = match rt.block_on(start_world(config, at)) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let base = format!("http://{listen}");
+    let table = scenarios(&demo.idp, &aud);
+    if args.once {
+        let base2 = base.clone();
+        rt.spawn(async move {
+            let code = match wait_ready(admin, listen).await {
+                Ok(()) => {
+                    let (text, ok) = run_scenarios(&base2, &table).await;
+                    println!("{text}");
+                    if ok {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                Err(e) => {
+                    eprintln!("aadgate demo: {e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        });
+    } else {
+        println!("{}", banner(&base, admin, at, &table));
+    }
+    // The emulator and upstreams keep running on `rt` while the gateway serves on this thread.
+    let _rt = Arc::new(rt);
+    match crate::server::run(path.to_path_buf(), false) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }

@@ -157,8 +157,49 @@ pub fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, Str
         .map_err(|r| r.message)
 }
 
+/// The request `explain` pretends to make: from `--method/--path/--host`, or else the route's
+/// first method, its prefix and its host.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub host: String,
+}
+
+impl Request {
+    /// The request for `route`, with any of `args`' method/path/host overriding the defaults.
+    pub fn for_route(route: &Route, args: Option<&ExplainArgs>) -> Request {
+        let method = args
+            .filter(|a| a.route.is_none())
+            .and_then(|a| Method::from_bytes(a.method.to_ascii_uppercase().as_bytes()).ok())
+            .or_else(|| route.methods.as_ref().and_then(|m| m.first().cloned()))
+            .unwrap_or(Method::GET);
+        Request {
+            method,
+            path: args
+                .and_then(|a| a.path.clone())
+                .unwrap_or_else(|| route.path_prefix.clone()),
+            host: args
+                .and_then(|a| a.host.as_deref())
+                .map(crate::routing::normalize_host)
+                .or_else(|| route.host.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Explains `token` for `route` with the given authenticator.
 pub async fn explain(auth: &Authenticator, route: &Arc<Route>, token: &str) -> Report {
+    explain_request(auth, route, &Request::for_route(route, None), token).await
+}
+
+/// Explains `token` for `route` as if sent with `request`.
+pub async fn explain_request(
+    auth: &Authenticator,
+    route: &Arc<Route>,
+    request: &Request,
+    token: &str,
+) -> Report {
     let token = token.trim();
     let token = token
         .strip_prefix("Bearer ")
@@ -169,20 +210,24 @@ pub async fn explain(auth: &Authenticator, route: &Arc<Route>, token: &str) -> R
     let value = HeaderValue::from_str(&format!("Bearer {token}"))
         .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
     headers.insert(http::header::AUTHORIZATION, value);
-    let method = route
-        .methods
-        .as_ref()
-        .and_then(|m| m.first().cloned())
-        .unwrap_or(Method::GET);
-    let host = route.host.clone().unwrap_or_default();
     let parts = RequestParts {
-        method: &method,
-        path: &route.path_prefix,
-        host: &host,
+        method: &request.method,
+        path: &request.path,
+        host: &request.host,
         headers: &headers,
     };
     let mut trace = Trace::default();
-    let _ = auth.authenticate_traced(route, &parts, &mut trace).await;
+    if route.auth == crate::config::AuthMode::Anonymous {
+        trace.steps.push(crate::auth::Step {
+            check: "route",
+            result: Ok(format!(
+                "route {} is anonymous: the gateway does not look at tokens on it",
+                route.name
+            )),
+        });
+    } else {
+        let _ = auth.authenticate_traced(route, &parts, &mut trace).await;
+    }
     Report {
         route: route.name.to_string(),
         header: decode_segment(token, 0),
@@ -252,7 +297,8 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
         metrics,
         clock,
     };
-    let report = rt.block_on(explain(&auth, &route, &token));
+    let request = Request::for_route(&route, Some(args));
+    let report = rt.block_on(explain_request(&auth, &route, &request, &token));
     if args.json {
         println!(
             "{}",

@@ -272,6 +272,21 @@ impl KeyStore {
         })
     }
 
+    /// A store for a new key source that serves `previous` (the old source's keys) until its
+    /// own first load succeeds, so a reload that changes the key source never drops to
+    /// `keys_unavailable`.
+    pub fn new_seeded(
+        identity: &IdentitySettings,
+        metrics: Arc<Metrics>,
+        previous: Option<Arc<KeySet>>,
+    ) -> Arc<Self> {
+        let store = KeyStore::new(identity, metrics);
+        if let Some(set) = previous {
+            store.current.store(Some(set));
+        }
+        store
+    }
+
     /// A store holding a fixed key set, never fetching (for `explain --jwks` and tests).
     pub fn fixed(set: KeySet, metrics: Arc<Metrics>) -> Arc<Self> {
         let identity = IdentitySettings {
@@ -490,7 +505,7 @@ impl KeyStore {
         if let Ok(mut g) = self.last_fetch_start.lock() {
             *g = Some(Instant::now());
         }
-        // Rediscover the JWKS location on scheduled refreshes; kid-miss refetches reuse it.
+        // The metadata is read again on every fetch, so a moved jwks_uri is followed.
         let result = async {
             let uri = self.jwks_location(true).await?;
             let raw = self.get(&uri).await?;

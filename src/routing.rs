@@ -127,10 +127,20 @@ pub fn select<'r>(
 }
 
 /// The path sent upstream: `strip_prefix` removed from the path as received (the result always
-/// starts with '/'), query kept.
-pub fn upstream_path(route: &Route, raw_path: &str, query: Option<&str>) -> String {
+/// starts with '/'), query kept. When the prefix only matches after decoding (`/%6Frders/…`),
+/// it is removed from the decoded `match_path` instead, so a route's prefix is never forwarded
+/// by accident.
+pub fn upstream_path(
+    route: &Route,
+    raw_path: &str,
+    match_path: &str,
+    query: Option<&str>,
+) -> String {
     let mut p = match &route.strip_prefix {
-        Some(sp) => match raw_path.strip_prefix(sp.as_str()) {
+        Some(sp) => match raw_path
+            .strip_prefix(sp.as_str())
+            .or_else(|| match_path.strip_prefix(sp.as_str()))
+        {
             Some(rest) if rest.starts_with('/') => rest.to_string(),
             Some(rest) => format!("/{rest}"),
             None => raw_path.to_string(),
@@ -244,6 +254,26 @@ mod tests {
             Some(Reason::RouteNotFound)
         );
         assert!(select(&routes, &Method::POST, "other", "/p/1").is_ok());
+    }
+
+    #[test]
+    fn strip_prefix_applies_to_raw_and_to_decoded_paths() {
+        let mut r = Route::for_test("r", "/orders/");
+        r.strip_prefix = Some("/orders".into());
+        assert_eq!(
+            upstream_path(&r, "/orders/42", "/orders/42", Some("a=1")),
+            "/42?a=1"
+        );
+        let raw = "/%6Frders/42";
+        let decoded = match_path(raw).expect("safe");
+        assert_eq!(upstream_path(&r, raw, &decoded, None), "/42");
+        assert_eq!(upstream_path(&r, "/orders", "/orders", None), "/");
+        r.strip_prefix = None;
+        assert_eq!(
+            upstream_path(&r, raw, &decoded, None),
+            raw,
+            "no strip: the path as received"
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Compiler<'_> {
         let clients = self.clients(f.clients.as_ref());
         let validators = self.validators(&f.validators, previous);
         let exchanges = self.exchanges(&f.exchange, previous);
-        let routes = self.routes(&f.routes, &validators, &exchanges, &clients);
+        let routes = self.routes(&f.routes, &validators, &f.validators, &exchanges, &clients);
 
         let mut claim_header_names: HashSet<HeaderName> = default_claim_headers()
             .into_iter()
@@ -778,6 +778,7 @@ impl Compiler<'_> {
         &mut self,
         list: &[Spanned<file::RouteFile>],
         validators: &HashMap<String, Arc<Validator>>,
+        declared_validators: &std::collections::BTreeMap<String, Spanned<file::ValidatorFile>>,
         exchanges: &HashMap<String, Arc<Exchanger>>,
         clients: &ClientSettings,
     ) -> Vec<Arc<Route>> {
@@ -875,6 +876,8 @@ impl Compiler<'_> {
             for v in &f.validators {
                 match validators.get(v.get_ref()) {
                     Some(val) => route_validators.push(val.clone()),
+                    // Declared but invalid: its own error was reported already.
+                    None if declared_validators.contains_key(v.get_ref()) => {}
                     None => self.r.error(
                         v.span(),
                         format!(

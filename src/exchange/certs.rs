@@ -111,6 +111,17 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate,
         ))
     })?;
     let cert_public = cert.public_key().subject_public_key.data.to_vec();
+    // aws-lc refuses to load RSA keys under 2048 bits at all; say so plainly instead of
+    // "not an RSA private key".
+    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = cert.public_key().parsed() {
+        let bits = rsa.key_size();
+        if bits < 2048 {
+            return Err(CertError::Key(format!(
+                "the RSA key of {} has {bits} bits; Azure AD requires at least 2048",
+                cert_path.display()
+            )));
+        }
+    }
 
     let key_pem = std::fs::read(key_path).map_err(|e| {
         CertError::Key(format!(

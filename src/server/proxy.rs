@@ -119,7 +119,12 @@ impl Gateway {
         let match_path = routing::match_path(&raw_path)?;
         let route = routing::select(&cfg.routes, &method, &host, &match_path)?.clone();
         ctx.route = Some(route.clone());
-        ctx.upstream_path = Some(routing::upstream_path(&route, &raw_path, query.as_deref()));
+        ctx.upstream_path = Some(routing::upstream_path(
+            &route,
+            &raw_path,
+            &match_path,
+            query.as_deref(),
+        ));
 
         // Spoofed identity headers never pass, on any route.
         let req = session.req_header_mut();

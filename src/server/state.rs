@@ -88,11 +88,24 @@ impl SharedState {
         for w in &new_config.warnings {
             tracing::warn!("{w}");
         }
-        let listener_change = new_config.server.listen != old.config.server.listen
-            || new_config.server.admin_listen != old.config.server.admin_listen
-            || new_config.server.tls != old.config.server.tls;
+        let (a, b) = (&old.config.server, &new_config.server);
+        let restart_only: Vec<&str> = [
+            ("listen", a.listen != b.listen),
+            ("admin_listen", a.admin_listen != b.admin_listen),
+            ("tls", a.tls != b.tls),
+            ("workers", a.workers != b.workers),
+            ("shutdown_grace", a.shutdown_grace != b.shutdown_grace),
+            ("upgrade_sock", a.upgrade_sock != b.upgrade_sock),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        let listener_change = !restart_only.is_empty();
         if listener_change {
-            tracing::warn!("listen / admin_listen / tls changed: the new listeners need a restart; everything else is applied");
+            tracing::warn!(
+                changed = %restart_only.join(", "),
+                "these [server] settings apply only after a restart; everything else is applied now"
+            );
         }
         let same_source = new_config.identity.same_key_source(&old.config.identity);
         let keys = if same_source {
@@ -100,7 +113,12 @@ impl SharedState {
             old.keys.clone()
         } else {
             tracing::info!("the key source changed: loading keys from the new source");
-            let keys = KeyStore::new(&new_config.identity, self.metrics.clone());
+            // Keep serving with the old keys until the new source has loaded its own.
+            let keys = KeyStore::new_seeded(
+                &new_config.identity,
+                self.metrics.clone(),
+                old.keys.current(),
+            );
             self.control.spawn(keys.clone().run());
             old.keys.stop();
             keys

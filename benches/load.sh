@@ -1,0 +1,425 @@
+#!/usr/bin/env bash
+# Load benchmark of the aadgate gateway against its targets (see BENCHMARKS.md).
+#
+# Starts on 127.0.0.1, on ports chosen at run time: a fast upstream (examples/bench_support.rs
+# `upstream`), the AAD emulator (`aadgate dev-idp`), the gateway (`aadgate run`) and nginx
+# (pass-through, no auth); drives them with wrk for DURATION seconds per scenario and prints a
+# table with requests/s, p50, p99 and the ratios against the targets. Exits 1 when a target is
+# missed, 2 when the setup fails.
+#
+# Environment:
+#   DURATION=10      seconds per scenario
+#   CONNS=32         wrk connections (throughput scenarios)
+#   MODERATE_CONNS=4 wrk connections for the added-latency comparison
+#   WRK_THREADS=2    wrk threads
+#   WORKERS=2        gateway worker threads and nginx worker_processes
+#   UNIQUE=200000    pre-minted distinct valid tokens (cached between runs in target/bench-load)
+#   SOAK=60          seconds of the RSS-flatness run (SOAK=300 for the full 5-minute check)
+#   ACCESS_LOG=1     also measure the cached-token scenario with the access log on (RUST_LOG=info)
+#   PERF=0           1: perf record the gateway during the cached and unique scenarios
+#   KEEP=0           1: keep the temp dir (logs, configs)
+#
+# The machine this was written for has 2 cores: wrk, the upstream and the server under test all
+# share them, so absolute figures are lower than on a dedicated load-generator setup; the ratios
+# (same machine, same wrk, same upstream, same worker count) are what the targets are about.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+MODERATE_CONNS=${MODERATE_CONNS:-4}
+WRK_THREADS=${WRK_THREADS:-2}
+WORKERS=${WORKERS:-2}
+UNIQUE=${UNIQUE:-200000}
+SOAK=${SOAK:-60}
+ACCESS_LOG=${ACCESS_LOG:-1}
+PERF=${PERF:-0}
+KEEP=${KEEP:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+DATA=$TARGET_DIR/bench-load          # signing key and minted tokens, reused between runs
+RESULTS=$DATA/results
+WORK=$(mktemp -d /tmp/aadgate-load.XXXXXX)
+TID=11111111-1111-4111-8111-111111111111
+AUD=api://bench
+PIDS=()
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- tools and build
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    log "installing ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin aadgate --example bench_support) || die "build failed"
+GW_BIN=$TARGET_DIR/release/aadgate
+SUPPORT=$TARGET_DIR/release/examples/bench_support
+mkdir -p "$DATA" "$RESULTS"
+
+# ---------------------------------------------------------------- helpers
+USED_PORTS=" "
+free_port() {
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port"
+}
+
+wait_port() { # port, what
+    local i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "$2 did not start on port $1"
+}
+
+metric() { # name-with-labels-prefix -> value (sum over matching lines)
+    curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# wrk with a Lua script that prints one machine-readable line; latencies in microseconds.
+cat >"$WORK/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+    local s = summary.duration / 1e6
+    io.write(string.format("RESULT requests=%d rps=%.1f p50=%d p99=%d errors=%d non2xx=%d\n",
+        summary.requests, summary.requests / s, latency:percentile(50), latency:percentile(99),
+        summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+        summary.errors.status))
+end
+EOF
+
+# Tokens from a file, one per line; each wrk thread takes every n-th line. MODE=cycle wraps
+# around; MODE=once stops the thread when its share is used up.
+cat >"$WORK/tokens.lua" <<'EOF'
+local counter = 0
+local threads = {}
+function setup(thread)
+    thread:set("id", counter)
+    counter = counter + 1
+    table.insert(threads, thread)
+end
+local tokens, idx, stop_at_end, path
+function init(args)
+    local file, nthreads, limit = args[1], tonumber(args[2]), tonumber(args[4] or "0")
+    stop_at_end = args[3] == "once"
+    path = args[5] or "/api/bench"
+    tokens = {}
+    local n = 0
+    for line in io.lines(file) do
+        if limit > 0 and n >= limit then break end
+        if n % nthreads == id then tokens[#tokens + 1] = line end
+        n = n + 1
+    end
+    idx = 0
+end
+function request()
+    idx = idx + 1
+    if idx > #tokens then
+        if stop_at_end then wrk.thread:stop() end
+        idx = 1
+    end
+    return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. tokens[idx] })
+end
+EOF
+cat "$WORK/report.lua" >>"$WORK/tokens.lua"
+
+LAST=""
+run_wrk() { # name conns duration url [extra wrk args...]
+    local name=$1 conns=$2 dur=$3 url=$4
+    shift 4
+    local out
+    out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${dur}s" --timeout 5s "$url" "$@" 2>&1) || die "wrk failed for $name: $out"
+    echo "$out" >"$WORK/wrk-$name.txt"
+    LAST=$(grep '^RESULT' <<<"$out" || true)
+    [[ -n $LAST ]] || die "no result from wrk for $name: $out"
+}
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$LAST"; }
+
+declare -A RPS P50 P99 NOTE
+record() { # scenario note
+    RPS[$1]=$(field rps)
+    P50[$1]=$(field p50)
+    P99[$1]=$(field p99)
+    NOTE[$1]=${2:-}
+    log "$(printf '%-22s %10s req/s  p50 %6s us  p99 %6s us  %s' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${NOTE[$1]}")"
+}
+
+# ---------------------------------------------------------------- tokens
+KEY=$DATA/bench-key.pem
+mint() { # kind count file
+    if [[ -s $3 && -s $KEY && -n $(find "$3" -mmin -720 2>/dev/null) && $(wc -l <"$3") -ge $2 ]]; then
+        log "reusing $3"
+    else
+        "$SUPPORT" mint --key "$KEY" --kind "$1" --count "$2" --out "$3" --tid "$TID" --aud "$AUD" --roles Bench.Read --lifetime 86400
+    fi
+}
+mint valid "$UNIQUE" "$DATA/tokens-valid.txt"
+mint badsig 2000 "$DATA/tokens-badsig.txt"
+mint unknownkid 2000 "$DATA/tokens-unknownkid.txt"
+ONE_TOKEN=$(head -n 1 "$DATA/tokens-valid.txt")
+
+# ---------------------------------------------------------------- processes
+UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port); NG=$(free_port)
+
+"$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &
+PIDS+=($!)
+"$GW_BIN" dev-idp --listen "127.0.0.1:$IDP" --key "$KEY" >"$WORK/idp.log" 2>&1 &
+PIDS+=($!)
+wait_port "$UP" upstream
+wait_port "$IDP" emulator
+
+cat >"$WORK/aadgate.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$GW"]
+admin_listen = "127.0.0.1:$ADMIN"
+workers = $WORKERS
+shutdown_grace = "1s"
+upgrade_sock = "$WORK/upgrade.sock"
+
+[identity]
+metadata_url = "http://127.0.0.1:$IDP/common/v2.0/.well-known/openid-configuration"
+audiences = ["$AUD"]
+min_refetch_interval = "30s"
+token_cache_size = 100000
+
+[tenants]
+mode = "allow_list"
+allow = ["$TID"]
+issuers = ["https://sts.windows.net/{tenantid}/", "https://login.microsoftonline.com/{tenantid}/v2.0"]
+
+[[routes]]
+name = "anon"
+path_prefix = "/anon/"
+upstream = "http://127.0.0.1:$UP"
+auth = "anonymous"
+
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+upstream = "http://127.0.0.1:$UP"
+roles_any = ["Bench.Read"]
+EOF
+
+GW_PID=""
+start_gateway() { # RUST_LOG value
+    RUST_LOG=$1 "$GW_BIN" run -c "$WORK/aadgate.toml" 2>"$WORK/gateway-$1.log" >/dev/null &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    wait_port "$GW" gateway
+    local i
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && return 0
+        sleep 0.1
+    done
+    die "gateway not ready (see $WORK/gateway-$1.log)"
+}
+stop_gateway() {
+    kill "$GW_PID" 2>/dev/null || true
+    wait "$GW_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null || return 0
+        sleep 0.1
+    done
+}
+
+mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    upstream up { server 127.0.0.1:$UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NG;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/logs/stderr.log" &
+PIDS+=($!)
+wait_port "$NG" nginx
+
+start_gateway warn
+curl -fsS -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $ONE_TOKEN" "http://127.0.0.1:$GW/api/check" | grep -q 200 \
+    || die "a valid token is not accepted: $(curl -sS -H "Authorization: Bearer $ONE_TOKEN" "http://127.0.0.1:$GW/api/check")"
+
+perf_start() { # name
+    PERF_PID=""
+    if [[ $PERF == 1 ]]; then
+        perf record -F 499 -g -o "$RESULTS/perf-$1.data" -p "$GW_PID" -- sleep "$DURATION" >/dev/null 2>&1 &
+        PERF_PID=$!
+    fi
+}
+perf_stop() { [[ -n ${PERF_PID:-} ]] && wait "$PERF_PID" 2>/dev/null || true; }
+
+# ---------------------------------------------------------------- scenarios
+log "warm-up"
+run_wrk warmup "$CONNS" 2 "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+run_wrk warmup2 "$CONNS" 2 "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+run_wrk warmup3 "$CONNS" 2 "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
+
+log "scenarios: ${DURATION}s each, $CONNS connections, $WRK_THREADS wrk threads, $WORKERS workers"
+run_wrk anon "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+record anonymous
+
+perf_start cached
+run_wrk cached "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+perf_stop
+record cached_token "non2xx=$(field non2xx)"
+
+run_wrk nginx "$CONNS" "$DURATION" "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
+record nginx_passthrough
+
+# Same Lua request() path as the token scenarios, to show the load generator's own overhead.
+run_wrk anon_lua "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0 /anon/x
+record anonymous_lua "wrk Lua request() per call"
+
+m0=$(metric aadgate_token_cache_misses_total); h0=$(metric aadgate_token_cache_hits_total)
+perf_start unique
+run_wrk unique "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" cycle 0
+perf_stop
+m1=$(metric aadgate_token_cache_misses_total); h1=$(metric aadgate_token_cache_hits_total)
+record unique_tokens "misses=$((m1 - m0)) hits=$((h1 - h0)) non2xx=$(field non2xx)"
+UNIQUE_HITS=$((h1 - h0))
+
+f0=$(metric 'aadgate_jwks_fetch_total')
+run_wrk badsig "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0
+record invalid_bad_signature "401s=$(field non2xx)/$(field requests)"
+BADSIG_OK=$([[ $(field non2xx) == "$(field requests)" ]] && echo 1 || echo 0)
+run_wrk unknownkid "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-unknownkid.txt" "$WRK_THREADS" cycle 0
+f1=$(metric 'aadgate_jwks_fetch_total')
+JWKS_FETCHES=$((f1 - f0))
+# min_refetch_interval = 30s: at most one kid-miss fetch per started 30 s of the two runs.
+JWKS_ALLOWED=$(( (2 * DURATION + 29) / 30 ))
+record invalid_unknown_kid "401s=$(field non2xx)/$(field requests) jwks_fetches=$JWKS_FETCHES (allowed <= $JWKS_ALLOWED)"
+UNKNOWN_OK=$([[ $(field non2xx) == "$(field requests)" ]] && echo 1 || echo 0)
+
+log "added latency at moderate load ($MODERATE_CONNS connections)"
+run_wrk anon_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+record anonymous_moderate
+run_wrk cached_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+record cached_moderate
+
+log "memory: 100k distinct tokens into the cache"
+FILL=100000
+[[ $UNIQUE -lt $FILL ]] && FILL=$UNIQUE
+run_wrk fill "$CONNS" 120 "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" once "$FILL"
+MISSES=$(metric aadgate_token_cache_misses_total)
+sleep 1
+RSS_100K=$(metric process_resident_memory_bytes)
+RSS_100K_MIB=$((RSS_100K / 1048576))
+log "after fill: cache misses since start $MISSES (>= $FILL distinct tokens verified), RSS ${RSS_100K_MIB} MiB"
+
+log "RSS flatness: ${SOAK}s at cached-token load, sampled every 5 s"
+SAMPLES=()
+wrk -t"$WRK_THREADS" -c"$CONNS" -d"${SOAK}s" -H "Authorization: Bearer $ONE_TOKEN" "http://127.0.0.1:$GW/api/x" >"$WORK/wrk-soak.txt" 2>&1 &
+SOAK_PID=$!
+PIDS+=("$SOAK_PID")
+for ((i = 0; i < SOAK / 5; i++)); do
+    sleep 5
+    SAMPLES+=("$(rss_kib "$GW_PID")")
+done
+wait "$SOAK_PID" 2>/dev/null || true
+# Flat: every sample after the first within +-5% of the first (the cache is already full).
+read -r RSS_FIRST RSS_MIN RSS_MAX FLAT < <(printf '%s\n' "${SAMPLES[@]}" | awk 'NR == 1 { f = $1; mn = $1; mx = $1 } { if ($1 < mn) mn = $1; if ($1 > mx) mx = $1 } END { ok = (mx <= f * 1.05 && mn >= f * 0.95) ? 1 : 0; print f, mn, mx, ok }')
+log "RSS samples (KiB): ${SAMPLES[*]}"
+
+if [[ $ACCESS_LOG == 1 ]]; then
+    log "cached token with the access log on (RUST_LOG=info, stderr to a file)"
+    stop_gateway
+    start_gateway info
+    run_wrk warmup4 "$CONNS" 2 "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+    run_wrk anon_log "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+    record anonymous_accesslog
+    run_wrk cached_log "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+    record cached_accesslog
+fi
+
+# ---------------------------------------------------------------- table
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+verdict() { if "$@"; then echo met; else echo "NOT MET"; fi; }
+
+{
+echo
+echo "aadgate load benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $(nproc) cores, ${DURATION}s/scenario, $CONNS conns, $WRK_THREADS wrk threads, $WORKERS workers (gateway and nginx)"
+echo
+printf '| %-22s | %10s | %8s | %8s | %s\n' scenario "req/s" "p50 us" "p99 us" notes
+printf '|%s|%s|%s|%s|%s\n' "------------------------" "------------" "----------" "----------" "------"
+for s in anonymous cached_token unique_tokens invalid_bad_signature invalid_unknown_kid nginx_passthrough anonymous_lua anonymous_moderate cached_moderate anonymous_accesslog cached_accesslog; do
+    [[ -n ${RPS[$s]:-} ]] || continue
+    printf '| %-22s | %10s | %8s | %8s | %s\n' "$s" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" "${NOTE[$s]}"
+done
+echo
+r1=$(ratio "${RPS[cached_token]}" "${RPS[anonymous]}")
+r2=$(ratio "${RPS[cached_token]}" "${RPS[nginx_passthrough]}")
+r3=$(ratio "${RPS[unique_tokens]}" "${RPS[anonymous]}")
+r3l=$(ratio "${RPS[unique_tokens]}" "${RPS[anonymous_lua]}")
+d50=$((${P50[cached_moderate]} - ${P50[anonymous_moderate]}))
+d99=$((${P99[cached_moderate]} - ${P99[anonymous_moderate]}))
+rb=$(ratio "${RPS[invalid_bad_signature]}" "${RPS[unique_tokens]}")
+rk=$(ratio "${RPS[invalid_unknown_kid]}" "${RPS[unique_tokens]}")
+echo "| target | measured | verdict |"
+echo "|---|---|---|"
+echo "| cached / anonymous >= 0.90 | $r1 | $(verdict ge "$r1" 0.90) |"
+echo "| cached / nginx >= 0.80 | $r2 | $(verdict ge "$r2" 0.80) |"
+echo "| unique / anonymous >= 0.60 | $r3 (vs anonymous with the same wrk Lua path: $r3l) | $(verdict ge "$r3" 0.60) |"
+echo "| unique run had no cache hits | hits=$UNIQUE_HITS | $(verdict test "$UNIQUE_HITS" -eq 0) |"
+echo "| added latency p50 <= 50 us ($MODERATE_CONNS conns) | ${d50} us | $(verdict le "$d50" 50) |"
+echo "| added latency p99 <= 200 us ($MODERATE_CONNS conns) | ${d99} us | $(verdict le "$d99" 200) |"
+echo "| bad-signature flood costs no more than valid (rps ratio vs unique >= 0.90, all 401) | $rb | $(verdict test "$BADSIG_OK" = 1 -a "$(awk -v r="$rb" 'BEGIN{print (r>=0.9)}')" = 1) |"
+echo "| unknown-kid flood costs no more than valid (rps ratio vs unique >= 0.90, all 401) | $rk | $(verdict test "$UNKNOWN_OK" = 1 -a "$(awk -v r="$rk" 'BEGIN{print (r>=0.9)}')" = 1) |"
+echo "| unknown-kid flood: JWKS fetches within rate limit | $JWKS_FETCHES (<= $JWKS_ALLOWED) | $(verdict test "$JWKS_FETCHES" -le "$JWKS_ALLOWED") |"
+echo "| RSS with 100k cached tokens <= 256 MiB | ${RSS_100K_MIB} MiB (misses since start: $MISSES) | $(verdict test "$RSS_100K_MIB" -le 256 -a "$MISSES" -ge "$FILL") |"
+echo "| RSS flat +-5% over ${SOAK}s (SOAK=300 for the full check) | first ${RSS_FIRST} KiB, min ${RSS_MIN}, max ${RSS_MAX} | $(verdict test "$FLAT" = 1) |"
+if [[ -n ${RPS[cached_accesslog]:-} ]]; then
+    echo "| (info) with access log: cached / anonymous | $(ratio "${RPS[cached_accesslog]}" "${RPS[anonymous_accesslog]}"); cached with log / without: $(ratio "${RPS[cached_accesslog]}" "${RPS[cached_token]}") | - |"
+fi
+} | tee "$RESULTS/latest.md"
+
+if grep -q "NOT MET" "$RESULTS/latest.md"; then exit 1; fi
