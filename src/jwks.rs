@@ -223,10 +223,13 @@ pub struct KeyStore {
     last_fetch_start: Mutex<Option<Instant>>,
     nudge: Notify,
     generation: watch::Sender<u64>,
-    client: reqwest::Client,
+    /// Built on first use: a store that never fetches (explain --jwks) never pays for it.
+    client: std::sync::OnceLock<reqwest::Client>,
     metrics: Arc<Metrics>,
     stopped: AtomicBool,
     first_attempt_done: AtomicBool,
+    /// A store built from a fixed key set never fetches, so it never waits for a refetch.
+    fixed: AtomicBool,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -246,12 +249,6 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 impl KeyStore {
     /// A store for the key source of `identity`. Nothing is fetched until [`KeyStore::run`].
     pub fn new(identity: &IdentitySettings, metrics: Arc<Metrics>) -> Arc<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("aadgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
         Arc::new(KeyStore {
             current: ArcSwapOption::empty(),
             metadata_url: identity.metadata_url.clone(),
@@ -265,10 +262,11 @@ impl KeyStore {
             last_fetch_start: Mutex::new(None),
             nudge: Notify::new(),
             generation: watch::channel(0).0,
-            client,
+            client: std::sync::OnceLock::new(),
             metrics,
             stopped: AtomicBool::new(false),
             first_attempt_done: AtomicBool::new(false),
+            fixed: AtomicBool::new(false),
         })
     }
 
@@ -303,6 +301,7 @@ impl KeyStore {
         let store = KeyStore::new(&identity, metrics);
         store.install(set);
         store.first_attempt_done.store(true, Ordering::SeqCst);
+        store.fixed.store(true, Ordering::SeqCst);
         store
     }
 
@@ -362,6 +361,9 @@ impl KeyStore {
     /// nudges the background task and waits (at most `wait`) for a new key set; otherwise returns
     /// at once. Returns the key set to look in again, or `None` if nothing new arrived.
     pub async fn refetch_for_unknown_kid(&self, wait: Duration) -> Option<Arc<KeySet>> {
+        if self.fixed.load(Ordering::SeqCst) {
+            return None;
+        }
         let min_refetch = self.intervals.load().min_refetch;
         if !schedule::may_refetch(self.since_last_fetch(), min_refetch) {
             return None;
@@ -488,8 +490,15 @@ impl KeyStore {
     }
 
     async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
-        let resp = self
-            .client
+        let client = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .user_agent(concat!("aadgate/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default()
+        });
+        let resp = client
             .get(url)
             .send()
             .await
