@@ -765,3 +765,67 @@ async fn large_bodies_stream_through_both_ways() {
         .enumerate()
         .all(|(i, b)| *b == aadgate::emulator::download_pattern_byte(i as u64)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_file_lets_the_gateway_start_while_the_identity_provider_is_down() {
+    let w = World::start().await;
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cache = cache_dir.path().join("jwks.json");
+    let template = base_config(
+        &format!("cache_file = \"{}\"", cache.display()),
+        &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]\n"),
+    ) + routes();
+    let token = w.idp.mint(&app(TENANT_A));
+    {
+        let gw = Gateway::start(&template, &w).await;
+        gw.wait_ready().await;
+        assert_eq!(call(&gw, "/orders/1", Some(&token)).await.status, 200);
+    }
+    assert!(cache.is_file(), "the last good JWKS was written");
+    w.idp.set_keys_available(false);
+    let gw = Gateway::start(&template, &w).await;
+    gw.wait_ready().await;
+    let ready = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert!(ready
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("cache_file"));
+    assert_eq!(call(&gw, "/orders/1", Some(&token)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_answering_gives_502_after_the_read_timeout() {
+    let w = World::start().await;
+    let template = config().replace(
+        "shutdown_grace = \"1s\"",
+        "shutdown_grace = \"1s\"\nupstream_read_timeout = \"300ms\"",
+    );
+    let gw = Gateway::start(&template, &w).await;
+    gw.wait_ready().await;
+    let a = call(
+        &gw,
+        "/files/hold/never-released",
+        Some(&w.idp.mint(&app(TENANT_A))),
+    )
+    .await;
+    assert_rejected(&a, 502, "upstream_unavailable");
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "aadgate_requests_total",
+            &[
+                "reason=\"upstream_unavailable\"",
+                "route=\"files\"",
+                "status=\"502\""
+            ]
+        ),
+        Some(1.0)
+    );
+}

@@ -467,3 +467,65 @@ async fn request_ids_are_kept_when_valid_and_json_logs_never_contain_the_token()
     }
     assert!(logs.contains(&format!("\"tenant_id\":\"{TENANT_A}\"")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_upgrade_hands_the_listeners_to_a_new_process() {
+    let w = World::start().await;
+    let mut old = Gateway::start(&config(&[TENANT_A]), &w).await;
+    old.wait_ready().await;
+    let t = token(&w, TENANT_A);
+    assert_eq!(status(&old, "/orders/1", Some(&t)).await, 200);
+    let url = old.url("/orders/1");
+    let readyz = old.admin_url("/readyz");
+
+    // The new process waits on upgrade_sock for the listening sockets.
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_aadgate"))
+        .args(["run", "--upgrade", "-c"])
+        .arg(&old.config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("new process");
+    let sock = old.dir.path().join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never opened upgrade_sock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    old.signal("QUIT");
+    let code = tokio::task::spawn_blocking(move || old.wait_exit())
+        .await
+        .expect("join");
+    assert_eq!(
+        code,
+        Some(0),
+        "the old process exits cleanly after handing over"
+    );
+
+    // Same ports, new process: requests keep being served, and the admin port moves over too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let api = client()
+            .get(&url)
+            .bearer_auth(&t)
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        let admin = client()
+            .get(&readyz)
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if matches!((api, admin), (Ok(200), Ok(200))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new process does not serve");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+}

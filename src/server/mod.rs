@@ -62,10 +62,30 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
     let server_settings = config.server.clone();
     let state = state::SharedState::new(config, path, metrics, handle.clone());
     if let Some(addr) = server_settings.admin_listen {
-        let listener = handle
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .map_err(|e| format!("cannot listen on admin_listen {addr}: {e}"))?;
-        handle.spawn(admin::serve(listener, state.clone()));
+        match handle.block_on(tokio::net::TcpListener::bind(addr)) {
+            Ok(listener) => {
+                handle.spawn(admin::serve(listener, state.clone()));
+            }
+            // During a graceful upgrade the old process still holds the admin port until it
+            // exits: keep trying in the background instead of failing the hand-over.
+            Err(e) if upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::info!(%addr, "admin_listen still held by the old process; will bind once it exits");
+                let state = state.clone();
+                handle.spawn(async move {
+                    let listener = loop {
+                        match tokio::net::TcpListener::bind(addr).await {
+                            Ok(l) => break l,
+                            Err(_) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                            }
+                        }
+                    };
+                    tracing::info!(%addr, "admin listener bound");
+                    admin::serve(listener, state).await;
+                });
+            }
+            Err(e) => return Err(format!("cannot listen on admin_listen {addr}: {e}")),
+        }
     }
     handle.spawn(reload::on_sighup(state.clone()));
     handle.spawn(reload::on_file_change(state.clone()));
