@@ -28,6 +28,9 @@ pub struct Jwk {
     /// AAD's v2 keys carry the issuer (template) they sign for.
     pub issuer: Option<String>,
     pub key: DecodingKey,
+    /// The key parsed once for RS256 (Azure AD's algorithm), so a verification does not rebuild
+    /// it from `n`/`e`; `None` for keys aws-lc will not take for RS256 (under 2048 bits).
+    pub rs256: Option<aws_lc_rs::signature::ParsedPublicKey>,
 }
 
 impl std::fmt::Debug for Jwk {
@@ -112,6 +115,12 @@ impl KeySet {
                 x5t: x5t.clone(),
                 issuer: s("issuer").map(String::from),
                 key: DecodingKey::from_rsa_raw_components(&n, &e),
+                rs256: aws_lc_rs::signature::RsaPublicKeyComponents {
+                    n: &n[..],
+                    e: &e[..],
+                }
+                .to_parsed_public_key(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)
+                .ok(),
             });
             if let Some(kid) = kid {
                 by_kid.insert(kid, jwk.clone());

@@ -12,11 +12,11 @@ const GRAPH_AUDIENCES: [&str; 3] = [
 
 /// Checks that one of the token's audiences is accepted.
 pub fn check(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), Rejection> {
-    let auds: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
+    check_list(&super::claims::audiences(claims), accepted)
+}
+
+/// The same check on the token's audience list (a cached token keeps only that).
+pub fn check_list(auds: &[&str], accepted: &[String]) -> Result<(), Rejection> {
     if auds.iter().any(|a| accepted.iter().any(|x| x == a)) {
         return Ok(());
     }

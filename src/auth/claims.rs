@@ -61,15 +61,26 @@ impl ClientClaim {
 
 /// A token whose signature, lifetime, audience and issuer have been verified. Shared (in an
 /// `Arc`) between the verified-token cache and the requests that use it.
+///
+/// Compact on purpose (a cache holds up to `token_cache_size` of them): the claims are kept as
+/// the JSON text the token carried, and only the facts the per-request checks and the default
+/// claim headers read are held parsed. [`VerifiedToken::claims`] parses the rest on demand (hooks,
+/// CEL, custom claim headers).
 #[derive(Debug)]
 pub struct VerifiedToken {
-    pub claims: Map<String, Value>,
+    raw_claims: Box<str>,
     /// The `kid` (or `x5t`) of the key that verified the signature.
     pub kid: Arc<str>,
     pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+    /// `aud`, as a list (a string audience is a list of one).
+    pub aud: Box<[Box<str>]>,
     pub version: TokenVersion,
-    /// Lower-case tenant GUID.
+    /// Lower-case tenant GUID (empty when the token had none).
     pub tid: String,
+    /// `tid` exactly as the token spelled it (for issuer comparison).
+    pub raw_tid: Box<str>,
     pub iss: String,
     pub client: Option<(ClientClaim, String)>,
     /// `appidacr`/`azpacr` of the claim that named the client; `None` when absent.
@@ -77,12 +88,34 @@ pub struct VerifiedToken {
     pub kind: TokenKind,
     pub roles: Vec<String>,
     pub scopes: Vec<String>,
+    oid: Option<Box<str>>,
+    sub: Option<Box<str>>,
+    upn: Option<Box<str>>,
+    preferred_username: Option<Box<str>>,
+}
+
+/// A numeric claim as whole seconds.
+pub fn seconds(claims: &Map<String, Value>, name: &str) -> Option<i64> {
+    claims
+        .get(name)
+        .and_then(Value::as_f64)
+        .map(|f| f.floor() as i64)
+}
+
+/// `aud` as a list of strings.
+pub fn audiences(claims: &Map<String, Value>) -> Vec<&str> {
+    match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl VerifiedToken {
     /// Derives the typed facts from verified claims. `kid` is the key that verified them.
     pub fn from_claims(claims: Map<String, Value>, kid: Arc<str>) -> Self {
         let str_claim = |name: &str| claims.get(name).and_then(Value::as_str);
+        let boxed = |name: &str| str_claim(name).map(Box::<str>::from);
         let iss = str_claim("iss").unwrap_or_default().to_string();
         let version = match str_claim("ver") {
             Some("1.0") => TokenVersion::V1,
@@ -135,24 +168,36 @@ impl VerifiedToken {
         } else {
             TokenKind::Neither
         };
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .map_or(0, |f| f as i64);
-        let tid = str_claim("tid").unwrap_or_default().to_ascii_lowercase();
+        let raw_tid = str_claim("tid").unwrap_or_default();
         VerifiedToken {
-            claims,
+            raw_claims: serde_json::to_string(&claims)
+                .unwrap_or_default()
+                .into_boxed_str(),
             kid,
-            exp,
+            exp: seconds(&claims, "exp").unwrap_or(0),
+            nbf: seconds(&claims, "nbf"),
+            iat: seconds(&claims, "iat"),
+            aud: audiences(&claims).into_iter().map(Box::from).collect(),
             version,
-            tid,
+            tid: raw_tid.to_ascii_lowercase(),
+            raw_tid: raw_tid.into(),
             iss,
             client,
             auth_strength,
             kind,
             roles,
             scopes,
+            oid: boxed("oid"),
+            sub: boxed("sub"),
+            upn: boxed("upn"),
+            preferred_username: boxed("preferred_username"),
         }
+    }
+
+    /// Every claim of the token, parsed from the kept JSON text (for hooks, CEL and custom
+    /// claim headers; the default checks and headers never need it).
+    pub fn claims(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.raw_claims).unwrap_or_default()
     }
 
     /// The client id (`appid`/`azp`), if any.
@@ -163,10 +208,18 @@ impl VerifiedToken {
     /// A claim as header text: strings as is, numbers and booleans printed, lists comma-joined
     /// (`scp` split on spaces). `None` when absent or an object.
     pub fn claim_text(&self, name: &str) -> Option<String> {
-        if name == "scp" {
-            return (!self.scopes.is_empty()).then(|| self.scopes.join(","));
+        let kept = |v: &Option<Box<str>>| v.as_deref().map(String::from);
+        match name {
+            "scp" => return (!self.scopes.is_empty()).then(|| self.scopes.join(",")),
+            "roles" if !self.roles.is_empty() => return Some(self.roles.join(",")),
+            "tid" => return (!self.raw_tid.is_empty()).then(|| self.raw_tid.to_string()),
+            "oid" => return kept(&self.oid),
+            "sub" => return kept(&self.sub),
+            "upn" => return kept(&self.upn),
+            "preferred_username" => return kept(&self.preferred_username),
+            _ => {}
         }
-        match self.claims.get(name)? {
+        match self.claims().get(name)? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),

@@ -12,7 +12,11 @@ const TENANT_PLACEHOLDER: &str = "{tenantid}";
 
 /// The token's `tid` (lower-case), or `bad_issuer` when missing or not a GUID.
 pub fn tenant_id(claims: &Map<String, Value>) -> Result<String, Rejection> {
-    match claims.get("tid").and_then(Value::as_str) {
+    tenant_id_of(claims.get("tid").and_then(Value::as_str))
+}
+
+fn tenant_id_of(raw_tid: Option<&str>) -> Result<String, Rejection> {
+    match raw_tid {
         Some(t) if is_guid(t) => Ok(t.to_ascii_lowercase()),
         Some(t) => Err(Rejection::new(
             Reason::BadIssuer,
@@ -35,15 +39,23 @@ pub fn check(
     key: &Jwk,
     templates: &[String],
 ) -> Result<String, Rejection> {
-    let tid = tenant_id(claims)?;
-    let raw_tid = claims
-        .get("tid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw_tid = claims.get("tid").and_then(Value::as_str);
     let iss = claims
         .get("iss")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    check_fields(raw_tid, iss, key, templates)
+}
+
+/// The same check on the token's `tid` (as spelled) and `iss` (a cached token keeps only these).
+pub fn check_fields(
+    raw_tid: Option<&str>,
+    iss: &str,
+    key: &Jwk,
+    templates: &[String],
+) -> Result<String, Rejection> {
+    let tid = tenant_id_of(raw_tid)?;
+    let raw_tid = raw_tid.unwrap_or_default();
     // A GUID in the issuer may use either case; compare with the token's own spelling and ours.
     let matches = |candidate: &str| {
         templates
@@ -93,6 +105,7 @@ mod tests {
             x5t: None,
             issuer: issuer.map(String::from),
             key: jsonwebtoken::DecodingKey::from_rsa_raw_components(&[1; 256], &[1, 0, 1]),
+            rs256: None,
         }
     }
 

@@ -378,14 +378,12 @@ impl Authenticator {
             .by_kid(&v.kid)
             .or_else(|| keys.by_x5t(&v.kid))
             .filter(|jwk| {
-                time::check(
-                    &v.claims,
-                    self.clock.now(),
-                    cfg.identity.clock_skew.as_secs() as i64,
-                )
-                .is_ok()
-                    && audience::check(&v.claims, &cfg.identity.audiences).is_ok()
-                    && issuer::check(&v.claims, jwk, &cfg.tenants.issuers).is_ok()
+                let skew = cfg.identity.clock_skew.as_secs() as i64;
+                let auds: Vec<&str> = v.aud.iter().map(|a| &**a).collect();
+                let tid = (!v.raw_tid.is_empty()).then_some(&*v.raw_tid);
+                time::check_times(Some(v.exp), v.nbf, v.iat, self.clock.now(), skew).is_ok()
+                    && audience::check_list(&auds, &cfg.identity.audiences).is_ok()
+                    && issuer::check_fields(tid, &v.iss, jwk, &cfg.tenants.issuers).is_ok()
             });
         if usable.is_none() {
             self.metrics.token_cache_misses.inc();

@@ -1,15 +1,11 @@
 //! Stage 4: `exp` (required), `nbf` and `iat`, with clock skew.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
+use serde_json::Value;
 
 use super::error::{Reason, Rejection};
 
-fn num(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims
-        .get(name)
-        .and_then(Value::as_f64)
-        .map(|f| f.floor() as i64)
-}
+use super::claims::seconds as num;
 
 /// Describes a span of seconds for messages ("3 h", "42 s").
 pub fn human_span(secs: i64) -> String {
@@ -24,7 +20,24 @@ pub fn human_span(secs: i64) -> String {
 
 /// Checks the token's lifetime at `now` (Unix seconds) with `skew` seconds of tolerance.
 pub fn check(claims: &Map<String, Value>, now: i64, skew: i64) -> Result<(), Rejection> {
-    let Some(exp) = num(claims, "exp") else {
+    check_times(
+        num(claims, "exp"),
+        num(claims, "nbf"),
+        num(claims, "iat"),
+        now,
+        skew,
+    )
+}
+
+/// The same check on the numeric claims themselves (a cached token keeps only these).
+pub fn check_times(
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    now: i64,
+    skew: i64,
+) -> Result<(), Rejection> {
+    let Some(exp) = exp else {
         return Err(Rejection::new(
             Reason::Expired,
             "the token has no `exp` claim; tokens without an expiry are refused",
@@ -39,7 +52,7 @@ pub fn check(claims: &Map<String, Value>, now: i64, skew: i64) -> Result<(), Rej
             ),
         ));
     }
-    if let Some(nbf) = num(claims, "nbf") {
+    if let Some(nbf) = nbf {
         if nbf - skew > now {
             return Err(Rejection::new(
                 Reason::NotYetValid,
@@ -47,7 +60,7 @@ pub fn check(claims: &Map<String, Value>, now: i64, skew: i64) -> Result<(), Rej
             ));
         }
     }
-    if let Some(iat) = num(claims, "iat") {
+    if let Some(iat) = iat {
         if iat - skew > now {
             return Err(Rejection::new(
                 Reason::NotYetValid,

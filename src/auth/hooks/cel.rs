@@ -205,7 +205,7 @@ impl CelHook {
             .into_iter(),
         );
         let verdict = self.evaluate([
-            ("claims", object_to_cel(req.token.claims.iter())),
+            ("claims", object_to_cel(req.token.claims().iter())),
             ("request", request),
             ("route", str_value(req.route)),
             ("now", Value::Int(crate::jwks::unix_now())),

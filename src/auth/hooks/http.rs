@@ -388,7 +388,7 @@ impl HttpHook {
             "host": req.host,
             "tenant_id": req.token.tid,
             "client_id": req.token.client_id(),
-            "claims": req.token.claims,
+            "claims": req.token.claims(),
         });
         let ttl_ms = i64::try_from(self.settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now_ms()
