@@ -34,7 +34,34 @@ async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
     match state.readiness() {
-        Ok(body) => (StatusCode::OK, body + "\n"),
+        Ok(body) if listening(&state).await => (StatusCode::OK, body + "\n"),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the listeners are not accepting connections yet\n".to_string(),
+        ),
         Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body + "\n"),
     }
+}
+
+/// Whether the first data-plane listener accepts connections (pingora binds it after start-up,
+/// and a wildcard address is probed on loopback).
+async fn listening(state: &SharedState) -> bool {
+    let Some(mut addr) = state.current().config.server.listen.first().copied() else {
+        return true;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
