@@ -829,3 +829,38 @@ async fn an_upstream_that_stops_answering_gives_502_after_the_read_timeout() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_serves_tls_when_configured() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+    std::fs::write(dir.path().join("gw.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).expect("write");
+    let d = dir.path().display();
+    let template = config().replace(
+        "upgrade_sock = \"{dir}/upgrade.sock\"",
+        &format!("upgrade_sock = \"{{dir}}/upgrade.sock\"\ntls = {{ cert = \"{d}/gw.crt\", key = \"{d}/gw.key\" }}"),
+    );
+    let gw = Gateway::start(&template, &w).await;
+    gw.wait_ready().await;
+    let tls_client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("cert")])
+        .build()
+        .expect("client");
+    let url = format!("https://127.0.0.1:{}/orders/1", gw.addr.port());
+    let r = tls_client
+        .get(&url)
+        .bearer_auth(w.idp.mint(&app(TENANT_A)))
+        .send()
+        .await
+        .expect("TLS request");
+    assert_eq!(r.status(), 200);
+    let seen = w.echo.last_request().expect("request");
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+}
