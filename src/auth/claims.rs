@@ -114,6 +114,13 @@ pub fn audiences(claims: &Map<String, Value>) -> Vec<&str> {
 impl VerifiedToken {
     /// Derives the typed facts from verified claims. `kid` is the key that verified them.
     pub fn from_claims(claims: Map<String, Value>, kid: Arc<str>) -> Self {
+        let text = serde_json::to_string(&claims).unwrap_or_default();
+        Self::from_parts(claims, text, kid)
+    }
+
+    /// Like [`VerifiedToken::from_claims`], keeping `claims_json` (the JSON text `claims` was
+    /// parsed from) instead of serialising the claims again.
+    pub fn from_parts(claims: Map<String, Value>, claims_json: String, kid: Arc<str>) -> Self {
         let str_claim = |name: &str| claims.get(name).and_then(Value::as_str);
         let boxed = |name: &str| str_claim(name).map(Box::<str>::from);
         let iss = str_claim("iss").unwrap_or_default().to_string();
@@ -170,9 +177,7 @@ impl VerifiedToken {
         };
         let raw_tid = str_claim("tid").unwrap_or_default();
         VerifiedToken {
-            raw_claims: serde_json::to_string(&claims)
-                .unwrap_or_default()
-                .into_boxed_str(),
+            raw_claims: claims_json.into_boxed_str(),
             kid,
             exp: seconds(&claims, "exp").unwrap_or(0),
             nbf: seconds(&claims, "nbf"),

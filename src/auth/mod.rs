@@ -458,7 +458,11 @@ impl Authenticator {
             issuer::check(&parsed.claims, &key.jwk, &cfg.tenants.issuers),
             |tid| format!("tenant {tid}"),
         )?;
-        let verified = Arc::new(VerifiedToken::from_claims(parsed.claims, key.id));
+        let verified = Arc::new(VerifiedToken::from_parts(
+            parsed.claims,
+            parsed.claims_json,
+            key.id,
+        ));
         self.cache.insert(hash, verified.clone());
         Ok(verified)
     }

@@ -93,6 +93,8 @@ pub struct JoseHeader {
 pub struct ParsedToken<'a> {
     pub header: JoseHeader,
     pub claims: Map<String, Value>,
+    /// The claims as the JSON text the token carried.
+    pub claims_json: String,
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
     /// The base64url signature segment (possibly empty).
@@ -140,7 +142,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     let kid = string_member("kid")?;
     let x5t = string_member("x5t")?;
     let has_nonce = header.contains_key("nonce");
-    let claims = decode_object(p, "payload")?;
+    let (claims, claims_json) = decode_object_text(p, "payload")?;
     for name in ["exp", "nbf", "iat"] {
         if let Some(v) = claims.get(name) {
             if !v.is_number() {
@@ -158,12 +160,21 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
             has_nonce,
         },
         claims,
+        claims_json,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature: s,
     })
 }
 
 fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
+    decode_object_text(segment, what).map(|(map, _)| map)
+}
+
+/// Decodes a segment into a JSON object, also returning its text (kept by the token cache).
+fn decode_object_text(
+    segment: &str,
+    what: &str,
+) -> Result<(Map<String, Value>, String), Rejection> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| malformed(format!("the token {what} is not valid base64url")))?;
@@ -177,7 +188,10 @@ fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, Reject
                 malformed(format!("the token {what} is not a JSON object"))
             }
         })?;
-    Ok(map.0)
+    // serde_json only accepts UTF-8, so this conversion cannot fail after a successful parse.
+    let text = String::from_utf8(bytes)
+        .map_err(|_| malformed(format!("the token {what} is not UTF-8")))?;
+    Ok((map.0, text))
 }
 
 /// A JSON object that refuses duplicate keys at its top level (serde_json keeps the last one
