@@ -252,14 +252,7 @@ where
         let auth = self.auth.clone();
         let route = self.route.clone();
         Box::pin(async move {
-            let spoofable: Vec<HeaderName> = req
-                .headers()
-                .keys()
-                .filter(|n| {
-                    n.as_str().starts_with("x-auth-") || auth.config.claim_header_names.contains(*n)
-                })
-                .cloned()
-                .collect();
+            let spoofable = auth.config.spoofable_headers(req.headers());
             for name in spoofable {
                 req.headers_mut().remove(name);
             }

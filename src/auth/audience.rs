@@ -16,10 +16,14 @@ pub fn check(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), Rej
 }
 
 /// The same check on the token's audience list (a cached token keeps only that).
-pub fn check_list(auds: &[&str], accepted: &[String]) -> Result<(), Rejection> {
-    if auds.iter().any(|a| accepted.iter().any(|x| x == a)) {
+pub fn check_list(auds: &[impl AsRef<str>], accepted: &[String]) -> Result<(), Rejection> {
+    if auds
+        .iter()
+        .any(|a| accepted.iter().any(|x| x == a.as_ref()))
+    {
         return Ok(());
     }
+    let auds: Vec<&str> = auds.iter().map(AsRef::as_ref).collect();
     let got = if auds.is_empty() {
         "no audience".to_string()
     } else {

@@ -379,10 +379,9 @@ impl Authenticator {
             .or_else(|| keys.by_x5t(&v.kid))
             .filter(|jwk| {
                 let skew = cfg.identity.clock_skew.as_secs() as i64;
-                let auds: Vec<&str> = v.aud.iter().map(|a| &**a).collect();
                 let tid = (!v.raw_tid.is_empty()).then_some(&*v.raw_tid);
                 time::check_times(Some(v.exp), v.nbf, v.iat, self.clock.now(), skew).is_ok()
-                    && audience::check_list(&auds, &cfg.identity.audiences).is_ok()
+                    && audience::check_list(&v.aud, &cfg.identity.audiences).is_ok()
                     && issuer::check_fields(tid, &v.iss, jwk, &cfg.tenants.issuers).is_ok()
             });
         if usable.is_none() {

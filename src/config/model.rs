@@ -32,6 +32,19 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+impl Config {
+    /// The inbound headers a caller must not set: every `x-auth-*` header and every configured
+    /// claim header. The gateway and the tower layer remove them from every request, on every
+    /// route, before anything else looks at the request.
+    pub fn spoofable_headers(&self, headers: &http::HeaderMap) -> Vec<HeaderName> {
+        headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-auth-") || self.claim_header_names.contains(*n))
+            .cloned()
+            .collect()
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -128,12 +128,7 @@ impl Gateway {
 
         // Spoofed identity headers never pass, on any route.
         let req = session.req_header_mut();
-        let spoofed: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|n| n.as_str().starts_with("x-auth-") || cfg.claim_header_names.contains(*n))
-            .cloned()
-            .collect();
+        let spoofed = cfg.spoofable_headers(&req.headers);
         for name in spoofed {
             req.remove_header(&name);
         }
