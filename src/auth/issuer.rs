@@ -2,6 +2,8 @@
 //! `{tenantid}` replaced by `tid`; and when the verifying key carries an `issuer` (AAD's v2
 //! keys do), that too must match after the same substitution.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::error::{Reason, Rejection};
@@ -12,12 +14,13 @@ const TENANT_PLACEHOLDER: &str = "{tenantid}";
 
 /// The token's `tid` (lower-case), or `bad_issuer` when missing or not a GUID.
 pub fn tenant_id(claims: &Map<String, Value>) -> Result<String, Rejection> {
-    tenant_id_of(claims.get("tid").and_then(Value::as_str))
+    tenant_id_of(claims.get("tid").and_then(Value::as_str)).map(Cow::into_owned)
 }
 
-fn tenant_id_of(raw_tid: Option<&str>) -> Result<String, Rejection> {
+fn tenant_id_of(raw_tid: Option<&str>) -> Result<Cow<'_, str>, Rejection> {
     match raw_tid {
-        Some(t) if is_guid(t) => Ok(t.to_ascii_lowercase()),
+        Some(t) if is_guid(t) && !t.bytes().any(|b| b.is_ascii_uppercase()) => Ok(Cow::Borrowed(t)),
+        Some(t) if is_guid(t) => Ok(Cow::Owned(t.to_ascii_lowercase())),
         Some(t) => Err(Rejection::new(
             Reason::BadIssuer,
             format!("the token's tid {t:?} is not a tenant GUID"),
@@ -33,6 +36,29 @@ fn fill(template: &str, tid: &str) -> String {
     template.replace(TENANT_PLACEHOLDER, tid)
 }
 
+/// `fill(template, tid) == candidate`, without building the filled string (this runs on every
+/// cache hit).
+fn filled_eq(template: &str, tid: &str, candidate: &str) -> bool {
+    let (mut t, mut c) = (template, candidate);
+    loop {
+        let at = t
+            .match_indices('{')
+            .map(|(i, _)| i)
+            .find(|&i| t[i..].starts_with(TENANT_PLACEHOLDER));
+        let Some(i) = at else {
+            return t == c;
+        };
+        let Some(rest) = c
+            .strip_prefix(&t[..i])
+            .and_then(|rest| rest.strip_prefix(tid))
+        else {
+            return false;
+        };
+        c = rest;
+        t = &t[i + TENANT_PLACEHOLDER.len()..];
+    }
+}
+
 /// Checks `iss` against the templates and the signing key's issuer. Returns the lower-case tid.
 pub fn check(
     claims: &Map<String, Value>,
@@ -44,23 +70,23 @@ pub fn check(
         .get("iss")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    check_fields(raw_tid, iss, key, templates)
+    check_fields(raw_tid, iss, key, templates).map(Cow::into_owned)
 }
 
 /// The same check on the token's `tid` (as spelled) and `iss` (a cached token keeps only these).
-pub fn check_fields(
-    raw_tid: Option<&str>,
+pub fn check_fields<'a>(
+    raw_tid: Option<&'a str>,
     iss: &str,
     key: &Jwk,
     templates: &[String],
-) -> Result<String, Rejection> {
+) -> Result<Cow<'a, str>, Rejection> {
     let tid = tenant_id_of(raw_tid)?;
     let raw_tid = raw_tid.unwrap_or_default();
     // A GUID in the issuer may use either case; compare with the token's own spelling and ours.
     let matches = |candidate: &str| {
-        templates
-            .iter()
-            .any(|t| fill(t, &tid) == candidate || fill(t, raw_tid) == candidate)
+        templates.iter().any(|t| {
+            filled_eq(t, &tid, candidate) || (*tid != *raw_tid && filled_eq(t, raw_tid, candidate))
+        })
     };
     if !matches(iss) {
         let expected: Vec<String> = templates.iter().map(|t| fill(t, &tid)).collect();
@@ -80,9 +106,16 @@ pub fn check_fields(
         return Err(Rejection::new(Reason::BadIssuer, message));
     }
     if let Some(key_issuer) = &key.issuer {
-        let filled = fill(key_issuer, &tid);
-        let filled_raw = fill(key_issuer, raw_tid);
-        if !(filled == iss || filled_raw == iss || matches(&filled) || matches(&filled_raw)) {
+        // The key's issuer, filled with the tenant, must be the token's issuer or an accepted
+        // one. A key whose template is itself configured always qualifies (AAD's common keys
+        // carry the v2 template); the general comparison builds the filled strings.
+        let ok = filled_eq(key_issuer, &tid, iss)
+            || filled_eq(key_issuer, raw_tid, iss)
+            || templates.iter().any(|t| t == key_issuer)
+            || matches(&fill(key_issuer, &tid))
+            || matches(&fill(key_issuer, raw_tid));
+        if !ok {
+            let filled = fill(key_issuer, &tid);
             return Err(Rejection::new(
                 Reason::BadIssuer,
                 format!("the signing key is for issuer {filled:?}, which does not match the token's issuer {iss:?}"),
@@ -177,5 +210,41 @@ mod tests {
         let foreign =
             Some("https://login.microsoftonline.com/22222222-2222-2222-2222-222222222222/v2.0");
         assert_eq!(run(v2, foreign, &templates()), Err(Reason::BadIssuer));
+    }
+
+    #[test]
+    fn filled_eq_agrees_with_filling_the_template() {
+        let templates = [
+            "https://sts.windows.net/{tenantid}/",
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            "{tenantid}",
+            "{tenantid}{tenantid}",
+            "https://a/{tenant}/{tenantid}/{",
+            "no placeholder",
+            "",
+        ];
+        let tids = [TID, "", "x"];
+        let mut candidates: Vec<String> = vec![
+            String::new(),
+            "https://sts.windows.net/".into(),
+            format!("https://sts.windows.net/{TID}"),
+            format!("https://sts.windows.net/{TID}//"),
+        ];
+        for t in templates {
+            for tid in tids {
+                candidates.push(fill(t, tid));
+            }
+        }
+        for t in templates {
+            for tid in tids {
+                for c in &candidates {
+                    assert_eq!(
+                        filled_eq(t, tid, c),
+                        fill(t, tid) == *c,
+                        "{t:?} {tid:?} {c:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -114,16 +114,19 @@ impl Principal {
     pub fn identity_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let t = &self.token;
         let mut out = Vec::with_capacity(self.route.claim_headers.len() + self.hook_headers.len());
+        // An owned claim text becomes the header value without another copy.
+        let owned = |s: String| HeaderValue::try_from(s).ok();
         for (name, source) in &self.route.claim_headers {
-            let text = match source {
-                ClaimSource::Claim(c) => t.claim_text(c),
-                ClaimSource::ClientId => t.client_id().map(String::from),
+            let value = match source {
+                ClaimSource::Claim(c) => t.claim_text(c).and_then(owned),
+                ClaimSource::ClientId => t.client_id().and_then(|s| HeaderValue::from_str(s).ok()),
                 ClaimSource::Upn => t
                     .claim_text("upn")
-                    .or_else(|| t.claim_text("preferred_username")),
-                ClaimSource::TokenKind => t.kind.header_value().map(String::from),
+                    .or_else(|| t.claim_text("preferred_username"))
+                    .and_then(owned),
+                ClaimSource::TokenKind => t.kind.header_value().map(HeaderValue::from_static),
             };
-            if let Some(v) = text.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            if let Some(v) = value {
                 out.push((name.clone(), v));
             }
         }
@@ -380,6 +383,7 @@ impl Authenticator {
             .filter(|jwk| {
                 let skew = cfg.identity.clock_skew.as_secs() as i64;
                 let tid = (!v.raw_tid.is_empty()).then_some(&*v.raw_tid);
+                // Re-checked on every hit: a reload may have changed audiences or issuers.
                 time::check_times(Some(v.exp), v.nbf, v.iat, self.clock.now(), skew).is_ok()
                     && audience::check_list(&v.aud, &cfg.identity.audiences).is_ok()
                     && issuer::check_fields(tid, &v.iss, jwk, &cfg.tenants.issuers).is_ok()

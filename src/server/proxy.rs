@@ -412,6 +412,10 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[route])
                 .observe(u.as_secs_f64());
         }
+        // The access log line is built only when it is written (RUST_LOG may filter it out).
+        if !tracing::enabled!(target: "aadgate::access", tracing::Level::INFO) {
+            return;
+        }
         let req = session.req_header();
         let client_addr = session
             .client_addr()
