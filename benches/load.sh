@@ -8,12 +8,18 @@
 # missed, 2 when the setup fails.
 #
 # Environment:
-#   DURATION=10      seconds per scenario
+#   DURATION=8       seconds per scenario and round
+#   ROUNDS=3         rounds of the side-by-side scenarios; ratios are the median of the rounds
+#   UNIQUE_DURATION  seconds of the unique-token scenario per round (default DURATION/2, so that
+#                    ROUNDS slices of the pre-minted tokens last without a token seen twice)
 #   CONNS=32         wrk connections (throughput scenarios)
-#   MODERATE_CONNS=4 wrk connections for the added-latency comparison
+#   MODERATE_CONNS=1 wrk connections for the added-latency comparison: one request in flight at a
+#                    time (~10k req/s here), so the difference is the time authentication adds to
+#                    a request, not time spent queueing behind other requests for the 2 cores
 #   WRK_THREADS=2    wrk threads
 #   WORKERS=2        gateway worker threads and nginx worker_processes
-#   UNIQUE=200000    pre-minted distinct valid tokens (cached between runs in target/bench-load)
+#   UNIQUE=200000    pre-minted distinct valid tokens (cached between runs in target/bench-load);
+#                    each round of the unique-token scenario uses its own slice of them
 #   SOAK=60          seconds of the RSS-flatness run (SOAK=300 for the full 5-minute check)
 #   ACCESS_LOG=1     also measure the cached-token scenario with the access log on (RUST_LOG=info)
 #   PERF=0           1: perf record the gateway during the cached and unique scenarios
@@ -25,9 +31,11 @@
 # (same machine, same wrk, same upstream, same worker count) are what the targets are about.
 set -euo pipefail
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+UNIQUE_DURATION=${UNIQUE_DURATION:-$(((DURATION + 1) / 2))}
 CONNS=${CONNS:-32}
-MODERATE_CONNS=${MODERATE_CONNS:-4}
+MODERATE_CONNS=${MODERATE_CONNS:-1}
 WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 UNIQUE=${UNIQUE:-200000}
@@ -137,11 +145,15 @@ function init(args)
     local file, nthreads, limit = args[1], tonumber(args[2]), tonumber(args[4] or "0")
     stop_at_end = args[3] == "once"
     path = args[5] or "/api/bench"
+    local offset = tonumber(args[6] or "0")
     tokens = {}
     local n = 0
     for line in io.lines(file) do
-        if limit > 0 and n >= limit then break end
-        if n % nthreads == id then tokens[#tokens + 1] = line end
+        if n >= offset then
+            local k = n - offset
+            if limit > 0 and k >= limit then break end
+            if k % nthreads == id then tokens[#tokens + 1] = line end
+        end
         n = n + 1
     end
     idx = 0
@@ -162,21 +174,35 @@ run_wrk() { # name conns duration url [extra wrk args...]
     local name=$1 conns=$2 dur=$3 url=$4
     shift 4
     local out
-    out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${dur}s" --timeout 5s "$url" "$@" 2>&1) || die "wrk failed for $name: $out"
+    local threads=$((conns < WRK_THREADS ? conns : WRK_THREADS))
+    out=$(wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 5s "$url" "$@" 2>&1) || die "wrk failed for $name: $out"
     echo "$out" >"$WORK/wrk-$name.txt"
     LAST=$(grep '^RESULT' <<<"$out" || true)
     [[ -n $LAST ]] || die "no result from wrk for $name: $out"
 }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$LAST"; }
 
-declare -A RPS P50 P99 NOTE
+# Each scenario may run once per round: ALL_* keep every round's figure (in round order), the
+# table shows the median, and a ratio is the median of the per-round ratios.
+declare -A RPS P50 P99 NOTE ALL_RPS ALL_P50 ALL_P99
 record() { # scenario note
-    RPS[$1]=$(field rps)
-    P50[$1]=$(field p50)
-    P99[$1]=$(field p99)
+    ALL_RPS[$1]+="$(field rps) "
+    ALL_P50[$1]+="$(field p50) "
+    ALL_P99[$1]+="$(field p99) "
+    RPS[$1]=$(median ${ALL_RPS[$1]})
+    P50[$1]=$(median ${ALL_P50[$1]})
+    P99[$1]=$(median ${ALL_P99[$1]})
     NOTE[$1]=${2:-}
-    log "$(printf '%-22s %10s req/s  p50 %6s us  p99 %6s us  %s' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${NOTE[$1]}")"
+    log "$(printf '%-22s %10s req/s  p50 %6s us  p99 %6s us  %s' "$1" "$(field rps)" "$(field p50)" "$(field p99)" "${NOTE[$1]}")"
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# Median over rounds of an expression of two scenarios' figures: per_round ARRAY a b AWK-EXPR
+per_round() {
+    local -n arr=$1
+    paste -d' ' <(printf '%s\n' ${arr[$2]}) <(printf '%s\n' ${arr[$3]}) | awk "{ print $4 }" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+rounds_of() { local -n arr=$1; printf '%s' "${arr[$2]% }" | tr ' ' '/'; }
 
 # ---------------------------------------------------------------- tokens
 KEY=$DATA/bench-key.pem
@@ -305,34 +331,50 @@ run_wrk warmup "$CONNS" 2 "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
 run_wrk warmup2 "$CONNS" 2 "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
 run_wrk warmup3 "$CONNS" 2 "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
 
-log "scenarios: ${DURATION}s each, $CONNS connections, $WRK_THREADS wrk threads, $WORKERS workers"
-run_wrk anon "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
-record anonymous
-# The same request bytes as the cached-token scenario (a ~1 KB Authorization header, forwarded
-# upstream since pass_authorization defaults to true), on the anonymous route: isolates the cost
-# of authentication from the cost of carrying the token.
-run_wrk anon_hdr "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
-record anonymous_same_header "anonymous route, same Authorization header"
+log "scenarios: ${DURATION}s each, $ROUNDS rounds, $CONNS connections, $WRK_THREADS wrk threads, $WORKERS workers"
+UNIQUE_MISSES=0
+UNIQUE_HITS=0
+UNIQUE_NON2XX=0
+UNIQUE_SLICE=$((UNIQUE / ROUNDS))
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "round $round of $ROUNDS"
+    run_wrk anon "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+    record anonymous
+    # The same request bytes as the cached-token scenario (a ~1 KB Authorization header,
+    # forwarded upstream since pass_authorization defaults to true), on the anonymous route:
+    # isolates the cost of authentication from the cost of carrying the token.
+    run_wrk anon_hdr "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+    record anonymous_same_header "anonymous route, same Authorization header"
 
-perf_start cached
-run_wrk cached "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
-perf_stop
-record cached_token "non2xx=$(field non2xx)"
+    perf_start "cached-$round"
+    run_wrk cached "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+    perf_stop
+    record cached_token "non2xx=$(field non2xx)"
 
-run_wrk nginx "$CONNS" "$DURATION" "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
-record nginx_passthrough
+    run_wrk nginx "$CONNS" "$DURATION" "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
+    record nginx_passthrough
 
-# Same Lua request() path as the token scenarios, to show the load generator's own overhead.
-run_wrk anon_lua "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0 /anon/x
-record anonymous_lua "wrk Lua request() per call"
+    # Same Lua request() path as the token scenarios, to show the load generator's own overhead.
+    run_wrk anon_lua "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0 /anon/x
+    record anonymous_lua "wrk Lua request() per call"
 
-m0=$(metric aadgate_token_cache_misses_total); h0=$(metric aadgate_token_cache_hits_total)
-perf_start unique
-run_wrk unique "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" cycle 0
-perf_stop
-m1=$(metric aadgate_token_cache_misses_total); h1=$(metric aadgate_token_cache_hits_total)
-record unique_tokens "misses=$((m1 - m0)) hits=$((h1 - h0)) non2xx=$(field non2xx)"
-UNIQUE_HITS=$((h1 - h0))
+    # Each round replays its own slice of the pre-minted tokens: no token is seen twice.
+    m0=$(metric aadgate_token_cache_misses_total); h0=$(metric aadgate_token_cache_hits_total)
+    perf_start "unique-$round"
+    run_wrk unique "$CONNS" "$UNIQUE_DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" cycle "$UNIQUE_SLICE" /api/x $(((round - 1) * UNIQUE_SLICE))
+    perf_stop
+    m1=$(metric aadgate_token_cache_misses_total); h1=$(metric aadgate_token_cache_hits_total)
+    UNIQUE_MISSES=$((UNIQUE_MISSES + m1 - m0))
+    UNIQUE_HITS=$((UNIQUE_HITS + h1 - h0))
+    UNIQUE_NON2XX=$((UNIQUE_NON2XX + $(field non2xx)))
+    record unique_tokens "misses=$UNIQUE_MISSES hits=$UNIQUE_HITS non2xx=$UNIQUE_NON2XX (all rounds)"
+
+    # Added latency: moderate load, the two routes back to back.
+    run_wrk anon_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
+    record anonymous_moderate "$MODERATE_CONNS connections"
+    run_wrk cached_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
+    record cached_moderate "$MODERATE_CONNS connections"
+done
 
 f0=$(metric 'aadgate_jwks_fetch_total')
 run_wrk badsig "$CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0
@@ -345,12 +387,6 @@ JWKS_FETCHES=$((f1 - f0))
 JWKS_ALLOWED=$(( (2 * DURATION + 29) / 30 ))
 record invalid_unknown_kid "401s=$(field non2xx)/$(field requests) jwks_fetches=$JWKS_FETCHES (allowed <= $JWKS_ALLOWED)"
 UNKNOWN_OK=$([[ $(field non2xx) == "$(field requests)" ]] && echo 1 || echo 0)
-
-log "added latency at moderate load ($MODERATE_CONNS connections)"
-run_wrk anon_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
-record anonymous_moderate
-run_wrk cached_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
-record cached_moderate
 
 log "memory: 100k distinct tokens into the cache"
 FILL=100000
@@ -408,27 +444,29 @@ verdict() { if "$@"; then echo met; else echo "NOT MET"; fi; }
 
 {
 echo
-echo "aadgate load benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $(nproc) cores, ${DURATION}s/scenario, $CONNS conns, $WRK_THREADS wrk threads, $WORKERS workers (gateway and nginx)"
+echo "aadgate load benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $(nproc) cores, $ROUNDS rounds, ${DURATION}s/scenario (unique tokens ${UNIQUE_DURATION}s), $CONNS conns, $WRK_THREADS wrk threads, $WORKERS workers (gateway and nginx)"
 echo
-printf '| %-22s | %10s | %8s | %8s | %s\n' scenario "req/s" "p50 us" "p99 us" notes
-printf '|%s|%s|%s|%s|%s\n' "------------------------" "------------" "----------" "----------" "------"
+printf '| %-22s | %10s | %8s | %8s | %-26s | %s\n' scenario "req/s" "p50 us" "p99 us" "req/s per round" notes
+printf '|%s|%s|%s|%s|%s|%s\n' "------------------------" "------------" "----------" "----------" "----------------------------" "------"
 for s in anonymous anonymous_same_header cached_token unique_tokens invalid_bad_signature invalid_unknown_kid nginx_passthrough anonymous_lua anonymous_moderate cached_moderate anonymous_accesslog cached_accesslog; do
     [[ -n ${RPS[$s]:-} ]] || continue
-    printf '| %-22s | %10s | %8s | %8s | %s\n' "$s" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" "${NOTE[$s]}"
+    printf '| %-22s | %10s | %8s | %8s | %-26s | %s\n' "$s" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" "$(rounds_of ALL_RPS "$s")" "${NOTE[$s]}"
 done
 echo
-r1=$(ratio "${RPS[cached_token]}" "${RPS[anonymous]}")
-r2=$(ratio "${RPS[cached_token]}" "${RPS[nginx_passthrough]}")
-r3=$(ratio "${RPS[unique_tokens]}" "${RPS[anonymous]}")
-r3l=$(ratio "${RPS[unique_tokens]}" "${RPS[anonymous_lua]}")
-d50=$((${P50[cached_moderate]} - ${P50[anonymous_moderate]}))
-d99=$((${P99[cached_moderate]} - ${P99[anonymous_moderate]}))
+r1=$(per_round ALL_RPS cached_token anonymous '$1 / $2')
+r2=$(per_round ALL_RPS cached_token nginx_passthrough '$1 / $2')
+r3=$(per_round ALL_RPS unique_tokens anonymous '$1 / $2')
+r3l=$(per_round ALL_RPS unique_tokens anonymous_lua '$1 / $2')
+d50=$(per_round ALL_P50 cached_moderate anonymous_moderate '$1 - $2' | awk '{ printf "%.0f", $1 }')
+d99=$(per_round ALL_P99 cached_moderate anonymous_moderate '$1 - $2' | awk '{ printf "%.0f", $1 }')
 rb=$(ratio "${RPS[invalid_bad_signature]}" "${RPS[unique_tokens]}")
 rk=$(ratio "${RPS[invalid_unknown_kid]}" "${RPS[unique_tokens]}")
+echo "Ratios and latency differences: median of the $ROUNDS per-round values (each round runs the scenarios back to back)."
+echo
 echo "| target | measured | verdict |"
 echo "|---|---|---|"
 echo "| cached / anonymous >= 0.90 | $r1 | $(verdict ge "$r1" 0.90) |"
-echo "| (info) cached / anonymous with the same Authorization header | $(ratio "${RPS[cached_token]}" "${RPS[anonymous_same_header]}") | - |"
+echo "| (info) cached / anonymous with the same Authorization header | $(per_round ALL_RPS cached_token anonymous_same_header '$1 / $2') | - |"
 echo "| cached / nginx >= 0.80 | $r2 | $(verdict ge "$r2" 0.80) |"
 echo "| unique / anonymous >= 0.60 | $r3 (vs anonymous with the same wrk Lua path: $r3l) | $(verdict ge "$r3" 0.60) |"
 echo "| unique run had no cache hits | hits=$UNIQUE_HITS | $(verdict test "$UNIQUE_HITS" -eq 0) |"
