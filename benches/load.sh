@@ -170,22 +170,37 @@ EOF
 cat "$WORK/report.lua" >>"$WORK/tokens.lua"
 
 LAST=""
+# CPU time (user + system, clock ticks) of a set of processes, from /proc.
+cpu_ticks() {
+    local p
+    for p in "$@"; do awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0; done | awk '{ s += $1 } END { print s + 0 }'
+}
+TICK=$(getconf CLK_TCK)
+SERVER_PIDS=()   # the server under test (gateway, or nginx's workers), for CPU per request
 run_wrk() { # name conns duration url [extra wrk args...]
     local name=$1 conns=$2 dur=$3 url=$4
     shift 4
-    local out
+    local out c0 c1 u0 u1
     local threads=$((conns < WRK_THREADS ? conns : WRK_THREADS))
+    c0=$(cpu_ticks "${SERVER_PIDS[@]}"); u0=$(cpu_ticks "$UP_PID")
     out=$(wrk -t"$threads" -c"$conns" -d"${dur}s" --timeout 5s "$url" "$@" 2>&1) || die "wrk failed for $name: $out"
+    c1=$(cpu_ticks "${SERVER_PIDS[@]}"); u1=$(cpu_ticks "$UP_PID")
     echo "$out" >"$WORK/wrk-$name.txt"
     LAST=$(grep '^RESULT' <<<"$out" || true)
     [[ -n $LAST ]] || die "no result from wrk for $name: $out"
+    # CPU microseconds per request of the server under test and of the upstream.
+    LAST+=" $(awk -v s=$((c1 - c0)) -v u=$((u1 - u0)) -v t="$TICK" -v n="$(field requests)" 'BEGIN { if (n > 0) printf "srvcpu=%.1f upcpu=%.1f", s / t * 1e6 / n, u / t * 1e6 / n; else print "srvcpu=0 upcpu=0" }')"
 }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$LAST"; }
 
 # Each scenario may run once per round: ALL_* keep every round's figure (in round order), the
 # table shows the median, and a ratio is the median of the per-round ratios.
-declare -A RPS P50 P99 NOTE ALL_RPS ALL_P50 ALL_P99
+declare -A RPS P50 P99 NOTE ALL_RPS ALL_P50 ALL_P99 ALL_SRV ALL_UPC SRV UPC
 record() { # scenario note
+    ALL_SRV[$1]+="$(field srvcpu) "
+    ALL_UPC[$1]+="$(field upcpu) "
+    SRV[$1]=$(median ${ALL_SRV[$1]})
+    UPC[$1]=$(median ${ALL_UPC[$1]})
     ALL_RPS[$1]+="$(field rps) "
     ALL_P50[$1]+="$(field p50) "
     ALL_P99[$1]+="$(field p99) "
@@ -222,7 +237,8 @@ ONE_TOKEN=$(head -n 1 "$DATA/tokens-valid.txt")
 UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port); NG=$(free_port)
 
 "$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &
-PIDS+=($!)
+UP_PID=$!
+PIDS+=("$UP_PID")
 "$GW_BIN" dev-idp --listen "127.0.0.1:$IDP" --key "$KEY" >"$WORK/idp.log" 2>&1 &
 PIDS+=($!)
 wait_port "$UP" upstream
@@ -265,6 +281,7 @@ start_gateway() { # RUST_LOG value
     RUST_LOG=$1 "$GW_BIN" run -c "$WORK/aadgate.toml" 2>"$WORK/gateway-$1.log" >/dev/null &
     GW_PID=$!
     PIDS+=("$GW_PID")
+    SERVER_PIDS=("$GW_PID")
     wait_port "$GW" gateway
     local i
     for ((i = 0; i < 100; i++)); do
@@ -309,7 +326,8 @@ http {
 }
 EOF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/logs/stderr.log" &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
 wait_port "$NG" nginx
 
 start_gateway warn
@@ -351,7 +369,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     perf_stop
     record cached_token "non2xx=$(field non2xx)"
 
+    SERVER_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
     run_wrk nginx "$CONNS" "$DURATION" "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
+    SERVER_PIDS=("$GW_PID")
     record nginx_passthrough
 
     # Same Lua request() path as the token scenarios, to show the load generator's own overhead.
@@ -446,11 +466,11 @@ verdict() { if "$@"; then echo met; else echo "NOT MET"; fi; }
 echo
 echo "aadgate load benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $(nproc) cores, $ROUNDS rounds, ${DURATION}s/scenario (unique tokens ${UNIQUE_DURATION}s), $CONNS conns, $WRK_THREADS wrk threads, $WORKERS workers (gateway and nginx)"
 echo
-printf '| %-22s | %10s | %8s | %8s | %-26s | %s\n' scenario "req/s" "p50 us" "p99 us" "req/s per round" notes
-printf '|%s|%s|%s|%s|%s|%s\n' "------------------------" "------------" "----------" "----------" "----------------------------" "------"
+printf '| %-22s | %10s | %8s | %8s | %-26s | %10s | %10s | %s\n' scenario "req/s" "p50 us" "p99 us" "req/s per round" "server CPU" "upstr. CPU" notes
+printf '|%s|%s|%s|%s|%s|%s|%s|%s\n' "------------------------" "------------" "----------" "----------" "----------------------------" "------------" "------------" "------"
 for s in anonymous anonymous_same_header cached_token unique_tokens invalid_bad_signature invalid_unknown_kid nginx_passthrough anonymous_lua anonymous_moderate cached_moderate anonymous_accesslog cached_accesslog; do
     [[ -n ${RPS[$s]:-} ]] || continue
-    printf '| %-22s | %10s | %8s | %8s | %-26s | %s\n' "$s" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" "$(rounds_of ALL_RPS "$s")" "${NOTE[$s]}"
+    printf '| %-22s | %10s | %8s | %8s | %-26s | %10s | %10s | %s\n' "$s" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" "$(rounds_of ALL_RPS "$s")" "${SRV[$s]}" "${UPC[$s]}" "${NOTE[$s]}"
 done
 echo
 r1=$(per_round ALL_RPS cached_token anonymous '$1 / $2')
@@ -461,6 +481,7 @@ d50=$(per_round ALL_P50 cached_moderate anonymous_moderate '$1 - $2' | awk '{ pr
 d99=$(per_round ALL_P99 cached_moderate anonymous_moderate '$1 - $2' | awk '{ printf "%.0f", $1 }')
 rb=$(ratio "${RPS[invalid_bad_signature]}" "${RPS[unique_tokens]}")
 rk=$(ratio "${RPS[invalid_unknown_kid]}" "${RPS[unique_tokens]}")
+echo "server CPU / upstr. CPU: microseconds of CPU (user + system) per request of the server under test (the gateway, or nginx's processes) and of the upstream, median over rounds."
 echo "Ratios and latency differences: median of the $ROUNDS per-round values (each round runs the scenarios back to back)."
 echo
 echo "| target | measured | verdict |"
