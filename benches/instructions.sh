@@ -15,7 +15,8 @@
 #   bad_signature         authenticated route, tokens with a wrong signature (401)
 #
 # Environment: N=2000 requests per scenario; BUILD=1 (0: use target/dist as it is);
-# KEEP=0 (1: keep the callgrind files for callgrind_annotate).
+# KEEP=0 (1: keep the callgrind files for callgrind_annotate); GW_BIN and SUPPORT to measure
+# other builds of `aadgate` and `bench_support` (e.g. two commits side by side, with BUILD=0).
 # Note: valgrind reports the CPU without SHA extensions, so SHA-256 counts run the AVX code
 # path; on hardware with SHA-NI the cache key costs less than its count suggests.
 set -euo pipefail
@@ -52,8 +53,8 @@ if [[ ${BUILD:-1} == 1 ]]; then
     log "building (profile dist)"
     (cd "$ROOT" && cargo build --profile dist --quiet --bin aadgate --example bench_support) || die "build failed"
 fi
-GW_BIN=$TARGET_DIR/dist/aadgate
-SUPPORT=$TARGET_DIR/dist/examples/bench_support
+GW_BIN=${GW_BIN:-$TARGET_DIR/dist/aadgate}
+SUPPORT=${SUPPORT:-$TARGET_DIR/dist/examples/bench_support}
 mkdir -p "$DATA"
 
 free_port() {
