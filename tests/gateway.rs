@@ -199,6 +199,16 @@ async fn every_core_reason_code_is_answered_with_its_status_body_and_challenge()
             "{target}"
         );
     }
+    // Origin form goes upstream as received; absolute form is rewritten to origin form.
+    for target in [
+        "/public/a/b?q=1&r=%20",
+        "http://localhost/public/a/b?q=1&r=%20",
+    ] {
+        assert_eq!(raw_get(gw.addr, target).await.0, 200, "{target}");
+        let seen = w.echo.last_request().expect("upstream saw the request");
+        assert_eq!(seen.path, "/public/a/b", "{target}");
+        assert_eq!(seen.query.as_deref(), Some("q=1&r=%20"), "{target}");
+    }
     let a = answer(
         client()
             .get(gw.url("/orders/%2F"))

@@ -116,15 +116,20 @@ impl Gateway {
         let query = req.uri.query().map(String::from);
         let host = request_host(req);
         let method = req.method.clone();
+        let origin_form = req.uri.scheme().is_none() && req.uri.authority().is_none();
         let match_path = routing::match_path(&raw_path)?;
         let route = routing::select(&cfg.routes, &method, &host, &match_path)?.clone();
         ctx.route = Some(route.clone());
-        ctx.upstream_path = Some(routing::upstream_path(
-            &route,
-            &raw_path,
-            &match_path,
-            query.as_deref(),
-        ));
+        // The request's own URI goes upstream unless the route strips a prefix or may rewrite
+        // `/me`, or the request came in absolute form: only then is a new one built.
+        if route.strip_prefix.is_some() || route.exchange.is_some() || !origin_form {
+            ctx.upstream_path = Some(routing::upstream_path(
+                &route,
+                &raw_path,
+                &match_path,
+                query.as_deref(),
+            ));
+        }
 
         // Spoofed identity headers never pass, on any route.
         let req = session.req_header_mut();
