@@ -45,6 +45,8 @@ PERF=${PERF:-0}
 KEEP=${KEEP:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DATA=$TARGET_DIR/bench-load          # signing key and minted tokens, reused between runs
 RESULTS=$DATA/results
@@ -244,37 +246,7 @@ PIDS+=($!)
 wait_port "$UP" upstream
 wait_port "$IDP" emulator
 
-cat >"$WORK/aadgate.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$GW"]
-admin_listen = "127.0.0.1:$ADMIN"
-workers = $WORKERS
-shutdown_grace = "1s"
-upgrade_sock = "$WORK/upgrade.sock"
-
-[identity]
-metadata_url = "http://127.0.0.1:$IDP/common/v2.0/.well-known/openid-configuration"
-audiences = ["$AUD"]
-min_refetch_interval = "30s"
-token_cache_size = 100000
-
-[tenants]
-mode = "allow_list"
-allow = ["$TID"]
-issuers = ["https://sts.windows.net/{tenantid}/", "https://login.microsoftonline.com/{tenantid}/v2.0"]
-
-[[routes]]
-name = "anon"
-path_prefix = "/anon/"
-upstream = "http://127.0.0.1:$UP"
-auth = "anonymous"
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-upstream = "http://127.0.0.1:$UP"
-roles_any = ["Bench.Read"]
-EOF
+bench_gateway_config "$WORK/aadgate.toml" "$GW" "$ADMIN" "$IDP" "$UP" "$WORKERS" "$WORK/upgrade.sock"
 
 GW_PID=""
 start_gateway() { # RUST_LOG value
