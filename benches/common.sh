@@ -1,9 +1,37 @@
 # Shared by the benchmark scripts (sourced, not run).
 
+TID=11111111-1111-4111-8111-111111111111   # tenant of the benchmark tokens
+AUD=api://bench                            # their audience
+PIDS=()                                    # processes stopped on exit
+
+log() { printf '[%s] %s\n' "$BENCH_TAG" "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+# Stops what was started, removes the work folder (unless KEEP=1), keeps the exit status.
+bench_cleanup() {
+    local rc=$? p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+
+# usage: bench_start TAG — log prefix, a new work folder in WORK, cleanup on exit
+bench_start() {
+    BENCH_TAG=$1
+    WORK=$(mktemp -d "/tmp/aadgate-$1.XXXXXX")
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# A loopback port free right now (the kernel's choice, so two calls do not collide).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # The gateway configuration both benchmarks measure: an anonymous route and an app-role route
 # to the same upstream, the AAD emulator as the key source.
 # usage: bench_gateway_config FILE GATEWAY_PORT ADMIN_PORT EMULATOR_PORT UPSTREAM_PORT WORKERS UPGRADE_SOCK
-# Uses TID (tenant) and AUD (audience) from the caller.
 bench_gateway_config() {
     cat >"$1" <<EOF
 [server]

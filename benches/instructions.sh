@@ -28,22 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/benches/common.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DATA=$TARGET_DIR/bench-load
-WORK=$(mktemp -d /tmp/aadgate-instr.XXXXXX)
-TID=11111111-1111-4111-8111-111111111111
-AUD=api://bench
-PIDS=()
-
-log() { printf '[instr] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_start instr
 
 command -v valgrind >/dev/null || {
     log "installing valgrind"
@@ -59,9 +44,6 @@ GW_BIN=${GW_BIN:-$TARGET_DIR/dist/aadgate}
 SUPPORT=${SUPPORT:-$TARGET_DIR/dist/examples/bench_support}
 mkdir -p "$DATA"
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 wait_http() { # url what
     local i
     for ((i = 0; i < 600; i++)); do

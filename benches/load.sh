@@ -50,27 +50,7 @@ source "$ROOT/benches/common.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DATA=$TARGET_DIR/bench-load          # signing key and minted tokens, reused between runs
 RESULTS=$DATA/results
-WORK=$(mktemp -d /tmp/aadgate-load.XXXXXX)
-TID=11111111-1111-4111-8111-111111111111
-AUD=api://bench
-PIDS=()
-
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_start load
 
 # ---------------------------------------------------------------- tools and build
 need_apt=()
@@ -91,20 +71,6 @@ SUPPORT=$TARGET_DIR/dist/examples/bench_support
 mkdir -p "$DATA" "$RESULTS"
 
 # ---------------------------------------------------------------- helpers
-USED_PORTS=" "
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port"
-}
 
 wait_port() { # port, what
     local i
