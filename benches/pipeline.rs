@@ -150,6 +150,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let parts = RequestParts {
         method: &method,
         path: "/api/orders",
+        normalized_path: "/api/orders",
         host: "localhost",
         headers: &headers,
     };
@@ -177,6 +178,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 let parts = RequestParts {
                     method: &method,
                     path: "/api/orders",
+                    normalized_path: "/api/orders",
                     host: "localhost",
                     headers: &tokens[n],
                 };
@@ -247,6 +249,7 @@ fn bench_stages(c: &mut Criterion) {
     let parts = RequestParts {
         method: &method,
         path: "/api/orders",
+        normalized_path: "/api/orders",
         host: "localhost",
         headers: &headers,
     };

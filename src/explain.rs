@@ -213,6 +213,7 @@ pub async fn explain_request(
     let parts = RequestParts {
         method: &request.method,
         path: &request.path,
+        normalized_path: &request.path,
         host: &request.host,
         headers: &headers,
     };

@@ -267,6 +267,7 @@ where
                     let parts = RequestParts {
                         method: req.method(),
                         path: req.uri().path(),
+                        normalized_path: req.uri().path(),
                         host: &host,
                         headers: req.headers(),
                     };

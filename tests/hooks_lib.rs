@@ -133,6 +133,7 @@ async fn authenticate(
     let parts = RequestParts {
         method: &Method::GET,
         path,
+        normalized_path: path,
         host: "api.contoso.com",
         headers: &headers,
     };

@@ -12,6 +12,7 @@ use http::StatusCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     BadRequest,
+    UriTooLong,
     RouteNotFound,
     MissingToken,
     MalformedToken,
@@ -21,6 +22,7 @@ pub enum Reason {
     Expired,
     NotYetValid,
     BadAudience,
+    NotAccessToken,
     BadIssuer,
     TenantNotAllowed,
     TenantDenied,
@@ -39,8 +41,9 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in SPEC order (for docs, tests and pre-registered metric series).
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::BadRequest,
+        Reason::UriTooLong,
         Reason::RouteNotFound,
         Reason::MissingToken,
         Reason::MalformedToken,
@@ -50,6 +53,7 @@ impl Reason {
         Reason::Expired,
         Reason::NotYetValid,
         Reason::BadAudience,
+        Reason::NotAccessToken,
         Reason::BadIssuer,
         Reason::TenantNotAllowed,
         Reason::TenantDenied,
@@ -70,6 +74,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::BadRequest => "bad_request",
+            Reason::UriTooLong => "uri_too_long",
             Reason::RouteNotFound => "route_not_found",
             Reason::MissingToken => "missing_token",
             Reason::MalformedToken => "malformed_token",
@@ -79,6 +84,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
             Reason::BadAudience => "bad_audience",
+            Reason::NotAccessToken => "not_access_token",
             Reason::BadIssuer => "bad_issuer",
             Reason::TenantNotAllowed => "tenant_not_allowed",
             Reason::TenantDenied => "tenant_denied",
@@ -100,6 +106,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::UriTooLong => StatusCode::URI_TOO_LONG,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::MissingToken
             | Reason::MalformedToken
@@ -109,6 +116,7 @@ impl Reason {
             | Reason::Expired
             | Reason::NotYetValid
             | Reason::BadAudience
+            | Reason::NotAccessToken
             | Reason::BadIssuer
             | Reason::TenantNotAllowed
             | Reason::TenantDenied => StatusCode::UNAUTHORIZED,
@@ -129,7 +137,7 @@ impl Reason {
     /// The OAuth-style `error` field of the JSON body (SPEC section 8).
     pub fn oauth_error(self) -> &'static str {
         match self {
-            Reason::BadRequest => "invalid_request",
+            Reason::BadRequest | Reason::UriTooLong => "invalid_request",
             Reason::RouteNotFound => "not_found",
             Reason::MissingToken => "unauthorized",
             Reason::MalformedToken
@@ -139,6 +147,7 @@ impl Reason {
             | Reason::Expired
             | Reason::NotYetValid
             | Reason::BadAudience
+            | Reason::NotAccessToken
             | Reason::BadIssuer
             | Reason::TenantNotAllowed
             | Reason::TenantDenied => "invalid_token",
@@ -284,6 +293,7 @@ mod tests {
     fn every_reason_maps_to_the_spec_status_and_error() {
         let table = [
             ("bad_request", 400, "invalid_request"),
+            ("uri_too_long", 414, "invalid_request"),
             ("route_not_found", 404, "not_found"),
             ("missing_token", 401, "unauthorized"),
             ("malformed_token", 401, "invalid_token"),
@@ -293,6 +303,7 @@ mod tests {
             ("expired", 401, "invalid_token"),
             ("not_yet_valid", 401, "invalid_token"),
             ("bad_audience", 401, "invalid_token"),
+            ("not_access_token", 401, "invalid_token"),
             ("bad_issuer", 401, "invalid_token"),
             ("tenant_not_allowed", 401, "invalid_token"),
             ("tenant_denied", 401, "invalid_token"),

@@ -6,7 +6,8 @@ use super::error::Reason;
 /// A concrete next step for `reason`.
 pub fn hint(reason: Reason) -> &'static str {
     match reason {
-        Reason::BadRequest => "Send a normalised path: no '.' or '..' segments, no encoded '/' or '\\', no NUL.",
+        Reason::BadRequest => "Send an origin-form request target (`/path?query`) or an absolute URL, with a normalised path: no '.' or '..' segments (also not `..;x`), no encoded '/' or '\\', no NUL.",
+        Reason::UriTooLong => "The request target is longer than [server] max_uri_bytes; send long parameters in the body, or raise the limit.",
         Reason::RouteNotFound => "No [[routes]] entry matches this host, method and path; add one or fix the path_prefix.",
         Reason::MissingToken => "Send `Authorization: Bearer <access token>`; acquire the token for this API's App ID URI (scope \"<App ID URI>/.default\" for daemons).",
         Reason::MalformedToken => "Send the access token itself (three base64url segments), once, in one Authorization header; not an id_token wrapper, a reference token or an encrypted token.",
@@ -16,6 +17,7 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::Expired => "Acquire a new token (MSAL does this from its cache); if tokens look fresh, check the clocks (clock_skew allows some drift).",
         Reason::NotYetValid => "The token's nbf/iat lies in the future: synchronise the clocks of the caller and the gateway (NTP).",
         Reason::BadAudience => "Request the token for this API: scope \"<App ID URI>/.default\" (app-only) or \"<App ID URI>/<scope>\" (delegated). Both the App ID URI and the client id may appear as aud; list the one your tokens carry in [identity] audiences.",
+        Reason::NotAccessToken => "This is not an access token (it has neither appid nor azp, as ID tokens do): acquire an access token for this API (scope \"<App ID URI>/.default\" or \"<App ID URI>/<scope>\") and send that instead.",
         Reason::BadIssuer => "List the issuer form your tokens use in [tenants] issuers: v1 tokens \"https://sts.windows.net/{tenantid}/\", v2 tokens \"https://login.microsoftonline.com/{tenantid}/v2.0\" (set by accessTokenAcceptedVersion in the API's manifest).",
         Reason::TenantNotAllowed => "Onboard the tenant: add its id to [tenants] allow (or the tenants file), or let the tenant hook admit it.",
         Reason::TenantDenied => "The tenant is in [tenants] deny; remove it there if it should be served.",

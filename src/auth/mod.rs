@@ -64,6 +64,8 @@ pub struct RequestParts<'a> {
     pub method: &'a Method,
     /// As received (before `strip_prefix`).
     pub path: &'a str,
+    /// The normalized path routing used (SPEC section 8).
+    pub normalized_path: &'a str,
     /// Lower case, without port.
     pub host: &'a str,
     pub headers: &'a HeaderMap,
@@ -342,6 +344,7 @@ impl Authenticator {
             route: &route.name,
             method: req.method.as_str(),
             path: req.path,
+            normalized_path: req.normalized_path,
             host: req.host,
             headers: req.headers,
             token: &verified,

@@ -132,6 +132,7 @@ impl Compiler<'_> {
             routes,
             exchanges,
             claim_header_names,
+            validator_header_names: HashSet::new(),
             warnings: Vec::new(),
         })
     }

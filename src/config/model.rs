@@ -28,6 +28,9 @@ pub struct Config {
     /// Every header name configured as a claim header on any route, plus the default set:
     /// removed from every inbound request.
     pub claim_header_names: HashSet<HeaderName>,
+    /// Every header name a validator may add upstream (its `headers`): removed from every
+    /// inbound request too, so a caller cannot pre-set one.
+    pub validator_header_names: HashSet<HeaderName>,
     /// Warnings found while loading (e.g. a certificate that has expired); logged by the loader.
     pub warnings: Vec<String>,
 }

@@ -145,6 +145,7 @@ impl Gateway {
         let parts = RequestParts {
             method: &method,
             path: &raw_path,
+            normalized_path: &match_path,
             host: &host,
             headers: &session.req_header().headers,
         };

@@ -656,6 +656,7 @@ mod tests {
                 route: "orders",
                 method: "GET",
                 path: &self.path,
+                normalized_path: &self.path,
                 host: "api.contoso.com",
                 headers: &self.headers,
                 token: &self.token,

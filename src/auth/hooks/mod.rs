@@ -48,6 +48,8 @@ pub struct HookRequest<'a> {
     pub method: &'a str,
     /// As received, before `strip_prefix`.
     pub path: &'a str,
+    /// The normalized path routing used (SPEC section 8).
+    pub normalized_path: &'a str,
     /// Lower case, without port.
     pub host: &'a str,
     /// The request headers as received (CEL's `request.headers`; never sent to HTTP hooks).
