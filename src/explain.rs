@@ -116,10 +116,9 @@ impl Report {
 fn times(claims: &Map<String, Value>, now: i64) -> Value {
     let mut m = Map::new();
     for name in ["iat", "nbf", "exp"] {
-        if let Some(t) = claims.get(name).and_then(Value::as_f64) {
-            let t = t as i64;
-            let utc = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
-            let rel = crate::auth::time::human_span(now - t);
+        if let Some(t) = crate::auth::claims::seconds(claims, name) {
+            let utc = http_date(t);
+            let rel = crate::auth::time::human_span(now.saturating_sub(t));
             let rel = if t <= now {
                 format!("{rel} ago")
             } else {
@@ -129,6 +128,20 @@ fn times(claims: &Map<String, Value>, now: i64) -> Value {
         }
     }
     Value::Object(m)
+}
+
+/// The HTTP date of Unix time `t`, for any `t`: times outside what an HTTP date can show
+/// (before 1970, after 9999) are described instead.
+fn http_date(t: i64) -> String {
+    // httpdate refuses (panics on) dates from the year 10000 on.
+    const YEAR_10000: i64 = 253_402_300_800;
+    match u64::try_from(t) {
+        Ok(secs) if t < YEAR_10000 => {
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+        }
+        Ok(_) => "after the year 9999".to_string(),
+        Err(_) => "before 1970".to_string(),
+    }
 }
 
 fn decode_segment(token: &str, i: usize) -> Option<Map<String, Value>> {
@@ -312,5 +325,32 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_of_any_size_are_described_without_a_panic() {
+        let now = 1_800_000_000;
+        for v in [
+            json!(i64::MAX),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(-1e300),
+            json!(253_402_300_800i64),
+            json!(-1),
+            json!(now),
+        ] {
+            let claims = json!({"exp": v, "nbf": v, "iat": v});
+            let t = times(claims.as_object().expect("object"), now);
+            assert_eq!(t.as_object().map(Map::len), Some(3), "{v}");
+        }
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(-1), "before 1970");
+        assert_eq!(http_date(i64::MAX), "after the year 9999");
     }
 }

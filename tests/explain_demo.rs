@@ -145,6 +145,17 @@ fn each_hint_names_the_failing_check_the_reason_and_a_fix() {
         ),
         (
             "daemon",
+            {
+                let mut id_token = app().with_claim("nonce", json!("n"));
+                id_token.appid = None;
+                key.mint(&id_token)
+            },
+            "access token",
+            "not_access_token",
+            "access token",
+        ),
+        (
+            "daemon",
             graph,
             "signature",
             "bad_signature",

@@ -94,12 +94,20 @@ pub struct VerifiedToken {
     preferred_username: Option<Box<str>>,
 }
 
-/// A numeric claim as whole seconds.
+/// A numeric claim as whole seconds (fractions rounded down). Saturates: an integer or float
+/// beyond the `i64` range becomes `i64::MAX` / `i64::MIN`; `None` when absent or not a number.
 pub fn seconds(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims
-        .get(name)
-        .and_then(Value::as_f64)
-        .map(|f| f.floor() as i64)
+    let Value::Number(n) = claims.get(name)? else {
+        return None;
+    };
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    if n.as_u64().is_some() {
+        return Some(i64::MAX);
+    }
+    // `as` from f64 saturates at the i64 bounds (and maps NaN, which JSON cannot carry, to 0).
+    n.as_f64().map(|f| f.floor() as i64)
 }
 
 /// `aud` as a list of strings.
@@ -286,6 +294,27 @@ mod tests {
         assert_eq!(t.auth_strength, Some(1));
         let t = token(json!({"iss": "https://sts.windows.net/x/", "appid": "a"}));
         assert_eq!(t.version, TokenVersion::V1);
+    }
+
+    #[test]
+    fn time_claims_saturate_at_the_i64_bounds() {
+        let m = json!({"a": 1e300, "b": -1e300, "c": u64::MAX, "d": i64::MIN, "e": 12.9,
+            "f": -0.5, "g": "12", "h": i64::MAX});
+        let m = m.as_object().cloned().unwrap_or_default();
+        let table = [
+            ("a", Some(i64::MAX)),
+            ("b", Some(i64::MIN)),
+            ("c", Some(i64::MAX)),
+            ("d", Some(i64::MIN)),
+            ("e", Some(12)),
+            ("f", Some(-1)),
+            ("g", None),
+            ("h", Some(i64::MAX)),
+            ("absent", None),
+        ];
+        for (name, want) in table {
+            assert_eq!(seconds(&m, name), want, "{name}");
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ mod tests {
             issuer: issuer.map(String::from),
             key: jsonwebtoken::DecodingKey::from_rsa_raw_components(&[1; 256], &[1, 0, 1]),
             rs256: None,
+            fingerprint: [0; 32],
         }
     }
 

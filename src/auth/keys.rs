@@ -16,8 +16,9 @@ pub struct FoundKey {
     pub jwk: Arc<Jwk>,
 }
 
-/// Looks up the token's key. `wait` bounds how long a kid-miss refetch (or the first key load in
-/// progress) may hold the request.
+/// Looks up the token's key. On a miss, waits for the refetch in progress or one it may ask
+/// for (SPEC 8: one fetch however many requests miss; each is answered when it completes), then
+/// looks again. `wait` is a safety bound on that wait and on the first key load in progress.
 pub async fn lookup(
     store: &KeyStore,
     header: &JoseHeader,
@@ -55,7 +56,8 @@ pub async fn lookup(
             jwk,
         });
     }
-    if let Some(newer) = store.refetch_for_unknown_kid(wait).await {
+    // Look again in whatever set is current once any fetch this miss waited for completed.
+    if let Some(newer) = store.refetch_for_unknown_kid(&set, wait).await {
         if let Some(jwk) = find(&newer) {
             return Ok(FoundKey {
                 id: Arc::from(id),

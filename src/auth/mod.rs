@@ -4,6 +4,7 @@
 //! Only the pipeline constructs a [`Principal`], the proof that a request was authorised; header
 //! injection and token exchange take one, so they cannot run on an unauthenticated request.
 
+pub mod access_token;
 pub mod audience;
 pub mod claims;
 pub mod client_app;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use jsonwebtoken::Algorithm;
 
 pub use claims::{ClientClaim, TokenKind, TokenVersion, VerifiedToken};
 pub use error::{Reason, Rejection};
@@ -165,10 +167,20 @@ fn record<T>(
     r
 }
 
-/// Verified tokens by SHA-256 of the token string. An entry is used only while its `exp` (plus
-/// skew) has not passed and its key is still in the current key set; moka evicts it at `exp`.
+/// Verified tokens by SHA-256 of the token string (SPEC 8). An entry is used only while its
+/// `exp` (plus skew) has not passed, its `kid` still names the same key material in the current
+/// key set, and its `alg` is still configured; moka evicts it at `exp` plus skew.
 pub struct TokenCache {
-    inner: Option<moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>>,
+    inner: Option<moka::sync::Cache<[u8; 32], CachedToken>>,
+}
+
+/// A cache entry: the verified token, the algorithm it was verified with and the fingerprint of
+/// the key that verified it.
+#[derive(Clone)]
+struct CachedToken {
+    token: Arc<VerifiedToken>,
+    alg: Algorithm,
+    key_fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -183,16 +195,26 @@ struct ExpireAtExp {
     skew: i64,
 }
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
+impl moka::Expiry<[u8; 32], CachedToken> for ExpireAtExp {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        v: &Arc<VerifiedToken>,
+        v: &CachedToken,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        let left = (v.exp + self.skew - crate::jwks::unix_now()).max(0);
-        Some(Duration::from_secs(left as u64))
+        Some(cache_lifetime(
+            v.token.exp,
+            self.skew,
+            crate::jwks::unix_now(),
+        ))
     }
+}
+
+/// How long a token verified at `now` may stay cached: until `exp + skew`, saturating (a hit
+/// checks the lifetime again with the authenticator's clock).
+fn cache_lifetime(exp: i64, skew: i64, now: i64) -> Duration {
+    let left = exp.saturating_add(skew).saturating_sub(now).max(0);
+    Duration::from_secs(left.unsigned_abs())
 }
 
 impl TokenCache {
@@ -202,20 +224,20 @@ impl TokenCache {
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(ExpireAtExp {
-                    skew: clock_skew.as_secs() as i64,
+                    skew: time::skew_secs(clock_skew),
                 })
                 .build()
         });
         TokenCache { inner }
     }
 
-    fn get(&self, hash: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+    fn get(&self, hash: &[u8; 32]) -> Option<CachedToken> {
         self.inner.as_ref()?.get(hash)
     }
 
-    fn insert(&self, hash: [u8; 32], token: Arc<VerifiedToken>) {
+    fn insert(&self, hash: [u8; 32], entry: CachedToken) {
         if let Some(c) = &self.inner {
-            c.insert(hash, token);
+            c.insert(hash, entry);
         }
     }
 
@@ -368,30 +390,36 @@ impl Authenticator {
         })
     }
 
-    /// Steps 3–5 for a cached token: no decoding or signature work, but lifetime, audience and
-    /// issuer are checked again against the running configuration and key set.
+    /// Steps 3–5 for a cached token: no decoding or signature work, but the entry is used only
+    /// while the same key material is published under its `kid`, its `alg` is still configured,
+    /// and lifetime, audience and issuer pass against the running configuration. Otherwise the
+    /// token is verified again in full, so it gets the reason of the check it now fails.
     fn cached(&self, hash: &[u8; 32], t: &mut Option<&mut Trace>) -> Option<Arc<VerifiedToken>> {
         let cached = self.cache.get(hash);
-        let Some(v) = cached else {
+        let Some(entry) = cached else {
             if self.cache.inner.is_some() {
                 self.metrics.token_cache_misses.inc();
             }
             return None;
         };
         let cfg = &*self.config;
-        let keys = self.keys.current()?;
-        let usable = keys
-            .by_kid(&v.kid)
-            .or_else(|| keys.by_x5t(&v.kid))
-            .filter(|jwk| {
-                let skew = cfg.identity.clock_skew.as_secs() as i64;
-                let tid = (!v.raw_tid.is_empty()).then_some(&*v.raw_tid);
-                // Re-checked on every hit: a reload may have changed audiences or issuers.
-                time::check_times(Some(v.exp), v.nbf, v.iat, self.clock.now(), skew).is_ok()
-                    && audience::check_list(&v.aud, &cfg.identity.audiences).is_ok()
-                    && issuer::check_fields(tid, &v.iss, jwk, &cfg.tenants.issuers).is_ok()
-            });
-        if usable.is_none() {
+        let v = &entry.token;
+        let usable = self.keys.current().is_some_and(|keys| {
+            keys.by_kid(&v.kid)
+                .or_else(|| keys.by_x5t(&v.kid))
+                .is_some_and(|jwk| {
+                    let skew = time::skew_secs(cfg.identity.clock_skew);
+                    let tid = (!v.raw_tid.is_empty()).then_some(&*v.raw_tid);
+                    jwk.fingerprint == entry.key_fingerprint
+                        && cfg.identity.algorithms.contains(&entry.alg)
+                        // A reload may have changed audiences or issuers.
+                        && time::check_times(Some(v.exp), v.nbf, v.iat, self.clock.now(), skew)
+                            .is_ok()
+                        && audience::check_list(&v.aud, &cfg.identity.audiences).is_ok()
+                        && issuer::check_fields(tid, &v.iss, jwk, &cfg.tenants.issuers).is_ok()
+                })
+        });
+        if !usable {
             self.metrics.token_cache_misses.inc();
             return None;
         }
@@ -402,10 +430,11 @@ impl Authenticator {
                 result: Ok("verified earlier; signature not checked again".into()),
             });
         }
-        Some(v)
+        Some(entry.token)
     }
 
-    /// Steps 3–5 in full: decode, algorithm, key, signature, lifetime, audience, issuer.
+    /// Steps 3–5 in full: decode, algorithm, key, signature, lifetime, audience, access token,
+    /// issuer.
     async fn verify(
         &self,
         raw: &str,
@@ -448,7 +477,7 @@ impl Authenticator {
             time::check(
                 &parsed.claims,
                 self.clock.now(),
-                cfg.identity.clock_skew.as_secs() as i64,
+                time::skew_secs(cfg.identity.clock_skew),
             ),
             |_| "within exp/nbf".into(),
         )?;
@@ -460,16 +489,30 @@ impl Authenticator {
         )?;
         record(
             t,
+            "access token",
+            access_token::check(&parsed.claims),
+            |client| format!("issued to client {client}"),
+        )?;
+        record(
+            t,
             "issuer",
             issuer::check(&parsed.claims, &key.jwk, &cfg.tenants.issuers),
             |tid| format!("tenant {tid}"),
         )?;
+        let key_fingerprint = key.jwk.fingerprint;
         let verified = Arc::new(VerifiedToken::from_parts(
             parsed.claims,
             parsed.claims_json,
             key.id,
         ));
-        self.cache.insert(hash, verified.clone());
+        self.cache.insert(
+            hash,
+            CachedToken {
+                token: verified.clone(),
+                alg,
+                key_fingerprint,
+            },
+        );
         Ok(verified)
     }
 }
