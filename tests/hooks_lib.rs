@@ -92,6 +92,7 @@ kind = "http"
 url = "{hook_url}"
 timeout = "2s"
 cache_ttl = "60s"
+headers = ["x-plan"]
 
 [validators.no-guests]
 kind = "cel"

@@ -184,12 +184,14 @@ fn is_reserved(name: &HeaderName) -> bool {
     )
 }
 
-/// The headers of an allow answer that may go upstream. Invalid names or values, non-string
-/// values, hop-by-hop headers, `x-auth-*` and configured claim headers are dropped with a warn
-/// log (which names the header, never its value).
+/// The headers of an allow answer that may go upstream: only those named in the validator's
+/// `headers` (`allowed`). Others, invalid names or values, non-string values, hop-by-hop
+/// headers, `x-auth-*` and configured claim headers are dropped with a warn log (which names
+/// the header, never its value).
 pub(crate) fn filter_headers(
     validator: &str,
     raw: Option<&Map<String, Value>>,
+    allowed: &[HeaderName],
     claim_headers: &HashSet<HeaderName>,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let Some(raw) = raw else { return Vec::new() };
@@ -199,6 +201,10 @@ pub(crate) fn filter_headers(
             tracing::warn!(validator, header = %name.escape_debug(), "hook header dropped: not a valid header name");
             continue;
         };
+        if !allowed.contains(&hn) {
+            tracing::warn!(validator, header = %hn, "hook header dropped: not named in the validator's `headers`");
+            continue;
+        }
         if hn.as_str().starts_with("x-auth-") || claim_headers.contains(&hn) {
             tracing::warn!(validator, header = %hn, "hook header dropped: identity headers come from the token only");
             continue;
@@ -220,6 +226,7 @@ pub(crate) fn filter_headers(
 fn parse_answer(
     validator: &str,
     body: &[u8],
+    allowed: &[HeaderName],
     claim_headers: &HashSet<HeaderName>,
 ) -> Result<Decision, HookError> {
     let a: Answer =
@@ -228,6 +235,7 @@ fn parse_answer(
         Ok(Decision::Allow(filter_headers(
             validator,
             a.headers.as_ref(),
+            allowed,
             claim_headers,
         )))
     } else {
@@ -298,7 +306,7 @@ impl HttpHook {
             if status != reqwest::StatusCode::OK {
                 return Err(HookError::Status(status.as_u16()));
             }
-            parse_answer(validator, &buf, claim_headers)
+            parse_answer(validator, &buf, &self.settings.headers, claim_headers)
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
@@ -610,6 +618,15 @@ mod tests {
             timeout: Duration::from_millis(500),
             cache_ttl: ttl,
             on_error,
+            headers: [
+                "x-entitlement",
+                "x-plan",
+                "x-custom-claim",
+                "x-bad-value",
+                "x-number",
+            ]
+            .map(HeaderName::from_static)
+            .to_vec(),
         }
     }
 
@@ -722,9 +739,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalid_identity_and_hop_by_hop_headers_from_a_hook_are_dropped() {
+    async fn undeclared_invalid_identity_and_hop_by_hop_headers_from_a_hook_are_dropped() {
         let answer = json!({"allow": true, "headers": {
             "x-plan": "gold",
+            "x-not-declared": "1",
             "x-auth-tenant-id": "forged",
             "X-Auth-Roles": "Admin",
             "x-custom-claim": "forged",
