@@ -26,6 +26,8 @@ pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Default `[identity] token_cache_size`.
 pub const DEFAULT_TOKEN_CACHE_SIZE: u64 = 100_000;
+/// Default `[exchange.NAME] purge_interval`.
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
 /// The AAD issuer templates used when `[tenants] issuers` is absent.
 pub const DEFAULT_ISSUERS: [&str; 2] = [
     "https://sts.windows.net/{tenantid}/",
@@ -809,6 +811,7 @@ impl Compiler<'_> {
                 timeout: self.dur(&f.timeout, Duration::from_secs(10)),
                 refresh_before_expiry: self.dur(&f.refresh_before_expiry, Duration::from_secs(300)),
                 failure_cache: self.dur(&f.failure_cache, Duration::from_secs(30)),
+                purge_interval: self.dur(&f.purge_interval, DEFAULT_PURGE_INTERVAL),
                 max_tenants,
                 rewrite_me,
                 user_claim,

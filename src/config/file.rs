@@ -329,6 +329,7 @@ pub struct ExchangeFile {
     pub timeout: Option<Raw<Duration>>,
     pub refresh_before_expiry: Option<Raw<Duration>>,
     pub failure_cache: Option<Raw<Duration>>,
+    pub purge_interval: Option<Raw<Duration>>,
     pub max_tenants: Option<Raw<u64>>,
     pub rewrite_me: Option<Raw<bool>>,
     pub user_claim: Option<Spanned<String>>,
