@@ -592,7 +592,7 @@ impl Compiler<'_> {
                                 col,
                             );
                             self.r
-                                .error(offset..offset, format!("CEL syntax error: {msg}"));
+                                .error(offset..offset, format!("CEL expression: {msg}"));
                             continue;
                         }
                     }
