@@ -107,6 +107,7 @@ impl World {
             timeout: Duration::from_secs(10),
             refresh_before_expiry: Duration::from_secs(300),
             failure_cache: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(30),
             max_tenants: 100,
             rewrite_me: true,
             user_claim: "oid".into(),
@@ -444,15 +445,38 @@ async fn purge_of_the_cached_token_makes_the_next_call_fetch() {
         "a purge naming another token or tenant keeps the entry"
     );
 
-    x.purge(TENANT_A, &first.access_token);
+    assert!(x.purge(TENANT_A, &first.access_token));
     let second = x.token(TENANT_A, &w.metrics).await.expect("fetched");
     assert_ne!(second, first);
     assert_eq!(w.requests(), 2);
-    x.purge(TENANT_A, &first.access_token);
+    w.clock.advance(31);
+    assert!(!x.purge(TENANT_A, &first.access_token));
     assert_eq!(
         x.token(TENANT_A, &w.metrics).await.expect("cached"),
         second,
         "a late purge of the old token keeps the new one"
     );
     assert_eq!(w.requests(), 2);
+}
+
+#[tokio::test]
+async fn purges_within_purge_interval_keep_the_new_token() {
+    let w = World::start(1).await;
+    let x = w.exchanger();
+    let first = x.token(TENANT_A, &w.metrics).await.expect("token");
+    assert!(x.purge(TENANT_A, &first.access_token));
+    let second = x.token(TENANT_A, &w.metrics).await.expect("fetched");
+    assert!(
+        !x.purge(TENANT_A, &second.access_token),
+        "a second upstream 401 within purge_interval keeps the token"
+    );
+    assert_eq!(x.token(TENANT_A, &w.metrics).await.expect("cached"), second);
+    assert_eq!(w.requests(), 2);
+    w.clock.advance(30);
+    assert!(
+        x.purge(TENANT_A, &second.access_token),
+        "after the interval"
+    );
+    x.token(TENANT_A, &w.metrics).await.expect("fetched");
+    assert_eq!(w.requests(), 3);
 }

@@ -353,6 +353,30 @@ async fn an_upstream_401_drops_the_cached_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_always_answers_401_costs_at_most_two_token_requests() {
+    let s = setup("").await;
+    let t =
+        s.w.idp
+            .mint(&TokenSpec::app(TENANT_A, AUD, &["Mail.Access"]));
+    let n = 20;
+    s.outlook.fail_next_with_401(n);
+    for _ in 0..n {
+        let r = get(&s, "/api/v2.0/users/x/messages", &t).await;
+        assert_eq!(r.status(), 401, "passed through unchanged");
+    }
+    assert_eq!(
+        s.outlook.request_count(),
+        n,
+        "every request reached the upstream"
+    );
+    assert_eq!(
+        s.w.idp.token_request_count(),
+        2,
+        "one token, one fetch after the first purge, then no purge within purge_interval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn me_paths_are_rewritten_for_user_callers_and_refused_for_app_callers() {
     let s = setup("").await;
     let oid = "4a3c2b1d-6e5f-4a7b-8c9d-0e1f2a3b4c5d";

@@ -40,6 +40,9 @@ async fn hook_server(log: Arc<HookLog>) -> String {
                     if body["path"].as_str().unwrap_or_default().contains("deny") {
                         return Json(json!({"allow": false, "message": "no entitlement for this path"}));
                     }
+                    if body["path"].as_str().unwrap_or_default().contains("plan") {
+                        return Json(json!({"allow": true, "headers": {"x-plan": "silver", "x-undeclared": "1"}}));
+                    }
                     Json(json!({"allow": true, "headers": {"x-entitlement": "gold", "x-auth-tenant-id": "spoofed-by-hook"}}))
                 }
             }),
@@ -62,6 +65,7 @@ kind = "http"
 url = "{hooks}/authorize"
 timeout = "2s"
 cache_ttl = "60s"
+headers = ["x-entitlement", "x-plan"]
 
 [validators.registry]
 kind = "http"
@@ -86,6 +90,7 @@ kind = "http"
 url = "{hooks}/hang"
 timeout = "200ms"
 on_error = "allow"
+headers = ["x-plan"]
 
 [[routes]]
 name = "entitled"
@@ -201,6 +206,52 @@ async fn an_http_hook_allows_with_headers_denies_with_its_message_and_is_cached(
             &["validator=\"entitlements\"", "result=\"deny\""]
         ),
         Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_a_validator_may_add_comes_only_from_the_hook() {
+    let w = World::start().await;
+    let log = Arc::new(HookLog::default());
+    let hooks = hook_server(log.clone()).await;
+    let gw = Gateway::start(
+        &config(
+            &hooks,
+            &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]"),
+        ),
+        &w,
+    )
+    .await;
+    gw.wait_ready().await;
+    let t = token(&w, TENANT_A);
+    // (case, path, the x-plan values the upstream must see)
+    let table: [(&str, &str, Vec<&str>); 4] = [
+        ("the hook returns other headers", "/a/items", vec![]),
+        ("the hook fails open", "/open/x", vec![]),
+        ("a route without validators", "/b/x", vec![]),
+        ("the hook returns x-plan", "/a/plan", vec!["silver"]),
+    ];
+    for (case, path, want) in table {
+        let r = client()
+            .get(gw.url(path))
+            .bearer_auth(&t)
+            .header("x-plan", "gold")
+            .header("X-Plan", "platinum")
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.status(), 200, "{case}");
+        let seen = w.echo.last_request().expect("request");
+        assert_eq!(seen.header_all("x-plan"), want, "{case}");
+        assert_eq!(
+            seen.header("x-undeclared"),
+            None,
+            "{case}: a header the validator does not declare is dropped"
+        );
+    }
+    assert!(
+        gw.logs().contains("x-undeclared"),
+        "the dropped header is logged at warn"
     );
 }
 

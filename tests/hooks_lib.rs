@@ -92,6 +92,7 @@ kind = "http"
 url = "{hook_url}"
 timeout = "2s"
 cache_ttl = "60s"
+headers = ["x-plan"]
 
 [validators.no-guests]
 kind = "cel"
@@ -247,4 +248,81 @@ expr = "claims.a == 1 &&"
     let e = errors.0.first().expect("one error");
     // `expr = "` is 8 characters; the expression ends after 16 more, where CEL expected more.
     assert_eq!((e.line, e.col), (14, 25), "{}", e.message);
+}
+
+#[tokio::test]
+async fn a_cel_tenant_hook_admits_one_tenant_and_refuses_another() {
+    let idp = Emulator::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        EmulatorOptions::default(),
+    )
+    .await
+    .expect("emulator starts");
+    let other = "11111111-1111-4111-8111-111111111111";
+    idp.add_tenant(other);
+    let toml = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:1"]
+
+[identity]
+metadata_url = "{metadata}"
+audiences = ["{AUD}"]
+
+[tenants]
+mode = "hook"
+hook = "customers"
+
+[validators.customers]
+kind = "cel"
+expr = "tenant.id == '{DEFAULT_TENANT}' && tenant.issuer.contains('/{DEFAULT_TENANT}/')"
+message = "not a customer"
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders/"
+upstream = "http://127.0.0.1:1"
+"#,
+        metadata = idp.metadata_url()
+    );
+    let config = aadgate::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
+        .expect("a CEL validator can be the tenant hook");
+    let auth = authenticator_from_config(config).expect("inside a runtime");
+    assert!(auth
+        .keys
+        .first_load(Duration::from_secs(10))
+        .await
+        .is_some());
+    let route = auth.config.routes[0].clone();
+    let check = |token: String| {
+        let auth = &auth;
+        let route = route.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+            );
+            let parts = RequestParts {
+                method: &Method::GET,
+                path: "/orders/1",
+                normalized_path: "/orders/1",
+                host: "api.contoso.com",
+                headers: &headers,
+            };
+            auth.authenticate(&route, &parts)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.reason)
+        }
+    };
+    // (case, tenant, decision)
+    let table = [
+        ("the tenant the expression names", DEFAULT_TENANT, Ok(())),
+        ("another tenant", other, Err(Reason::TenantNotAllowed)),
+    ];
+    for (case, tid, want) in table {
+        let token = idp.mint(&TokenSpec::app(tid, AUD, &["Orders.Read"]));
+        assert_eq!(check(token).await, want, "{case}");
+    }
 }

@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 use serde_spanned::Spanned;
 
 use super::error::{ConfigErrors, Reporter};
-use super::file::{self, ConfigFile};
+use super::file::{self, ConfigFile, Raw};
 use super::model::*;
 use crate::auth::hooks::{HttpValidatorSettings, OnError, Validator};
 use crate::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
@@ -26,6 +26,8 @@ pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Default `[identity] token_cache_size`.
 pub const DEFAULT_TOKEN_CACHE_SIZE: u64 = 100_000;
+/// Default `[exchange.NAME] purge_interval`.
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
 /// The AAD issuer templates used when `[tenants] issuers` is absent.
 pub const DEFAULT_ISSUERS: [&str; 2] = [
     "https://sts.windows.net/{tenantid}/",
@@ -55,13 +57,8 @@ pub fn load_str(
     previous: Option<&Config>,
 ) -> Result<Config, ConfigErrors> {
     let mut r = Reporter::new(path, source);
-    let parsed: ConfigFile = match toml::from_str(source) {
-        Ok(f) => f,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            r.error(span, e.message().trim_end().to_string());
-            return Err(ConfigErrors(r.errors));
-        }
+    let Some(parsed) = file::parse(source, &mut r) else {
+        return Err(ConfigErrors(r.errors));
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut c = Compiler { r, base };
@@ -82,10 +79,6 @@ struct Compiler<'a> {
     base: PathBuf,
 }
 
-fn dur(v: &Option<Spanned<super::Duration>>, default: Duration) -> Duration {
-    v.as_ref().map_or(default, |d| d.get_ref().get())
-}
-
 /// True when `s` is a GUID in the 8-4-4-4-12 hex form.
 pub fn is_guid(s: &str) -> bool {
     let b = s.as_bytes();
@@ -97,6 +90,42 @@ pub fn is_guid(s: &str) -> bool {
 }
 
 impl Compiler<'_> {
+    /// Converts a value kept as written; a bad one is reported at its position and gives `None`.
+    fn raw<T: serde::de::DeserializeOwned>(&mut self, v: &Raw<T>) -> Option<T> {
+        match v.parse() {
+            Ok(t) => Some(t),
+            Err(m) => {
+                self.r.error(v.span(), m);
+                None
+            }
+        }
+    }
+
+    /// An optional duration, or `default` when absent (or bad: then it has been reported).
+    fn dur(&mut self, v: &Option<Raw<super::Duration>>, default: Duration) -> Duration {
+        v.as_ref()
+            .and_then(|d| self.raw(d))
+            .map_or(default, |d| d.get())
+    }
+
+    /// An optional duration that must be at least `min` when given.
+    fn dur_at_least(
+        &mut self,
+        v: &Option<Raw<super::Duration>>,
+        default: Duration,
+        min: Duration,
+        message: &str,
+    ) -> Duration {
+        let d = self.dur(v, default);
+        if let Some(raw) = v {
+            if d < min {
+                self.r.error(raw.span(), message);
+                return default;
+            }
+        }
+        d
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -107,13 +136,13 @@ impl Compiler<'_> {
     }
 
     fn config(&mut self, path: &Path, f: ConfigFile, previous: Option<&Config>) -> Option<Config> {
-        let server = self.server(&f.server);
-        let identity = self.identity(&f.identity);
-        let tenants = self.tenants(&f.tenants, &f.validators);
+        let server = f.server.as_ref().and_then(|s| self.server(s));
+        let identity = f.identity.as_ref().and_then(|s| self.identity(s));
+        let tenants = f.tenants.as_ref().and_then(|s| self.tenants(s, &f));
         let clients = self.clients(f.clients.as_ref());
         let validators = self.validators(&f.validators, previous);
         let exchanges = self.exchanges(&f.exchange, previous);
-        let routes = self.routes(&f.routes, &validators, &f.validators, &exchanges, &clients);
+        let routes = self.routes(&f, &validators, &exchanges, &clients);
 
         let mut claim_header_names: HashSet<HeaderName> = default_claim_headers()
             .into_iter()
@@ -122,6 +151,7 @@ impl Compiler<'_> {
         for route in &routes {
             claim_header_names.extend(route.claim_headers.iter().map(|(h, _)| h.clone()));
         }
+        let validator_header_names = self.validator_headers(&f, &claim_header_names);
         Some(Config {
             path: path.to_path_buf(),
             server: server?,
@@ -132,7 +162,7 @@ impl Compiler<'_> {
             routes,
             exchanges,
             claim_header_names,
-            validator_header_names: HashSet::new(),
+            validator_header_names,
             warnings: Vec::new(),
         })
     }
@@ -206,9 +236,9 @@ impl Compiler<'_> {
             admin_listen,
             workers,
             max_token_bytes,
-            upstream_connect_timeout: dur(&f.upstream_connect_timeout, Duration::from_secs(5)),
-            upstream_read_timeout: dur(&f.upstream_read_timeout, Duration::from_secs(60)),
-            shutdown_grace: dur(&f.shutdown_grace, Duration::from_secs(30)),
+            upstream_connect_timeout: self.dur(&f.upstream_connect_timeout, Duration::from_secs(5)),
+            upstream_read_timeout: self.dur(&f.upstream_read_timeout, Duration::from_secs(60)),
+            shutdown_grace: self.dur(&f.shutdown_grace, Duration::from_secs(30)),
             upgrade_sock: f.upgrade_sock.as_ref().map_or_else(
                 || PathBuf::from("/tmp/aadgate_upgrade.sock"),
                 |p| self.path(p.get_ref()),
@@ -283,31 +313,32 @@ impl Compiler<'_> {
                 self.r.error(a.span(), "an audience must not be empty");
             }
         }
-        let refresh_interval = dur(&f.refresh_interval, DEFAULT_REFRESH_INTERVAL);
-        let min_refetch_interval = dur(&f.min_refetch_interval, DEFAULT_MIN_REFETCH_INTERVAL);
-        if let Some(d) = &f.refresh_interval {
-            if d.get_ref().get() < Duration::from_secs(1) {
-                self.r
-                    .error(d.span(), "`refresh_interval` must be at least 1s");
-            }
-        }
-        if let Some(d) = &f.min_refetch_interval {
-            if d.get_ref().get() < Duration::from_secs(1) {
-                self.r
-                    .error(d.span(), "`min_refetch_interval` must be at least 1s");
-            }
-        }
+        let refresh_interval = self.dur_at_least(
+            &f.refresh_interval,
+            DEFAULT_REFRESH_INTERVAL,
+            Duration::from_secs(1),
+            "`refresh_interval` must be at least 1s",
+        );
+        let min_refetch_interval = self.dur_at_least(
+            &f.min_refetch_interval,
+            DEFAULT_MIN_REFETCH_INTERVAL,
+            Duration::from_secs(1),
+            "`min_refetch_interval` must be at least 1s",
+        );
+        let token_cache_size = f
+            .token_cache_size
+            .as_ref()
+            .and_then(|v| self.raw(v))
+            .unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
+        let clock_skew = self.dur(&f.clock_skew, DEFAULT_CLOCK_SKEW);
         Some(IdentitySettings {
             metadata_url,
             jwks_uri,
             refresh_interval,
             min_refetch_interval,
             cache_file: f.cache_file.as_ref().map(|p| self.path(p.get_ref())),
-            token_cache_size: f
-                .token_cache_size
-                .as_ref()
-                .map_or(DEFAULT_TOKEN_CACHE_SIZE, |v| *v.get_ref()),
-            clock_skew: dur(&f.clock_skew, DEFAULT_CLOCK_SKEW),
+            token_cache_size,
+            clock_skew,
             algorithms,
             audiences,
         })
@@ -334,7 +365,7 @@ impl Compiler<'_> {
     fn tenants(
         &mut self,
         s: &Spanned<file::TenantsFile>,
-        validators: &std::collections::BTreeMap<String, Spanned<file::ValidatorFile>>,
+        whole: &ConfigFile,
     ) -> Option<TenantSettings> {
         let f = s.get_ref();
         let mut allow = self.tenant_ids(&f.allow, "`allow`");
@@ -342,29 +373,26 @@ impl Compiler<'_> {
         let mode = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
             None | Some(("allow_list", _)) => TenantMode::AllowList,
             Some(("any", _)) => TenantMode::Any,
-            Some(("hook", span)) => {
-                match &f.hook {
-                    None => {
-                        self.r
-                            .error(span, "mode = \"hook\" needs `hook = \"VALIDATOR\"`");
-                        TenantMode::Any
-                    }
-                    Some(h) => {
-                        match validators.get(h.get_ref()) {
-                        None => self.r.error(
-                            h.span(),
-                            format!("no validator named {:?} (define [validators.{}])", h.get_ref(), h.get_ref()),
-                        ),
-                        Some(v) if v.get_ref().kind.get_ref() != "http" => self.r.error(
-                            h.span(),
-                            format!("the tenant hook {:?} must be an HTTP validator (kind = \"http\")", h.get_ref()),
-                        ),
-                        Some(_) => {}
-                    }
-                        TenantMode::Hook(h.get_ref().clone())
-                    }
+            Some(("hook", span)) => match &f.hook {
+                None => {
+                    self.r
+                        .error(span, "mode = \"hook\" needs `hook = \"VALIDATOR\"`");
+                    TenantMode::Any
                 }
-            }
+                Some(h) => {
+                    if !whole.declared_validators.contains(h.get_ref()) {
+                        self.r.error(
+                            h.span(),
+                            format!(
+                                "no validator named {:?} (define [validators.{}])",
+                                h.get_ref(),
+                                h.get_ref()
+                            ),
+                        );
+                    }
+                    TenantMode::Hook(h.get_ref().clone())
+                }
+            },
             Some((other, span)) => {
                 self.r.error(
                     span,
@@ -434,14 +462,15 @@ impl Compiler<'_> {
         }
     }
 
-    fn strength(&mut self, m: &Spanned<u8>) -> u8 {
-        if *m.get_ref() > 2 {
+    fn strength(&mut self, m: &Raw<u8>) -> u8 {
+        let Some(v) = self.raw(m) else { return 0 };
+        if v > 2 {
             self.r.error(
                 m.span(),
                 "`min_auth_strength` is 0 (public client), 1 (secret) or 2 (certificate)",
             );
         }
-        *m.get_ref()
+        v
     }
 
     fn client_ids(&mut self, list: &[Spanned<String>]) -> HashSet<String> {
@@ -500,10 +529,12 @@ impl Compiler<'_> {
                             OnError::Deny
                         }
                     };
+                    let headers = self.hook_headers(f.headers.as_ref());
                     let settings = HttpValidatorSettings {
                         url: url_s,
-                        timeout: dur(&f.timeout, Duration::from_millis(500)),
-                        cache_ttl: dur(&f.cache_ttl, Duration::from_secs(60)),
+                        headers,
+                        timeout: self.dur(&f.timeout, Duration::from_millis(500)),
+                        cache_ttl: self.dur(&f.cache_ttl, Duration::from_secs(60)),
                         on_error,
                     };
                     let reuse = previous
@@ -518,6 +549,7 @@ impl Compiler<'_> {
                         (f.timeout.is_some(), "timeout"),
                         (f.cache_ttl.is_some(), "cache_ttl"),
                         (f.on_error.is_some(), "on_error"),
+                        (f.headers.is_some(), "headers"),
                     ] {
                         if present {
                             self.r.error(
@@ -560,7 +592,7 @@ impl Compiler<'_> {
                                 col,
                             );
                             self.r
-                                .error(offset..offset, format!("CEL syntax error: {msg}"));
+                                .error(offset..offset, format!("CEL expression: {msg}"));
                             continue;
                         }
                     }
@@ -574,6 +606,78 @@ impl Compiler<'_> {
                 }
             };
             out.insert(name.clone(), validator);
+        }
+        out
+    }
+
+    /// A validator's `headers`: lower-case header names the hook may add upstream. `x-auth-*`,
+    /// hop-by-hop and framing headers, and names with `_` (read as `-` by CGI/WSGI servers, so
+    /// ambiguous) are errors at their position. Claim headers are checked once every route is
+    /// known ([`Compiler::validator_headers`]).
+    fn hook_headers(&mut self, list: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for h in list.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
+            let lower = h.get_ref().to_ascii_lowercase();
+            let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) else {
+                self.r.error(
+                    h.span(),
+                    format!("{:?} is not a valid header name", h.get_ref()),
+                );
+                continue;
+            };
+            if lower.contains('_') {
+                self.r.error(
+                    h.span(),
+                    format!(
+                        "header {lower:?} contains '_'; many servers read it as '-', so write {:?}",
+                        lower.replace('_', "-")
+                    ),
+                );
+            } else if lower.starts_with("x-auth-") {
+                self.r.error(
+                    h.span(),
+                    format!("{lower:?} cannot be a validator header: x-auth-* headers carry the verified identity and come from the token only"),
+                );
+            } else if is_hop_or_reserved(&lower) || lower == "proxy-connection" {
+                self.r.error(
+                    h.span(),
+                    format!("{lower:?} cannot be a validator header: the proxy owns it"),
+                );
+            } else if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// Every header any validator may add (`Config::validator_header_names`); a name that is
+    /// also a claim header of some route (or a default claim header) is an error at its position.
+    fn validator_headers(
+        &mut self,
+        whole: &ConfigFile,
+        claim_headers: &HashSet<HeaderName>,
+    ) -> HashSet<HeaderName> {
+        let mut out = HashSet::new();
+        for v in whole.validators.values() {
+            let Some(list) = &v.get_ref().headers else {
+                continue;
+            };
+            for h in list.get_ref() {
+                let lower = h.get_ref().to_ascii_lowercase();
+                let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) else {
+                    continue; // reported by hook_headers
+                };
+                if claim_headers.contains(&name) {
+                    self.r.error(
+                        h.span(),
+                        format!(
+                            "{lower:?} is a claim header; a validator cannot set identity headers"
+                        ),
+                    );
+                } else {
+                    out.insert(name);
+                }
+            }
         }
         out
     }
@@ -685,23 +789,31 @@ impl Compiler<'_> {
                     "oid".to_string()
                 }
             };
-            let max_tenants = f.max_tenants.as_ref().map_or(10_000, |m| *m.get_ref());
-            if let Some(m) = &f.max_tenants {
-                if *m.get_ref() == 0 {
-                    self.r.error(m.span(), "`max_tenants` must be at least 1");
+            let max_tenants = match f.max_tenants.as_ref().map(|m| (self.raw(m), m.span())) {
+                None | Some((None, _)) => 10_000,
+                Some((Some(0), span)) => {
+                    self.r.error(span, "`max_tenants` must be at least 1");
+                    10_000
                 }
-            }
+                Some((Some(n), _)) => n,
+            };
+            let rewrite_me = f
+                .rewrite_me
+                .as_ref()
+                .and_then(|b| self.raw(b))
+                .unwrap_or(false);
             let settings = ExchangeSettings {
                 name: name.clone(),
                 client_id,
                 token_endpoint: endpoint,
                 target,
                 certificates,
-                timeout: dur(&f.timeout, Duration::from_secs(10)),
-                refresh_before_expiry: dur(&f.refresh_before_expiry, Duration::from_secs(300)),
-                failure_cache: dur(&f.failure_cache, Duration::from_secs(30)),
+                timeout: self.dur(&f.timeout, Duration::from_secs(10)),
+                refresh_before_expiry: self.dur(&f.refresh_before_expiry, Duration::from_secs(300)),
+                failure_cache: self.dur(&f.failure_cache, Duration::from_secs(30)),
+                purge_interval: self.dur(&f.purge_interval, DEFAULT_PURGE_INTERVAL),
                 max_tenants,
-                rewrite_me: f.rewrite_me.as_ref().is_some_and(|b| *b.get_ref()),
+                rewrite_me,
                 user_claim,
             };
             let reuse = previous
@@ -777,12 +889,12 @@ impl Compiler<'_> {
 
     fn routes(
         &mut self,
-        list: &[Spanned<file::RouteFile>],
+        whole: &ConfigFile,
         validators: &HashMap<String, Arc<Validator>>,
-        declared_validators: &std::collections::BTreeMap<String, Spanned<file::ValidatorFile>>,
         exchanges: &HashMap<String, Arc<Exchanger>>,
         clients: &ClientSettings,
     ) -> Vec<Arc<Route>> {
+        let list = &whole.routes;
         let mut out = Vec::new();
         let mut names: HashMap<String, ()> = HashMap::new();
         if list.is_empty() {
@@ -878,7 +990,7 @@ impl Compiler<'_> {
                 match validators.get(v.get_ref()) {
                     Some(val) => route_validators.push(val.clone()),
                     // Declared but invalid: its own error was reported already.
-                    None if declared_validators.contains_key(v.get_ref()) => {}
+                    None if whole.declared_validators.contains(v.get_ref()) => {}
                     None => self.r.error(
                         v.span(),
                         format!(
@@ -894,6 +1006,8 @@ impl Compiler<'_> {
                 .as_ref()
                 .and_then(|e| match exchanges.get(e.get_ref()) {
                     Some(x) => Some(x.clone()),
+                    // Declared but invalid: its own error was reported already.
+                    None if whole.declared_exchanges.contains(e.get_ref()) => None,
                     None => {
                         self.r.error(
                             e.span(),
@@ -962,7 +1076,8 @@ impl Compiler<'_> {
                     v
                 }
             };
-            if exchange.is_some() && f.pass_authorization.as_ref().is_some_and(|p| *p.get_ref()) {
+            let pass_authorization = f.pass_authorization.as_ref().and_then(|p| self.raw(p));
+            if exchange.is_some() && pass_authorization == Some(true) {
                 if let Some(p) = &f.pass_authorization {
                     self.r.error(p.span(), "a route with `exchange` replaces Authorization; pass_authorization = true contradicts it");
                 }
@@ -984,7 +1099,7 @@ impl Compiler<'_> {
                 clients: route_clients,
                 min_auth_strength,
                 validators: route_validators,
-                pass_authorization: f.pass_authorization.as_ref().is_none_or(|p| *p.get_ref()),
+                pass_authorization: pass_authorization.unwrap_or(true),
                 exchange,
                 claim_headers,
             }));

@@ -42,7 +42,11 @@ impl Config {
     pub fn spoofable_headers(&self, headers: &http::HeaderMap) -> Vec<HeaderName> {
         headers
             .keys()
-            .filter(|n| n.as_str().starts_with("x-auth-") || self.claim_header_names.contains(*n))
+            .filter(|n| {
+                n.as_str().starts_with("x-auth-")
+                    || self.claim_header_names.contains(*n)
+                    || self.validator_header_names.contains(*n)
+            })
             .cloned()
             .collect()
     }

@@ -12,10 +12,13 @@
 //! | `POST /{tenant}/oauth2/v2.0/token` | client credentials, v2 (see [`super::token_endpoint`]) |
 //! | `POST /{tenant}/oauth2/token` | client credentials, v1 |
 //!
-//! `{tenant}` is `common`, `organizations`, `consumers` or a tenant GUID the emulator knows
-//! ([`super::DEFAULT_TENANT`], any tenant given to [`EmulatorHandle::add_tenant`],
-//! [`EmulatorHandle::consent`] or an app's home tenant). An unknown tenant gets AAD's
-//! `AADSTS90002` (400 `invalid_tenant`), as on the real service. For `common` and
+//! For metadata and keys, `{tenant}` is `common`, `organizations`, `consumers`, any tenant GUID
+//! (so a token `dev-token` mints for any tenant verifies against a running emulator), or a
+//! tenant name registered with [`EmulatorHandle::add_tenant_name`] (e.g.
+//! `contoso.onmicrosoft.com`), which answers as its tenant. Any other name gets AAD's
+//! `AADSTS90002` (400 `invalid_tenant`), as on the real service. The token endpoint answers
+//! only for tenants the emulator knows ([`super::DEFAULT_TENANT`], any tenant given to
+//! [`EmulatorHandle::add_tenant`], [`EmulatorHandle::consent`] or an app's home tenant). For `common` and
 //! `organizations` the metadata `issuer` is the template (`…/{tenantid}/v2.0`,
 //! `https://sts.windows.net/{tenantid}/`); for a tenant it is that tenant's issuer. The common v2
 //! keys carry `issuer: "https://login.microsoftonline.com/{tenantid}/v2.0"`; a tenant's v2 keys
@@ -236,6 +239,8 @@ pub(crate) struct ServicePrincipal {
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
     pub tenants: HashSet<String>,
+    /// Registered tenant names (lower-case, e.g. `contoso.onmicrosoft.com`) → tenant GUID.
+    pub tenant_names: HashMap<String, String>,
     pub apps: HashMap<String, RegisteredApp>,
     pub principals: HashMap<(String, String), ServicePrincipal>,
 }
@@ -367,10 +372,13 @@ fn resolve_tenant(state: &EmuState, tenant: &str) -> Result<TenantPath, AadError
     match lower.as_str() {
         "common" | "organizations" => Ok(TenantPath::Multi),
         "consumers" => Ok(TenantPath::Consumers),
-        _ if is_guid(&lower) && read(&state.directory).knows_tenant(&lower) => {
-            Ok(TenantPath::Tenant(lower))
-        }
-        _ => Err(AadError::tenant_not_found(tenant)),
+        // Entra ID serves metadata and keys for any tenant id; so does the emulator, so that
+        // tokens minted offline for any tenant verify.
+        _ if is_guid(&lower) => Ok(TenantPath::Tenant(lower)),
+        _ => match read(&state.directory).tenant_names.get(&lower) {
+            Some(tid) => Ok(TenantPath::Tenant(tid.clone())),
+            None => Err(AadError::tenant_not_found(tenant)),
+        },
     }
 }
 
@@ -711,6 +719,16 @@ impl EmulatorHandle {
             .insert(tenant.to_ascii_lowercase());
     }
 
+    /// Registers `name` (a domain such as `contoso.onmicrosoft.com`, compared ignoring case) as
+    /// a name of tenant `tenant` (a GUID, which becomes known): metadata and keys under that
+    /// name answer as the tenant's, as Entra ID does for a verified domain.
+    pub fn add_tenant_name(&self, name: &str, tenant: &str) {
+        let tenant = tenant.to_ascii_lowercase();
+        let mut dir = write(&self.state().directory);
+        dir.tenants.insert(tenant.clone());
+        dir.tenant_names.insert(name.to_ascii_lowercase(), tenant);
+    }
+
     /// Registers (or replaces) an app. Fails when a certificate cannot be parsed or is not RSA.
     pub fn register_app(&self, app: AppRegistration) -> Result<(), EmulatorError> {
         let mut certs = Vec::with_capacity(app.certificates.len());
@@ -888,19 +906,94 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_tenant_metadata_is_aadsts90002() {
+    async fn metadata_and_keys_answer_for_any_tenant_guid_and_registered_names_only() {
         let emu = start().await;
-        let url = format!(
-            "{}/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration",
+        let any = "2b1b5e1c-6c3e-4f7a-9a2b-0d4c3e2f1a00";
+        emu.add_tenant_name("Contoso.onmicrosoft.com", DEFAULT_TENANT);
+        let base = emu.base_url();
+        // (case, path, status, issuer of a 200 answer)
+        let table = [
+            (
+                "v2 metadata of a tenant nobody added",
+                format!("/{any}/v2.0/.well-known/openid-configuration"),
+                200,
+                Some(issuer_v2(any)),
+            ),
+            (
+                "v1 metadata of that tenant",
+                format!("/{}/.well-known/openid-configuration", any.to_uppercase()),
+                200,
+                Some(issuer_v1(any)),
+            ),
+            (
+                "v2 keys of that tenant",
+                format!("/{any}/discovery/v2.0/keys"),
+                200,
+                None,
+            ),
+            (
+                "common keeps the issuer template",
+                "/common/v2.0/.well-known/openid-configuration".to_string(),
+                200,
+                Some("https://login.microsoftonline.com/{tenantid}/v2.0".to_string()),
+            ),
+            (
+                "organizations keeps the issuer template",
+                "/organizations/v2.0/.well-known/openid-configuration".to_string(),
+                200,
+                Some("https://login.microsoftonline.com/{tenantid}/v2.0".to_string()),
+            ),
+            (
+                "a registered name answers as its tenant",
+                "/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration".to_string(),
+                200,
+                Some(issuer_v2(DEFAULT_TENANT)),
+            ),
+            (
+                "an unknown name is AADSTS90002",
+                "/fabrikam.onmicrosoft.com/v2.0/.well-known/openid-configuration".to_string(),
+                400,
+                None,
+            ),
+            (
+                "a malformed id is AADSTS90002",
+                "/2b1b5e1c-6c3e-4f7a-9a2b/v2.0/.well-known/openid-configuration".to_string(),
+                400,
+                None,
+            ),
+        ];
+        for (case, path, status, issuer) in table {
+            let (got, body) = get_json(&format!("{base}{path}")).await;
+            assert_eq!(got, status, "{case}: {body}");
+            if status == 400 {
+                assert_eq!(body["error"], "invalid_tenant", "{case}");
+                assert_eq!(body["error_codes"], json!([90002]), "{case}");
+            }
+            if let Some(issuer) = issuer {
+                assert_eq!(body["issuer"], issuer, "{case}");
+            }
+            if path.ends_with("/keys") {
+                let keys = body["keys"].as_array().expect("keys");
+                assert_eq!(keys[0]["issuer"], issuer_v2(any), "{case}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_minted_for_any_tenant_verifies_with_that_tenants_published_keys() {
+        let emu = start().await;
+        let any = "2b1b5e1c-6c3e-4f7a-9a2b-0d4c3e2f1a00";
+        let token = emu.mint(&TokenSpec::app(any, "api://x", &["R"]));
+        let (_, meta) = get_json(&format!(
+            "{}/{any}/v2.0/.well-known/openid-configuration",
             emu.base_url()
-        );
-        let (status, body) = get_json(&url).await;
-        assert_eq!(status, 400);
-        assert_eq!(body["error"], "invalid_tenant");
-        assert_eq!(body["error_codes"], json!([90002]));
-        emu.add_tenant("11111111-2222-3333-4444-555555555555");
-        assert_eq!(get_json(&url).await.0, 200);
-        assert_eq!(emu.metadata_fetch_count(), 2);
+        ))
+        .await;
+        let jwks_uri = meta["jwks_uri"].as_str().expect("jwks_uri");
+        let (status, jwks) = get_json(jwks_uri).await;
+        assert_eq!(status, 200);
+        let keys = jwks["keys"].as_array().expect("keys");
+        assert!(keys.iter().any(|k| verify_with_jwk(&token, k)));
     }
 
     #[tokio::test]

@@ -471,7 +471,11 @@ fn check_tenant(state: &EmuState, tenant: &str) -> Result<String, AadError> {
              provided credentials.",
         )),
         _ if is_guid(&lower) && read(&state.directory).knows_tenant(&lower) => Ok(lower),
-        _ => Err(AadError::tenant_not_found(tenant)),
+        _ => match read(&state.directory).tenant_names.get(&lower) {
+            // A registered tenant name stands for its tenant, as a verified domain does.
+            Some(tid) => Ok(tid.clone()),
+            None => Err(AadError::tenant_not_found(tenant)),
+        },
     }
 }
 
@@ -1108,6 +1112,30 @@ mod tests {
             (401, Some(7_000_215))
         );
         assert!(f.emu.token_requests()[1].used_client_secret);
+    }
+
+    #[tokio::test]
+    async fn a_registered_tenant_name_stands_for_its_tenant_and_an_unknown_name_is_90002() {
+        let f = fixture().await;
+        f.emu
+            .add_tenant_name("contoso.onmicrosoft.com", DEFAULT_TENANT);
+        let fields = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", CLIENT.into()),
+            ("scope", OUTLOOK_SCOPE.into()),
+            ("client_secret", "s3cret".into()),
+        ];
+        let url = f.emu.token_endpoint("Contoso.onmicrosoft.com");
+        let (status, body) = post(&url, &fields).await;
+        assert_eq!(status, 200, "{body}");
+        let claims = claims_of(body["access_token"].as_str().expect("token"));
+        assert_eq!(claims["tid"], DEFAULT_TENANT);
+        let url = f.emu.token_endpoint("fabrikam.onmicrosoft.com");
+        let (status, body) = post(&url, &fields).await;
+        assert_eq!(
+            (status, body["error_codes"][0].as_u64()),
+            (400, Some(90_002))
+        );
     }
 
     #[tokio::test]

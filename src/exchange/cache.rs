@@ -220,7 +220,19 @@ impl Expiry<CacheKey, Arc<Slot>> for SlotExpiry {
 /// Tokens and failures of one `[exchange.NAME]`, bounded by `max_tenants`.
 pub struct TokenCache {
     entries: moka::sync::Cache<CacheKey, Arc<Slot>>,
+    /// When (Unix seconds, exchanger clock) each key's token was last purged after an upstream
+    /// 401; bounded like `entries`. moka's own expiry only frees memory.
+    purged_at: moka::sync::Cache<CacheKey, i64>,
     flights: Flights,
+}
+
+/// Whether a purge at `now` is allowed when the last one for the key was at `last`: not
+/// before `interval` (rounded up to whole seconds) has passed since.
+pub fn purge_allowed(last: Option<i64>, now: i64, interval: Duration) -> bool {
+    match last {
+        None => true,
+        Some(last) => now >= failed_until(last, interval),
+    }
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -239,6 +251,7 @@ impl TokenCache {
                 .max_capacity(max_entries.max(1))
                 .expire_after(SlotExpiry)
                 .build(),
+            purged_at: moka::sync::Cache::new(max_entries.max(1)),
             flights: Flights::default(),
         }
     }
@@ -278,14 +291,24 @@ impl TokenCache {
         (slot, true)
     }
 
-    /// Removes `key`'s entry if it still holds `access_token`; a newer token stays.
-    pub fn purge(&self, key: &CacheKey, access_token: &str) {
-        self.entries
+    /// Removes `key`'s entry if it still holds `access_token` and no purge of `key` happened
+    /// within `interval` before `now`; a newer token stays. Returns whether it was removed.
+    pub fn purge(&self, key: &CacheKey, access_token: &str, now: i64, interval: Duration) -> bool {
+        if !purge_allowed(self.purged_at.get(key), now, interval) {
+            return false;
+        }
+        let result = self
+            .entries
             .entry_by_ref(key)
             .and_compute_with(|entry| match entry {
                 Some(e) if e.value().holds(access_token) => Op::Remove,
                 _ => Op::Nop,
             });
+        let removed = matches!(result, moka::ops::compute::CompResult::Removed(_));
+        if removed {
+            self.purged_at.insert(key.clone(), now);
+        }
+        removed
     }
 }
 
@@ -454,12 +477,90 @@ mod tests {
             move |_| async move { Slot::token(tok, 1000, 3600, Duration::ZERO) }
         };
         cache.get_or_fetch(&key, || 1000, fetch("old")).await;
-        cache.purge(&key, "other");
+        assert!(!cache.purge(&key, "other", 1000, Duration::ZERO));
         assert!(cache.usable(&key, 1000).is_some());
-        cache.purge(&key, "old");
+        assert!(cache.purge(&key, "old", 1000, Duration::ZERO));
         assert!(cache.usable(&key, 1000).is_none());
         let (_, fetched) = cache.get_or_fetch(&key, || 1000, fetch("new")).await;
         assert!(fetched);
+    }
+
+    #[tokio::test]
+    async fn a_second_purge_within_the_interval_keeps_the_token() {
+        let cache = TokenCache::new(10);
+        let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
+        let other = CacheKey::new("t2", &ExchangeTarget::Scope("s".into()));
+        let interval = Duration::from_secs(30);
+        let fetch = |tok: &'static str| {
+            move |_| async move { Slot::token(tok, 1000, 3600, Duration::ZERO) }
+        };
+        cache.get_or_fetch(&key, || 1000, fetch("a")).await;
+        cache.get_or_fetch(&other, || 1000, fetch("x")).await;
+        assert!(
+            cache.purge(&key, "a", 1000, interval),
+            "the first purge drops"
+        );
+        cache.get_or_fetch(&key, || 1001, fetch("b")).await;
+        assert!(
+            !cache.purge(&key, "b", 1029, interval),
+            "a purge 29 s later keeps the new token"
+        );
+        assert!(cache.usable(&key, 1029).is_some());
+        assert!(
+            cache.purge(&other, "x", 1029, interval),
+            "another tenant has its own interval"
+        );
+        assert!(
+            cache.purge(&key, "b", 1030, interval),
+            "once the interval has passed the next purge drops"
+        );
+    }
+
+    #[test]
+    fn purges_are_allowed_once_per_interval() {
+        let s = Duration::from_secs;
+        // (case, last purge, now, interval, allowed)
+        let table = [
+            ("the first purge is allowed", None, 1000, s(30), true),
+            (
+                "a purge within the interval is not",
+                Some(1000),
+                1029,
+                s(30),
+                false,
+            ),
+            (
+                "a purge at the interval's end is",
+                Some(1000),
+                1030,
+                s(30),
+                true,
+            ),
+            (
+                "a zero interval allows every purge",
+                Some(1000),
+                1000,
+                s(0),
+                true,
+            ),
+            (
+                "a fractional interval rounds up",
+                Some(1000),
+                1001,
+                Duration::from_millis(1500),
+                false,
+            ),
+            (
+                "extreme times saturate instead of overflowing",
+                Some(i64::MIN),
+                i64::MAX,
+                s(u64::MAX),
+                true,
+            ),
+        ];
+        for (case, last, now, interval, want) in table {
+            assert_eq!(purge_allowed(last, now, interval), want, "{case}");
+        }
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct ExchangeSettings {
     pub refresh_before_expiry: Duration,
     /// How long a failed token request is answered from the cache. Default 30 s.
     pub failure_cache: Duration,
+    /// After an upstream 401 purged a (tenant, scope)'s token, further 401s within this long
+    /// purge nothing, so callers who can make the upstream answer 401 cannot turn each request
+    /// into a token request. Default 30 s.
+    pub purge_interval: Duration,
     /// Most (tenant, scope) entries kept. Default 10000.
     pub max_tenants: u64,
     /// Rewrite `/me` path segments to `/users/<user>`. Default false.
@@ -183,11 +187,27 @@ impl Exchanger {
         slot.answer(self.clock.now())
     }
 
-    /// Drops `access_token` from `tid`'s cache entry after the upstream answered 401 to it, so
-    /// the next request fetches a new token. A newer token in the entry stays.
-    pub fn purge(&self, tid: &str, access_token: &str) {
+    /// Drops `access_token` from `tid`'s cache entry after the upstream answered 401 to it
+    /// (whether the token was cached or fetched for that request), so the next request fetches
+    /// a new token — unless a purge for the same (tenant, scope) happened less than
+    /// `purge_interval` ago: then the token stays and this returns false. A newer token in the
+    /// entry also stays. Returns whether the token was dropped.
+    pub fn purge(&self, tid: &str, access_token: &str) -> bool {
         let key = CacheKey::new(tid, &self.settings.target);
-        self.cache.purge(&key, access_token);
+        let dropped = self.cache.purge(
+            &key,
+            access_token,
+            self.clock.now(),
+            self.settings.purge_interval,
+        );
+        if !dropped {
+            tracing::debug!(
+                exchange = %self.settings.name,
+                tenant = tid,
+                "upstream 401: the app-only token is kept (purged less than purge_interval ago, or already replaced)"
+            );
+        }
+        dropped
     }
 
     /// The new cache entry for `tenant`: a token, a failure, or — when the endpoint is
@@ -426,6 +446,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             refresh_before_expiry: Duration::from_secs(300),
             failure_cache: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(30),
             max_tenants: 10,
             rewrite_me: false,
             user_claim: "oid".into(),

@@ -9,10 +9,19 @@
 //! | `claims` | map | the verified token's claims (JSON → CEL: integers are `int`, fractions `double`, arrays `list`, objects `map`) |
 //! | `request.method` | string | e.g. `"GET"` |
 //! | `request.path` | string | as received, before `strip_prefix` |
+//! | `request.normalized_path` | string | the normalized path routing used (SPEC section 8) |
 //! | `request.host` | string | lower case, without port |
 //! | `request.headers` | map | lower-case names → value; repeated headers comma-joined |
 //! | `route` | string | the route's name |
+//! | `tenant.id`, `tenant.issuer` | string | the token's `tid` and `iss` |
 //! | `now` | int | the current time in Unix seconds (compare with `claims.iat`, `claims.exp`) |
+//!
+//! Any other variable (except those a macro such as `all` or `exists` binds) is an error when
+//! the configuration loads, at its position.
+//!
+//! As the tenant hook (`[tenants] mode = "hook"`), an expression sees `tenant` (and `claims`
+//! with only `tid` and `iss`); `request` is an empty map and `route` is `""`. A `false` there is
+//! `401 tenant_not_allowed`.
 //!
 //! Examples:
 //!
@@ -26,9 +35,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::ast::{EntryExpr, Expr};
 use cel::common::value::Val;
 use cel::objects::{Key, Map as CelMap};
-use cel::{Context, Env, Program, Value};
+use cel::{Context, Env, IdedExpr, Program, Value};
 use http::HeaderMap;
 use serde_json::Value as Json;
 
@@ -40,7 +50,89 @@ use crate::metrics::Metrics;
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 
 /// The variables an expression may use.
-pub const VARIABLES: [&str; 4] = ["claims", "request", "route", "now"];
+pub const VARIABLES: [&str; 5] = ["claims", "request", "route", "tenant", "now"];
+
+/// CEL's type names, which an expression may use as identifiers (`type(x) == string`).
+const TYPE_NAMES: [&str; 11] = [
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+];
+
+/// The first identifier in `expr` that is neither a variable of [`VARIABLES`], a type name, nor
+/// bound by an enclosing comprehension (the macros `all`, `exists`, `exists_one`, `map`,
+/// `filter`); with its node id.
+fn first_unknown_identifier<'a>(
+    expr: &'a IdedExpr,
+    bound: &mut Vec<&'a str>,
+) -> Option<(u64, &'a str)> {
+    let walk = |e: &'a IdedExpr, bound: &mut Vec<&'a str>| first_unknown_identifier(e, bound);
+    match &expr.expr {
+        Expr::Unspecified | Expr::Literal(_) => None,
+        Expr::Ident(name) => {
+            let known = name.starts_with('@')
+                || bound.contains(&name.as_str())
+                || VARIABLES.contains(&name.as_str())
+                || TYPE_NAMES.contains(&name.as_str());
+            (!known).then_some((expr.id, name.as_str()))
+        }
+        Expr::Select(s) => walk(&s.operand, bound),
+        Expr::Call(c) => c
+            .target
+            .iter()
+            .map(|t| &**t)
+            .chain(c.args.iter())
+            .find_map(|e| walk(e, bound)),
+        Expr::List(l) => l.elements.iter().find_map(|e| walk(e, bound)),
+        Expr::Map(m) => m.entries.iter().find_map(|e| match &e.expr {
+            EntryExpr::MapEntry(me) => walk(&me.key, bound).or_else(|| walk(&me.value, bound)),
+            EntryExpr::StructField(f) => walk(&f.value, bound),
+        }),
+        Expr::Struct(st) => st.entries.iter().find_map(|e| match &e.expr {
+            EntryExpr::MapEntry(me) => walk(&me.key, bound).or_else(|| walk(&me.value, bound)),
+            EntryExpr::StructField(f) => walk(&f.value, bound),
+        }),
+        Expr::Comprehension(c) => {
+            if let Some(found) = walk(&c.iter_range, bound).or_else(|| walk(&c.accu_init, bound)) {
+                return Some(found);
+            }
+            let depth = bound.len();
+            bound.push(&c.iter_var);
+            if let Some(v2) = &c.iter_var2 {
+                bound.push(v2);
+            }
+            bound.push(&c.accu_var);
+            let found = [&c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .find_map(|e| walk(e, bound));
+            bound.truncate(depth);
+            found
+        }
+    }
+}
+
+/// The 1-based line and column of character offset `at` in `source`.
+fn line_col(source: &str, at: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut col = 1;
+    for c in source.chars().take(at) {
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}
 
 /// A compiled CEL validator.
 pub(crate) struct CelHook {
@@ -122,15 +214,46 @@ fn str_value(s: &str) -> Value {
     Value::String(Arc::new(s.to_string()))
 }
 
+/// `tenant`: `{"id": tid, "issuer": iss}`.
+fn tenant_value(tid: &str, issuer: &str) -> Value {
+    string_map(
+        [
+            ("id".to_string(), str_value(tid)),
+            ("issuer".to_string(), str_value(issuer)),
+        ]
+        .into_iter(),
+    )
+}
+
 impl CelHook {
-    /// Compiles `expr`. A syntax error gives its 1-based line and column within `expr`.
+    /// Compiles `expr`. A syntax error or an unknown variable gives its 1-based line and column
+    /// within `expr` and a message.
     pub(crate) fn compile(expr: &str, message: String) -> Result<Self, (usize, usize, String)> {
         match ENV.compile(expr) {
-            Ok(program) => Ok(CelHook {
-                source: expr.to_string(),
-                program,
-                message,
-            }),
+            Ok(program) => {
+                if let Some((id, name)) =
+                    first_unknown_identifier(program.expression(), &mut vec![])
+                {
+                    let at = program
+                        .source_info()
+                        .offset_for(id)
+                        .map_or(0, |(start, _)| start as usize);
+                    let (line, col) = line_col(expr, at);
+                    return Err((
+                        line,
+                        col,
+                        format!(
+                            "unknown variable `{name}`; an expression can use {}",
+                            VARIABLES.join(", ")
+                        ),
+                    ));
+                }
+                Ok(CelHook {
+                    source: expr.to_string(),
+                    program,
+                    message,
+                })
+            }
             Err(errors) => {
                 let Some(first) = errors.errors.first() else {
                     return Err((1, 1, "invalid expression".to_string()));
@@ -139,13 +262,13 @@ impl CelHook {
                 // cel-rust reports 1-based lines and columns ((0, 0) when it has no position).
                 let line = usize::try_from(line).unwrap_or(0).max(1);
                 let col = usize::try_from(col).unwrap_or(0).max(1);
-                Err((line, col, first.msg.clone()))
+                Err((line, col, format!("syntax error: {}", first.msg)))
             }
         }
     }
 
     /// Evaluates the program with the given variables.
-    fn evaluate(&self, vars: [(&str, Value); 4]) -> Verdict {
+    fn evaluate(&self, vars: [(&str, Value); 5]) -> Verdict {
         let mut ctx = Context::with_env(ENV.clone());
         for (name, value) in vars {
             match Box::<dyn Val>::try_from(value) {
@@ -199,6 +322,10 @@ impl CelHook {
             [
                 ("method".to_string(), str_value(req.method)),
                 ("path".to_string(), str_value(req.path)),
+                (
+                    "normalized_path".to_string(),
+                    str_value(req.normalized_path),
+                ),
                 ("host".to_string(), str_value(req.host)),
                 ("headers".to_string(), headers_to_cel(req.headers)),
             ]
@@ -208,12 +335,13 @@ impl CelHook {
             ("claims", object_to_cel(req.token.claims().iter())),
             ("request", request),
             ("route", str_value(req.route)),
+            ("tenant", tenant_value(&req.token.tid, &req.token.iss)),
             ("now", Value::Int(crate::jwks::unix_now())),
         ]);
         self.conclude(validator, verdict, Reason::HookDenied, metrics)
     }
 
-    /// A CEL tenant hook (the loader allows only HTTP ones): `claims` holds `tid` and `iss`.
+    /// The tenant hook: `tenant` holds `id` and `issuer` (and `claims` holds `tid` and `iss`).
     pub(crate) fn check_tenant(
         &self,
         validator: &str,
@@ -232,6 +360,7 @@ impl CelHook {
             ("claims", claims),
             ("request", string_map(std::iter::empty())),
             ("route", str_value("")),
+            ("tenant", tenant_value(tid, issuer)),
             ("now", Value::Int(crate::jwks::unix_now())),
         ]);
         self.conclude(validator, verdict, Reason::TenantNotAllowed, metrics)
@@ -528,6 +657,91 @@ mod tests {
         ];
         for (case, expr, claims, path, headers, want) in table {
             assert_eq!(run(expr, claims, path, &headers), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn variables_are_checked_when_the_expression_compiles() {
+        // (case, expression, the unknown variable's position or None when it compiles)
+        type Position = Option<(usize, usize)>;
+        let table: [(&str, &str, Position); 12] = [
+            ("the known variables compile", "claims.a == 1 && request.method == 'GET' && route == 'r' && tenant.id == 'x' && now > 0", None),
+            ("request.normalized_path compiles", "request.normalized_path.startsWith('/a/')", None),
+            ("a typo is an error at its position", "claims.a == 1 && claim.b == 2", Some((1, 18))),
+            ("an unknown variable on a later line", "claims.a == 1 &&\n  reqest.method == 'GET'", Some((2, 3))),
+            ("a comprehension binds its variable", "claims.roles.all(r, r != '')", None),
+            ("two-variable comprehension", "request.headers.exists(k, k.startsWith('x-'))", None),
+            ("nested comprehensions", "claims.groups.exists(g, claims.roles.all(r, r != g))", None),
+            ("a bound variable is unknown outside its macro", "claims.roles.all(r, r != '') && r == 'x'", Some((1, 33))),
+            ("has() on a known variable", "has(claims.acct)", None),
+            ("has() on an unknown one", "has(claimz.acct)", Some((1, 5))),
+            ("type names are not variables", "type(claims.a) == string", None),
+            ("an unknown variable inside a list", "'a' in [claims.x, foo]", Some((1, 19))),
+        ];
+        for (case, expr, want) in table {
+            let got = Validator::cel("rule", expr, "m".into())
+                .err()
+                .map(|(line, col, _)| (line, col));
+            assert_eq!(got, want, "{case}: {expr}");
+        }
+    }
+
+    #[test]
+    fn request_normalized_path_and_tenant_are_set_for_requests() {
+        let claims = json!({"tid": "t1", "iss": "https://sts.windows.net/t1/"});
+        assert_eq!(
+            run(
+                "request.normalized_path == '/orders/1' && tenant.id == 't1' && tenant.issuer == 'https://sts.windows.net/t1/'",
+                claims,
+                "/orders/1",
+                &[]
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_cel_tenant_hook_sees_tenant_id_and_issuer() {
+        let v = Validator::cel(
+            "t",
+            "tenant.id == 'abc' && tenant.issuer.startsWith('https://sts.windows.net/')",
+            "m".into(),
+        )
+        .expect("compiles");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let m = Metrics::new();
+        // (case, tid, issuer, allowed)
+        let table = [
+            (
+                "the named tenant passes",
+                "abc",
+                "https://sts.windows.net/abc/",
+                true,
+            ),
+            (
+                "another tenant is refused",
+                "xyz",
+                "https://sts.windows.net/xyz/",
+                false,
+            ),
+            (
+                "another issuer is refused",
+                "abc",
+                "https://login.microsoftonline.com/abc/v2.0",
+                false,
+            ),
+        ];
+        for (case, tid, iss, allowed) in table {
+            let got = rt.block_on(v.check_tenant(tid, iss, &m));
+            match got {
+                Ok(()) => assert!(allowed, "{case}"),
+                Err(e) => {
+                    assert!(!allowed, "{case}");
+                    assert_eq!(e.reason, Reason::TenantNotAllowed, "{case}");
+                }
+            }
         }
     }
 

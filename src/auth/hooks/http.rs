@@ -1,15 +1,17 @@
 //! HTTP validator hooks (`kind = "http"`): the gateway POSTs the request facts as JSON and the
 //! hook answers allow or deny (SPEC section 3, "Validator hooks").
 //!
-//! Request stage body: `{"stage": "request", "route", "method", "path", "host", "tenant_id",
-//! "client_id", "claims": {…}}`; tenant stage body: `{"stage": "tenant", "tenant_id", "issuer"}`.
+//! Request stage body: `{"stage": "request", "route", "method", "path", "normalized_path",
+//! "host", "tenant_id", "client_id", "claims": {…}}`; tenant stage body: `{"stage": "tenant", "tenant_id", "issuer"}`.
 //! The raw token is never sent. A `200` answer `{"allow": true, "headers": {…}}` allows,
 //! `{"allow": false, "message": "…"}` denies; anything else (another status, a body that is not
 //! that JSON, a connection error, a timeout) is an error handled per `on_error`.
 //!
 //! Decisions (allow and deny, never errors) are cached for `cache_ttl` in a per-validator moka
-//! cache: by tenant for the tenant stage, by (token hash, route, method, path) for the request
-//! stage, and a request-stage decision never outlives the token's `exp`. Each entry carries its
+//! cache: by tenant for the tenant stage, by a SHA-256 of (token hash, route, method, normalized
+//! path, host) for the request stage, and a request-stage decision never outlives the token's
+//! `exp`. Each cache is bounded in entries and in bytes (a moka weigher counts the headers and
+//! messages a decision holds; keys are fixed-size hashes, so a long path costs nothing). Each entry carries its
 //! own wall-clock `expires_at`, checked on every read. Concurrent misses for one key make one
 //! call. All validators share one connection pool; nothing is locked across a call, so a slow
 //! hook delays only the requests that wait for it.
@@ -117,17 +119,80 @@ impl<K> moka::Expiry<K, Arc<Cached>> for UntilExpiresAt {
     }
 }
 
-/// Request-stage cache key: (token hash, route, method, path).
-type RequestKey = ([u8; 32], Arc<str>, Box<str>, Box<str>);
+/// Request-stage cache key: SHA-256 of (token hash, route, method, normalized path, host),
+/// each part length-prefixed. Fixed-size whatever the request: a path can be up to the
+/// server's URI limit long, and keeping it in the key would let each entry hold that much.
+type RequestKey = [u8; 32];
+
+/// The request-stage key of a request.
+fn request_key(req: &HookRequest<'_>) -> RequestKey {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    h.update(req.token_hash);
+    for part in [req.route, req.method, req.normalized_path, req.host] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(h.finish().as_ref());
+    key
+}
 
 type DecisionCache<K> = moka::future::Cache<K, Arc<Cached>>;
 
-fn build_cache<K>(capacity: u64, ttl: Duration) -> DecisionCache<K>
+/// Bytes one request-stage cache of one validator may hold (keys, decisions and the headers
+/// and messages they carry, plus a fixed overhead per entry).
+pub const REQUEST_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Bytes one tenant-stage cache of one validator may hold.
+pub const TENANT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// What an entry weighs besides its variable parts: moka's bookkeeping, the `Arc`, the key.
+const ENTRY_OVERHEAD_BYTES: usize = 128;
+
+impl Cached {
+    /// The bytes this decision holds on the heap.
+    fn heap_bytes(&self) -> usize {
+        match &self.decision {
+            Decision::Allow(headers) => headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 64)
+                .sum(),
+            Decision::Deny(message) => message.len(),
+        }
+    }
+}
+
+/// The weight of an entry in a cache bounded to `bytes` and `entries`: its size in bytes, but
+/// at least `bytes / entries`, so the cache never holds more than `entries` entries either.
+fn weight(key_bytes: usize, v: &Cached, bytes: u64, entries: u64) -> u32 {
+    let size = (ENTRY_OVERHEAD_BYTES + key_bytes + v.heap_bytes()) as u64;
+    let floor = bytes / entries.max(1);
+    u32::try_from(size.max(floor)).unwrap_or(u32::MAX)
+}
+
+/// Keys whose size the weigher can tell.
+trait KeyBytes {
+    fn key_bytes(&self) -> usize;
+}
+
+impl KeyBytes for RequestKey {
+    fn key_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl KeyBytes for String {
+    fn key_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A decision cache bounded to `bytes` in total and `entries` entries.
+fn build_cache<K>(entries: u64, bytes: u64, ttl: Duration) -> DecisionCache<K>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    K: KeyBytes + std::hash::Hash + Eq + Send + Sync + 'static,
 {
     moka::future::Cache::builder()
-        .max_capacity(capacity)
+        .max_capacity(bytes)
+        .weigher(move |k: &K, v: &Arc<Cached>| weight(k.key_bytes(), v, bytes, entries))
         .time_to_live(ttl)
         .expire_after(UntilExpiresAt)
         .build()
@@ -184,12 +249,14 @@ fn is_reserved(name: &HeaderName) -> bool {
     )
 }
 
-/// The headers of an allow answer that may go upstream. Invalid names or values, non-string
-/// values, hop-by-hop headers, `x-auth-*` and configured claim headers are dropped with a warn
-/// log (which names the header, never its value).
+/// The headers of an allow answer that may go upstream: only those named in the validator's
+/// `headers` (`allowed`). Others, invalid names or values, non-string values, hop-by-hop
+/// headers, `x-auth-*` and configured claim headers are dropped with a warn log (which names
+/// the header, never its value).
 pub(crate) fn filter_headers(
     validator: &str,
     raw: Option<&Map<String, Value>>,
+    allowed: &[HeaderName],
     claim_headers: &HashSet<HeaderName>,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let Some(raw) = raw else { return Vec::new() };
@@ -199,6 +266,10 @@ pub(crate) fn filter_headers(
             tracing::warn!(validator, header = %name.escape_debug(), "hook header dropped: not a valid header name");
             continue;
         };
+        if !allowed.contains(&hn) {
+            tracing::warn!(validator, header = %hn, "hook header dropped: not named in the validator's `headers`");
+            continue;
+        }
         if hn.as_str().starts_with("x-auth-") || claim_headers.contains(&hn) {
             tracing::warn!(validator, header = %hn, "hook header dropped: identity headers come from the token only");
             continue;
@@ -220,6 +291,7 @@ pub(crate) fn filter_headers(
 fn parse_answer(
     validator: &str,
     body: &[u8],
+    allowed: &[HeaderName],
     claim_headers: &HashSet<HeaderName>,
 ) -> Result<Decision, HookError> {
     let a: Answer =
@@ -228,6 +300,7 @@ fn parse_answer(
         Ok(Decision::Allow(filter_headers(
             validator,
             a.headers.as_ref(),
+            allowed,
             claim_headers,
         )))
     } else {
@@ -245,8 +318,8 @@ impl HttpHook {
         let ttl = settings.cache_ttl;
         let on = !ttl.is_zero();
         HttpHook {
-            requests: on.then(|| build_cache(REQUEST_CACHE_CAPACITY, ttl)),
-            tenants: on.then(|| build_cache(TENANT_CACHE_CAPACITY, ttl)),
+            requests: on.then(|| build_cache(REQUEST_CACHE_CAPACITY, REQUEST_CACHE_BYTES, ttl)),
+            tenants: on.then(|| build_cache(TENANT_CACHE_CAPACITY, TENANT_CACHE_BYTES, ttl)),
             settings,
         }
     }
@@ -298,7 +371,7 @@ impl HttpHook {
             if status != reqwest::StatusCode::OK {
                 return Err(HookError::Status(status.as_u16()));
             }
-            parse_answer(validator, &buf, claim_headers)
+            parse_answer(validator, &buf, &self.settings.headers, claim_headers)
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
@@ -385,6 +458,7 @@ impl HttpHook {
             "route": req.route,
             "method": req.method,
             "path": req.path,
+            "normalized_path": req.normalized_path,
             "host": req.host,
             "tenant_id": req.token.tid,
             "client_id": req.token.client_id(),
@@ -394,12 +468,7 @@ impl HttpHook {
         let expires_at_ms = now_ms()
             .saturating_add(ttl_ms)
             .min(req.token.exp.saturating_mul(1000));
-        let key: RequestKey = (
-            *req.token_hash,
-            Arc::from(req.route),
-            req.method.into(),
-            req.path.into(),
-        );
+        let key = request_key(req);
         let result = self
             .decide(
                 validator,
@@ -610,6 +679,15 @@ mod tests {
             timeout: Duration::from_millis(500),
             cache_ttl: ttl,
             on_error,
+            headers: [
+                "x-entitlement",
+                "x-plan",
+                "x-custom-claim",
+                "x-bad-value",
+                "x-number",
+            ]
+            .map(HeaderName::from_static)
+            .to_vec(),
         }
     }
 
@@ -722,9 +800,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalid_identity_and_hop_by_hop_headers_from_a_hook_are_dropped() {
+    async fn undeclared_invalid_identity_and_hop_by_hop_headers_from_a_hook_are_dropped() {
         let answer = json!({"allow": true, "headers": {
             "x-plan": "gold",
+            "x-not-declared": "1",
             "x-auth-tenant-id": "forged",
             "X-Auth-Roles": "Admin",
             "x-custom-claim": "forged",
@@ -769,6 +848,7 @@ mod tests {
         assert_eq!(body["route"], "orders");
         assert_eq!(body["method"], "GET");
         assert_eq!(body["path"], "/orders/1");
+        assert_eq!(body["normalized_path"], "/orders/1");
         assert_eq!(body["host"], "api.contoso.com");
         assert_eq!(body["tenant_id"], TID);
         assert_eq!(body["client_id"], "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11");
@@ -1052,5 +1132,191 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!stuck.is_finished(), "A is still waiting for its hook");
         stuck.abort();
+    }
+
+    fn hook_request<'a>(
+        r: &'a Req,
+        route: &'a str,
+        method: &'a str,
+        path: &'a str,
+        normalized_path: &'a str,
+        host: &'a str,
+    ) -> HookRequest<'a> {
+        HookRequest {
+            route,
+            method,
+            path,
+            normalized_path,
+            host,
+            headers: &r.headers,
+            token: &r.token,
+            token_hash: &r.hash,
+        }
+    }
+
+    #[test]
+    fn the_request_key_names_token_route_method_normalized_path_and_host() {
+        let a = Req::new("t1", token(TID, later()));
+        let b = Req::new("t2", token(TID, later()));
+        let base = request_key(&hook_request(
+            &a,
+            "orders",
+            "GET",
+            "/Orders//1",
+            "/orders/1",
+            "h",
+        ));
+        // (case, key, same decision as `base`)
+        let table = [
+            (
+                "another raw path with the same normalized path",
+                request_key(&hook_request(
+                    &a,
+                    "orders",
+                    "GET",
+                    "/orders/1",
+                    "/orders/1",
+                    "h",
+                )),
+                true,
+            ),
+            (
+                "another token",
+                request_key(&hook_request(
+                    &b,
+                    "orders",
+                    "GET",
+                    "/Orders//1",
+                    "/orders/1",
+                    "h",
+                )),
+                false,
+            ),
+            (
+                "another route",
+                request_key(&hook_request(
+                    &a,
+                    "admin",
+                    "GET",
+                    "/Orders//1",
+                    "/orders/1",
+                    "h",
+                )),
+                false,
+            ),
+            (
+                "another method",
+                request_key(&hook_request(
+                    &a,
+                    "orders",
+                    "POST",
+                    "/Orders//1",
+                    "/orders/1",
+                    "h",
+                )),
+                false,
+            ),
+            (
+                "another normalized path",
+                request_key(&hook_request(
+                    &a,
+                    "orders",
+                    "GET",
+                    "/Orders//2",
+                    "/orders/2",
+                    "h",
+                )),
+                false,
+            ),
+            (
+                "another host",
+                request_key(&hook_request(
+                    &a,
+                    "orders",
+                    "GET",
+                    "/Orders//1",
+                    "/orders/1",
+                    "h2",
+                )),
+                false,
+            ),
+            (
+                "parts that concatenate alike",
+                request_key(&hook_request(
+                    &a,
+                    "order",
+                    "sGET",
+                    "/Orders//1",
+                    "/orders/1",
+                    "h",
+                )),
+                false,
+            ),
+        ];
+        for (case, key, same) in table {
+            assert_eq!(key == base, same, "{case}");
+        }
+    }
+
+    #[test]
+    fn an_entry_weighs_its_headers_and_message_but_not_the_path() {
+        let heavy = Cached {
+            decision: Decision::Allow(vec![(
+                HeaderName::from_static("x-plan"),
+                HeaderValue::from_str(&"g".repeat(60_000)).expect("value"),
+            )]),
+            expires_at_ms: 0,
+        };
+        let light = Cached {
+            decision: Decision::Deny("no".into()),
+            expires_at_ms: 0,
+        };
+        let bytes = REQUEST_CACHE_BYTES;
+        let entries = REQUEST_CACHE_CAPACITY;
+        assert!(weight(32, &heavy, bytes, entries) > 60_000);
+        assert_eq!(
+            u64::from(weight(32, &light, bytes, entries)),
+            bytes / entries,
+            "a small entry weighs the per-entry floor, which bounds the entry count"
+        );
+        // A 1 MB path does not reach the key.
+        let r = Req::new("t1", token(TID, later()));
+        let long = format!("/{}", "a".repeat(1 << 20));
+        let key = request_key(&hook_request(&r, "orders", "GET", &long, &long, "h"));
+        assert_eq!(key.key_bytes(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_decision_cache_stays_within_its_bytes_and_its_entries() {
+        let bytes = 1_000_000;
+        let entries = 100;
+        let cache: DecisionCache<RequestKey> = build_cache(entries, bytes, Duration::from_secs(60));
+        let r = Req::new("t1", token(TID, later()));
+        let value = HeaderValue::from_str(&"g".repeat(60_000)).expect("value");
+        for i in 0..200u32 {
+            let path = format!("/orders/{i}/{}", "p".repeat(1 << 16));
+            let key = request_key(&hook_request(&r, "orders", "GET", &path, &path, "h"));
+            let decision = if i % 2 == 0 {
+                Decision::Allow(vec![(HeaderName::from_static("x-plan"), value.clone())])
+            } else {
+                Decision::Deny("no".into())
+            };
+            cache
+                .insert(
+                    key,
+                    Arc::new(Cached {
+                        decision,
+                        expires_at_ms: i64::MAX,
+                    }),
+                )
+                .await;
+            cache.run_pending_tasks().await;
+        }
+        assert!(
+            cache.weighted_size() <= bytes,
+            "weighted size {} over {bytes}",
+            cache.weighted_size()
+        );
+        assert!(cache.entry_count() <= entries, "{}", cache.entry_count());
     }
 }

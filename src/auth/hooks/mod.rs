@@ -37,6 +37,9 @@ pub struct HttpValidatorSettings {
     pub cache_ttl: Duration,
     /// What an error or timeout means.
     pub on_error: OnError,
+    /// The only headers an allow answer may add upstream (`headers`); any other header the
+    /// hook returns is dropped with a warn log. Empty: the hook adds none.
+    pub headers: Vec<HeaderName>,
 }
 
 /// The request facts a hook sees. Never the raw token.
@@ -195,6 +198,7 @@ mod tests {
             timeout: Duration::from_millis(100),
             cache_ttl: Duration::from_secs(1),
             on_error: OnError::Deny,
+            headers: vec![],
         };
         let v = Validator::http("v", s.clone());
         assert!(v.same_http_settings(&s));
