@@ -160,6 +160,11 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     let x5t = string_member("x5t")?;
     let has_nonce = header.contains_key("nonce");
     let (claims, claims_json) = decode_object_text(p, "payload")?;
+    // An empty signature is `bad_signature` (checked with the key); anything else must be
+    // base64url itself, or the token is malformed rather than badly signed.
+    if !is_canonical_base64url(s) {
+        return Err(malformed("the token signature is not valid base64url"));
+    }
     for name in ["exp", "nbf", "iat"] {
         if let Some(v) = claims.get(name) {
             if !v.is_number() {
@@ -181,6 +186,37 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
         signing_input: &token[..h.len() + 1 + p.len()],
         signature: s,
     })
+}
+
+/// True when `s` is unpadded base64url that decodes (as the strict decoder of the header and
+/// payload does): only base64url characters, no length of the form 4k+1, and zero bits in the
+/// last character's unused positions. Checked without decoding (the signature check decodes it
+/// once, later).
+fn is_canonical_base64url(s: &str) -> bool {
+    fn value(b: u8) -> Option<u8> {
+        match b {
+            b'A'..=b'Z' => Some(b - b'A'),
+            b'a'..=b'z' => Some(b - b'a' + 26),
+            b'0'..=b'9' => Some(b - b'0' + 52),
+            b'-' => Some(62),
+            b'_' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if !bytes.iter().all(|b| value(*b).is_some()) {
+        return false;
+    }
+    let unused_mask = match bytes.len() % 4 {
+        0 => return true,
+        1 => return false,
+        2 => 0b1111,
+        _ => 0b11,
+    };
+    bytes
+        .last()
+        .and_then(|b| value(*b))
+        .is_some_and(|v| v & unused_mask == 0)
 }
 
 fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
@@ -323,42 +359,46 @@ mod tests {
         let table = [
             ("two segments", format!("{ok_h}.{ok_p}")),
             ("four segments", format!("{ok_h}.{ok_p}.c.d")),
-            ("bad base64", format!("{ok_h}.!!!.c")),
-            ("header not json", format!("{}.{ok_p}.c", b64("nope"))),
-            ("header an array", format!("{}.{ok_p}.c", b64("[1]"))),
+            ("bad base64", format!("{ok_h}.!!!.c2ln")),
+            ("header not json", format!("{}.{ok_p}.c2ln", b64("nope"))),
+            ("header an array", format!("{}.{ok_p}.c2ln", b64("[1]"))),
             (
                 "duplicate header key",
-                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","alg":"none"}"#)),
+                format!("{}.{ok_p}.c2ln", b64(r#"{"alg":"RS256","alg":"none"}"#)),
             ),
             (
                 "duplicate claim",
-                format!("{ok_h}.{}.c", b64(r#"{"aud":"a","aud":"b"}"#)),
+                format!("{ok_h}.{}.c2ln", b64(r#"{"aud":"a","aud":"b"}"#)),
             ),
             (
                 "crit header",
-                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","crit":["x"]}"#)),
+                format!("{}.{ok_p}.c2ln", b64(r#"{"alg":"RS256","crit":["x"]}"#)),
             ),
-            ("alg missing", format!("{}.{ok_p}.c", b64(r#"{"kid":"k"}"#))),
+            ("alg missing", format!("{}.{ok_p}.c2ln", b64(r#"{"kid":"k"}"#))),
             (
                 "alg not a string",
-                format!("{}.{ok_p}.c", b64(r#"{"alg":1}"#)),
+                format!("{}.{ok_p}.c2ln", b64(r#"{"alg":1}"#)),
             ),
             (
                 "kid not a string",
-                format!("{}.{ok_p}.c", b64(r#"{"alg":"RS256","kid":7}"#)),
+                format!("{}.{ok_p}.c2ln", b64(r#"{"alg":"RS256","kid":7}"#)),
             ),
             (
                 "exp a string",
-                format!("{ok_h}.{}.c", b64(r#"{"exp":"1"}"#)),
+                format!("{ok_h}.{}.c2ln", b64(r#"{"exp":"1"}"#)),
             ),
             (
                 "nbf a string",
-                format!("{ok_h}.{}.c", b64(r#"{"nbf":"1"}"#)),
+                format!("{ok_h}.{}.c2ln", b64(r#"{"nbf":"1"}"#)),
             ),
             (
                 "trailing bytes",
-                format!("{ok_h}.{}.c", b64(r#"{"exp":1} x"#)),
+                format!("{ok_h}.{}.c2ln", b64(r#"{"exp":1} x"#)),
             ),
+            // Found by tests/fuzz.rs: a signature segment that is not base64url.
+            ("signature of one character", format!("{ok_h}.{ok_p}.0")),
+            ("signature with stray bits", format!("{ok_h}.{ok_p}.c2l")),
+            ("signature with stray bits", format!("{ok_h}.{ok_p}.cB")),
         ];
         for (name, t) in table {
             assert_eq!(
@@ -370,8 +410,14 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_signature_parses_and_is_left_to_the_signature_check() {
+        let t = format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"));
+        assert_eq!(parse(&t).expect("parses").signature, "");
+    }
+
+    #[test]
     fn nonce_header_is_noticed() {
-        let t = format!("{}.{}.c", b64(r#"{"alg":"RS256","nonce":"n"}"#), b64("{}"));
+        let t = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","nonce":"n"}"#), b64("{}"));
         assert!(parse(&t).expect("parses").header.has_nonce);
     }
 }
