@@ -233,7 +233,8 @@ fn bench_stages(c: &mut Criterion) {
     let path = "/svc97/v1/orders/42";
     g.bench_function("route_match_100", |b| {
         b.iter(|| {
-            let p = routing::match_path(black_box(path)).expect("path ok");
+            let p = routing::normalize_path(black_box(path), routing::PathCase::Insensitive)
+                .expect("path ok");
             black_box(
                 routing::select(&cfg.routes, &Method::GET, "localhost", &p)
                     .map(|r| r.path_prefix.len())
