@@ -233,7 +233,8 @@ fn bench_stages(c: &mut Criterion) {
     let path = "/svc97/v1/orders/42";
     g.bench_function("route_match_100", |b| {
         b.iter(|| {
-            let p = routing::match_path(black_box(path)).expect("path ok");
+            let p = routing::normalize_path(black_box(path), routing::PathCase::Insensitive)
+                .expect("path ok");
             black_box(
                 routing::select(&cfg.routes, &Method::GET, "localhost", &p)
                     .map(|r| r.path_prefix.len())
@@ -241,6 +242,50 @@ fn bench_stages(c: &mut Criterion) {
             )
         })
     });
+
+    // The request's edge on every request: target classification, path normalization (an
+    // already-normal path, and one that needs every rewrite) and the inbound header rule over
+    // a typical header set with one spoofed `x_auth_roles`.
+    let mut inbound = headers_for(&raw);
+    for (n, v) in [
+        ("user-agent", "Mozilla/5.0"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-language", "en-US"),
+        ("content-type", "application/json"),
+        ("x-request-id", "6f1c2d3e-0000-4000-8000-000000000001"),
+        ("x-forwarded-for", "10.0.0.1"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("x_auth_roles", "Admin"),
+    ] {
+        inbound.insert(
+            http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+            HeaderValue::from_static(v),
+        );
+    }
+    for (name, target) in [
+        (
+            "edge_normal_path_and_header_strip",
+            "/svc97/v1/orders/42?x=1",
+        ),
+        (
+            "edge_rewritten_path_and_header_strip",
+            "/SVC97//v1;x=1/%6Frders/42?x=1",
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let e = routing::edge(&cfg.server, &Method::GET, black_box(target.as_bytes()))
+                    .expect("served");
+                black_box((
+                    e.normalized.len(),
+                    cfg.spoofable_headers(black_box(&inbound)),
+                ))
+            })
+        });
+    }
 
     // Header injection: the default claim headers of an app token with a upn.
     let auth = fx.authenticator();

@@ -92,17 +92,95 @@ pub struct DemoArgs {
     pub demo_config: PathBuf,
 }
 
-/// Installs the tracing subscriber on stderr.
+/// Dependencies whose debug and trace lines print requests (headers, bodies): pingora prints
+/// the upstream request with its `Authorization`, reqwest/hyper/h2 the token endpoint's
+/// requests and answers. Their lines are capped at [`DEPENDENCY_CAP`] whatever `RUST_LOG` says,
+/// so no token, assertion or app-only token reaches a log (SPEC section 8, "Logs"). Each entry
+/// is a target prefix (`hyper` covers `hyper_util`).
+pub const CAPPED_DEPENDENCIES: [&str; 7] = [
+    "pingora",
+    "reqwest",
+    "hyper",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "tower",
+];
+
+/// The most verbose level [`CAPPED_DEPENDENCIES`] may log at.
+pub const DEPENDENCY_CAP: tracing::Level = tracing::Level::INFO;
+
+/// The filter that enforces [`DEPENDENCY_CAP`]: everything else passes (to `RUST_LOG`'s
+/// filter, which still applies).
+pub fn dependency_caps() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::TRACE)
+        .with_targets(CAPPED_DEPENDENCIES.map(|t| (t, DEPENDENCY_CAP)))
+}
+
+/// Installs the tracing subscriber on stderr: levels from `RUST_LOG` (default `info`), with
+/// [`dependency_caps`] on top, in text or JSON.
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(dependency_caps());
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(layer).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn dependency_logs_are_capped_at_info_whatever_rust_log_says() {
+        let filter = tracing_subscriber::EnvFilter::new("trace,pingora_proxy=trace,reqwest=trace");
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(dependency_caps());
+        tracing::subscriber::with_default(subscriber, || {
+            for (target, debug_shown) in [
+                ("pingora_proxy::proxy_h1", false),
+                ("pingora_core::protocols", false),
+                ("reqwest::connect", false),
+                ("hyper_util::client", false),
+                ("h2::codec", false),
+                ("rustls::client", false),
+                ("aadgate::server::proxy", true),
+            ] {
+                let debug = tracing::Metadata::new(
+                    "test",
+                    target,
+                    tracing::Level::DEBUG,
+                    None,
+                    None,
+                    None,
+                    tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+                    tracing::metadata::Kind::EVENT,
+                );
+                let shown = tracing::dispatcher::get_default(|d| d.enabled(&debug));
+                assert_eq!(shown, debug_shown, "{target}");
+            }
+        });
+    }
+
+    struct Callsite;
+    static CALLSITE: Callsite = Callsite;
+    impl tracing::callsite::Callsite for Callsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!("not registered")
+        }
+    }
 }

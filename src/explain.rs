@@ -163,9 +163,10 @@ pub fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, Str
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("{:?} is not a method", args.method))?;
     let path = args.path.clone().unwrap_or_else(|| "/".into());
-    let mp = crate::routing::match_path(&path).map_err(|r| r.message)?;
+    let edge =
+        crate::routing::edge(&config.server, &method, path.as_bytes()).map_err(|r| r.message)?;
     let host = crate::routing::normalize_host(args.host.as_deref().unwrap_or(""));
-    crate::routing::select(&config.routes, &method, &host, &mp)
+    crate::routing::select(&config.routes, &method, &host, &edge.normalized)
         .cloned()
         .map_err(|r| r.message)
 }

@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::auth::{Authenticator, Principal, Rejection, RequestParts, SystemClock, TokenCache};
@@ -204,15 +204,18 @@ impl<S> tower::Layer<S> for AuthLayer {
 
 /// The service [`AuthLayer`] builds.
 ///
-/// Per request: removes inbound headers named `x-auth-*` or like a configured claim header (as
-/// the gateway does, so a handler cannot be fooled by a forged one); on a route with
-/// `auth = "anonymous"` calls the inner service with nothing more. Otherwise refuses an
-/// ambiguous path (`400 bad_request`), runs [`Authenticator::authenticate`] with the method, the
-/// path as received, the `Host` (lower case, without port) and the headers; on success adds the
-/// route's claim headers and validator headers to the request, inserts the [`Principal`] into
-/// its extensions and calls the inner service; on failure answers with
-/// [`rejection_response`] without calling it. Counts `aadgate_requests_total` and
-/// `aadgate_auth_duration_seconds` in the authenticator's metrics.
+/// Per request, in the gateway's order and with the gateway's functions: removes the inbound
+/// headers a caller must not set ([`Config::spoofable_headers`]: `x-auth-*`, claim headers and
+/// validators' `headers`, `_` read as `-`); refuses a request target in neither origin nor
+/// absolute form, one longer than `server.max_uri_bytes` (`414 uri_too_long`) or an ambiguous
+/// path (`400 bad_request`) with [`crate::routing::edge`], on every route; on a route with
+/// `auth = "anonymous"` then calls the inner service with nothing more. Otherwise runs
+/// [`Authenticator::authenticate`] with the method, the path as received, the normalized path,
+/// the `Host` (lower case, without port) and the headers; on success adds the route's claim
+/// headers and validator headers to the request, inserts the [`Principal`] into its extensions
+/// and calls the inner service; on failure answers with [`rejection_response`] without calling
+/// it. Counts `aadgate_requests_total` and `aadgate_auth_duration_seconds` in the
+/// authenticator's metrics.
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
@@ -252,28 +255,35 @@ where
         let auth = self.auth.clone();
         let route = self.route.clone();
         Box::pin(async move {
-            let spoofable = auth.config.spoofable_headers(req.headers());
-            for name in spoofable {
+            if let Some(v) = req.headers_mut().get_mut(AUTHORIZATION) {
+                v.set_sensitive(true);
+            }
+            for name in auth.config.spoofable_headers(req.headers()) {
                 req.headers_mut().remove(name);
             }
+            // The same target and path rules as the gateway, before anything else.
+            let raw_target = raw_target(req.uri());
+            let edge = match crate::routing::edge(
+                &auth.config.server,
+                req.method(),
+                raw_target.as_bytes(),
+            ) {
+                Ok(edge) => edge,
+                Err(rejection) => return Ok(reject(&auth, &route, &req, &rejection)),
+            };
             if route.auth == AuthMode::Anonymous {
                 return inner.call(req).await;
             }
             let started = Instant::now();
-            let result = match crate::routing::match_path(req.uri().path()) {
-                Err(rejection) => Err(rejection),
-                Ok(_) => {
-                    let host = request_host(&req);
-                    let parts = RequestParts {
-                        method: req.method(),
-                        path: req.uri().path(),
-                        normalized_path: req.uri().path(),
-                        host: &host,
-                        headers: req.headers(),
-                    };
-                    auth.authenticate(&route, &parts).await
-                }
+            let host = request_host(&req);
+            let parts = RequestParts {
+                method: req.method(),
+                path: edge.target.path,
+                normalized_path: &edge.normalized,
+                host: &host,
+                headers: req.headers(),
             };
+            let result = auth.authenticate(&route, &parts).await;
             auth.metrics
                 .auth_duration
                 .with_label_values(&[&*route.name])
@@ -289,26 +299,44 @@ where
                         .request_done(&route.name, resp.status().as_u16(), None);
                     Ok(resp)
                 }
-                Err(rejection) => {
-                    let id = request_id(req.headers().get("x-request-id"));
-                    tracing::info!(
-                        route = &*route.name,
-                        status = rejection.status().as_u16(),
-                        reason = rejection.reason.as_str(),
-                        request_id = id.as_str(),
-                        message = rejection.message.as_str(),
-                        "request rejected"
-                    );
-                    auth.metrics.request_done(
-                        &route.name,
-                        rejection.status().as_u16(),
-                        Some(rejection.reason),
-                    );
-                    Ok(rejection_response(&rejection, &id))
-                }
+                Err(rejection) => Ok(reject(&auth, &route, &req, &rejection)),
             }
         })
     }
+}
+
+/// The request target as it came on the wire, as far as the `Uri` keeps it: the whole URI
+/// for absolute form, else the path and query (`*` for `OPTIONS *`).
+fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    if uri.scheme().is_some() {
+        std::borrow::Cow::Owned(uri.to_string())
+    } else {
+        std::borrow::Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+    }
+}
+
+/// Logs and counts a rejection and builds its response.
+fn reject<B, ResBody: From<Bytes>>(
+    auth: &Authenticator,
+    route: &Route,
+    req: &Request<B>,
+    rejection: &Rejection,
+) -> Response<ResBody> {
+    let id = request_id(req.headers().get("x-request-id"));
+    tracing::info!(
+        route = &*route.name,
+        status = rejection.status().as_u16(),
+        reason = rejection.reason.as_str(),
+        request_id = id.as_str(),
+        message = rejection.message.as_str(),
+        "request rejected"
+    );
+    auth.metrics.request_done(
+        &route.name,
+        rejection.status().as_u16(),
+        Some(rejection.reason),
+    );
+    rejection_response(rejection, &id)
 }
 
 /// A handler argument (`async fn h(principal: Principal)`) for routes behind [`AuthLayer`].

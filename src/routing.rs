@@ -1,81 +1,70 @@
-//! Step 1 of SPEC section 1: refuse ambiguous paths, then pick the route (host, methods,
-//! longest `path_prefix`, first listed on ties).
+//! Step 1 of SPEC section 1: classify the request target, normalize the path (refusing
+//! ambiguous ones), then pick the route (host, methods, longest `path_prefix`, first listed on
+//! ties). The pingora adapter and the tower layer both call [`edge`] and the header rule
+//! [`crate::config::Config::spoofable_headers`], so they refuse and strip the same requests.
 
+pub mod path;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::Method;
 
+pub use path::{normalize_path, parse_target, strip_prefix, PathCase, Target, TargetForm};
+
 use crate::auth::{Reason, Rejection};
-use crate::config::Route;
+use crate::config::{Route, ServerSettings};
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+/// What the edge of the gateway made of a request line: the classified target and the
+/// normalized path routes are matched on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge<'a> {
+    pub target: Target<'a>,
+    /// The normalized path ([`normalize_path`]); `/` for `OPTIONS *`.
+    pub normalized: Cow<'a, str>,
 }
 
-fn bad(message: &str) -> Rejection {
-    Rejection::new(Reason::BadRequest, message)
-}
-
-/// The path used for route matching: unreserved characters percent-decoded, everything else as
-/// received. Refuses `.`/`..` segments (also encoded), encoded `/` or `\`, a raw `\`, and NUL.
-pub fn match_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, Rejection> {
-    if !raw.starts_with('/') {
-        return Err(bad("the request path must start with '/'"));
-    }
-    let bytes = raw.as_bytes();
-    let mut decoded: Option<Vec<u8>> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            0 => return Err(bad("the request path contains a NUL byte")),
-            b'\\' => return Err(bad("the request path contains a backslash")),
-            b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
-                    return Err(bad("the request path has a malformed percent-encoding"));
-                };
-                let c = h * 16 + l;
-                match c {
-                    0 => return Err(bad("the request path contains an encoded NUL")),
-                    b'/' => return Err(bad("the request path contains an encoded '/' (%2F)")),
-                    b'\\' => return Err(bad("the request path contains an encoded '\\' (%5C)")),
-                    _ => {}
-                }
-                let out = decoded.get_or_insert_with(|| bytes[..i].to_vec());
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                } else {
-                    out.extend_from_slice(&bytes[i..i + 3]);
-                }
-                i += 3;
-                continue;
-            }
-            _ => {
-                if let Some(out) = decoded.as_mut() {
-                    out.push(b);
-                }
-            }
-        }
-        i += 1;
-    }
-    let path: std::borrow::Cow<'_, str> = match decoded {
-        None => std::borrow::Cow::Borrowed(raw),
-        Some(v) => std::borrow::Cow::Owned(
-            String::from_utf8(v).map_err(|_| bad("the request path is not UTF-8"))?,
-        ),
+/// Runs on every request before routing: the target checks of [`parse_target`]
+/// (`max_uri_bytes` → 414, other forms → 400) and the path normalization of
+/// [`normalize_path`] with `[server] path_case` (ambiguous paths → 400). `raw_target` is the
+/// request target as received on the wire. `OPTIONS *` is routed as `/`.
+pub fn edge<'a>(
+    server: &ServerSettings,
+    method: &Method,
+    raw_target: &'a [u8],
+) -> Result<Edge<'a>, Rejection> {
+    let target = parse_target(method, raw_target, server.max_uri_bytes)?;
+    let normalized = match target.form {
+        TargetForm::Asterisk => Cow::Borrowed("/"),
+        TargetForm::Origin | TargetForm::Absolute => normalize_path(target.path, server.path_case)?,
     };
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(bad("the request path contains a '.' or '..' segment"));
+    Ok(Edge { target, normalized })
+}
+
+/// The origin-form target sent upstream, or `None` when the request's own target goes as it
+/// is (origin form on a route that neither strips a prefix nor may rewrite `/me`, and
+/// `OPTIONS *`). The path is the one received with the route's `strip_prefix` removed
+/// ([`strip_prefix`]); the query follows byte for byte.
+pub fn upstream_target(route: &Route, edge: &Edge<'_>, case: PathCase) -> Option<String> {
+    let t = &edge.target;
+    match t.form {
+        TargetForm::Asterisk => return None,
+        TargetForm::Origin if route.strip_prefix.is_none() && route.exchange.is_none() => {
+            return None
+        }
+        TargetForm::Origin | TargetForm::Absolute => {}
     }
-    Ok(path)
+    let path = match &route.strip_prefix {
+        Some(sp) => strip_prefix(t.path, sp, case),
+        None => Cow::Borrowed(t.path),
+    };
+    let mut out = String::with_capacity(path.len() + t.query.map_or(0, |q| q.len() + 1));
+    out.push_str(&path);
+    if let Some(q) = t.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
 }
 
 /// The request host for matching: lower case, without port.
@@ -96,7 +85,8 @@ pub fn normalize_host(host: &str) -> String {
     without_port.to_ascii_lowercase()
 }
 
-/// Picks the route for a request. `path` is the result of [`match_path`].
+/// Picks the route for a request. `path` is the normalized path ([`Edge::normalized`]); the
+/// routes' prefixes were normalized the same way when the configuration was compiled.
 pub fn select<'r>(
     routes: &'r [Arc<Route>],
     method: &Method,
@@ -126,34 +116,6 @@ pub fn select<'r>(
     })
 }
 
-/// The path sent upstream: `strip_prefix` removed from the path as received (the result always
-/// starts with '/'), query kept. When the prefix only matches after decoding (`/%6Frders/…`),
-/// it is removed from the decoded `match_path` instead, so a route's prefix is never forwarded
-/// by accident.
-pub fn upstream_path(
-    route: &Route,
-    raw_path: &str,
-    match_path: &str,
-    query: Option<&str>,
-) -> String {
-    let mut p = match &route.strip_prefix {
-        Some(sp) => match raw_path
-            .strip_prefix(sp.as_str())
-            .or_else(|| match_path.strip_prefix(sp.as_str()))
-        {
-            Some(rest) if rest.starts_with('/') => rest.to_string(),
-            Some(rest) => format!("/{rest}"),
-            None => raw_path.to_string(),
-        },
-        None => raw_path.to_string(),
-    };
-    if let Some(q) = query {
-        p.push('?');
-        p.push_str(q);
-    }
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,41 +130,6 @@ mod tests {
         r.host = host.map(String::from);
         r.methods = methods;
         Arc::new(r)
-    }
-
-    #[test]
-    fn ambiguous_paths_are_refused() {
-        for p in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2e/b",
-            "/a/%2E/b",
-            "/a/.%2e/b",
-            "/a%2fb",
-            "/a%2Fb",
-            "/a%5cb",
-            "/a\\b",
-            "/a%00b",
-            "/a\0b",
-            "relative",
-            "/a%zz",
-            "/a%2",
-        ] {
-            assert_eq!(
-                match_path(p).map_err(|r| r.reason),
-                Err(Reason::BadRequest),
-                "{p}"
-            );
-        }
-    }
-
-    #[test]
-    fn unreserved_characters_are_decoded_for_matching_only() {
-        assert_eq!(match_path("/orders/%41bc").as_deref(), Ok("/orders/Abc"));
-        assert_eq!(match_path("/a%20b").as_deref(), Ok("/a%20b"));
-        assert_eq!(match_path("/a/...b/c.d").as_deref(), Ok("/a/...b/c.d"));
-        assert_eq!(match_path("/").as_deref(), Ok("/"));
     }
 
     #[test]
@@ -256,24 +183,120 @@ mod tests {
         assert!(select(&routes, &Method::POST, "other", "/p/1").is_ok());
     }
 
+    fn server(case: PathCase) -> ServerSettings {
+        ServerSettings {
+            max_uri_bytes: 8192,
+            path_case: case,
+            ..ServerSettings::for_test()
+        }
+    }
+
     #[test]
-    fn strip_prefix_applies_to_raw_and_to_decoded_paths() {
-        let mut r = Route::for_test("r", "/orders/");
-        r.strip_prefix = Some("/orders".into());
+    fn a_request_is_never_matched_to_a_weaker_route_than_its_framework_would_serve() {
+        let routes = vec![
+            route("public", "/", None, None),
+            route("admin", "/admin/", None, None),
+            route("orders", "/orders/", None, None),
+            route("orders-sync", "/orders/sync/", None, None),
+        ];
+        let s = server(PathCase::Insensitive);
+        let pick = |target: &str| {
+            let e = edge(&s, &Method::GET, target.as_bytes()).expect("served");
+            select(&routes, &Method::GET, "x", &e.normalized)
+                .map(|r| r.name.to_string())
+                .expect("a route")
+        };
+        for (target, want) in [
+            ("/admin/users", "admin"),
+            ("/ADMIN/users", "admin"),
+            ("/%61dmin/users", "admin"),
+            ("//admin/users", "admin"),
+            ("/admin;x/users", "admin"),
+            ("http://h/Admin/users", "admin"),
+            ("/orders/sync/run", "orders-sync"),
+            ("/orders//sync/run", "orders-sync"),
+            ("/orders/sync;x/run", "orders-sync"),
+            ("/Orders/SYNC/run", "orders-sync"),
+            ("/orders/42", "orders"),
+            ("/other", "public"),
+        ] {
+            assert_eq!(pick(target), want, "{target}");
+        }
+        let e = edge(&s, &Method::OPTIONS, b"*").expect("OPTIONS *");
+        assert_eq!(e.normalized, "/");
+    }
+
+    #[test]
+    fn with_path_case_sensitive_only_the_exact_case_matches() {
+        let routes = vec![
+            route("public", "/", None, None),
+            route("admin", "/admin/", None, None),
+        ];
+        let s = server(PathCase::Sensitive);
+        let e = edge(&s, &Method::GET, b"/ADMIN/users").expect("served");
+        assert_eq!(e.normalized, "/ADMIN/users");
+        let r = select(&routes, &Method::GET, "x", &e.normalized).expect("a route");
+        assert_eq!(&*r.name, "public");
+    }
+
+    #[test]
+    fn edge_refuses_bad_targets_and_ambiguous_paths_before_routing() {
+        let s = server(PathCase::Insensitive);
+        for (m, target, want) in [
+            (Method::GET, "x:/admin/users", Reason::BadRequest),
+            (Method::GET, "admin/users", Reason::BadRequest),
+            (Method::GET, "*", Reason::BadRequest),
+            (Method::GET, "/admin/..;x/users", Reason::BadRequest),
+            (Method::GET, "http://h/a/../b", Reason::BadRequest),
+        ] {
+            assert_eq!(
+                edge(&s, &m, target.as_bytes()).map_err(|r| r.reason),
+                Err(want),
+                "{target}"
+            );
+        }
+        let s = ServerSettings {
+            max_uri_bytes: 10,
+            ..s
+        };
         assert_eq!(
-            upstream_path(&r, "/orders/42", "/orders/42", Some("a=1")),
-            "/42?a=1"
+            edge(&s, &Method::GET, b"/0123456789").map_err(|r| r.reason),
+            Err(Reason::UriTooLong)
         );
-        let raw = "/%6Frders/42";
-        let decoded = match_path(raw).expect("safe");
-        assert_eq!(upstream_path(&r, raw, &decoded, None), "/42");
-        assert_eq!(upstream_path(&r, "/orders", "/orders", None), "/");
-        r.strip_prefix = None;
-        assert_eq!(
-            upstream_path(&r, raw, &decoded, None),
-            raw,
-            "no strip: the path as received"
-        );
+    }
+
+    #[test]
+    fn the_upstream_always_gets_origin_form_with_the_query_as_received() {
+        let plain = Route::for_test("plain", "/");
+        let mut stripped = Route::for_test("svc", "/svc/");
+        stripped.strip_prefix = Some("/svc".into());
+        let s = server(PathCase::Insensitive);
+        for (route, method, target, want) in [
+            (&plain, Method::GET, "/a/b?q=%20", None),
+            (
+                &plain,
+                Method::GET,
+                "http://h/a/b?q=%20",
+                Some("/a/b?q=%20"),
+            ),
+            (&plain, Method::GET, "HTTPS://h", Some("/")),
+            (&plain, Method::OPTIONS, "*", None),
+            (
+                &stripped,
+                Method::GET,
+                "/SVC//x;v=1/y?z=%41",
+                Some("/x;v=1/y?z=%41"),
+            ),
+            (&stripped, Method::GET, "http://h/svc/x", Some("/x")),
+            (&stripped, Method::GET, "/svc", Some("/")),
+        ] {
+            let e = edge(&s, &method, target.as_bytes()).expect("served");
+            assert_eq!(
+                upstream_target(route, &e, s.path_case).as_deref(),
+                want,
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ async fn orders(principal: Principal, headers: HeaderMap) -> Json<Value> {
         "roles": principal.token().roles,
         "route": &*principal.route().name,
         "x-auth-tenant-id": headers.get("x-auth-tenant-id").and_then(|v| v.to_str().ok()),
+        "x_auth_roles": headers.get("x_auth_roles").and_then(|v| v.to_str().ok()),
     }))
 }
 
@@ -256,6 +257,52 @@ async fn a_path_with_dot_segments_is_400_bad_request() {
             .and_then(|v| v.to_str().ok()),
         Some("bad_request")
     );
+}
+
+#[tokio::test]
+async fn the_layer_refuses_and_strips_what_the_gateway_refuses_and_strips() {
+    let app = app().await;
+    let token = app
+        .idp
+        .mint(&TokenSpec::app(DEFAULT_TENANT, AUD, &["Orders.Read"]));
+    let a = get_orders(
+        &app,
+        &[
+            ("authorization", &bearer(&token)),
+            ("x_auth_roles", "Admin"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body["x_auth_roles"],
+        Value::Null,
+        "x_auth_roles is read as x-auth-roles and stripped"
+    );
+    let long = format!("/orders/{}", "a".repeat(8192));
+    for (method, uri, status, reason) in [
+        ("GET", "/orders/..;x/admin", 400, "bad_request"),
+        ("GET", "/orders/.%2E/admin", 400, "bad_request"),
+        ("GET", "/orders/a%2Fb", 400, "bad_request"),
+        ("GET", "*", 400, "bad_request"),
+        ("GET", long.as_str(), 414, "uri_too_long"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", bearer(&token))
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.router.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(resp.status().as_u16(), status, "{method} {uri}");
+        assert_eq!(
+            resp.headers()
+                .get("x-aadgate-reason")
+                .and_then(|v| v.to_str().ok()),
+            Some(reason),
+            "{method} {uri}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -374,7 +374,10 @@ mod tests {
                 "crit header",
                 format!("{}.{ok_p}.c2ln", b64(r#"{"alg":"RS256","crit":["x"]}"#)),
             ),
-            ("alg missing", format!("{}.{ok_p}.c2ln", b64(r#"{"kid":"k"}"#))),
+            (
+                "alg missing",
+                format!("{}.{ok_p}.c2ln", b64(r#"{"kid":"k"}"#)),
+            ),
             (
                 "alg not a string",
                 format!("{}.{ok_p}.c2ln", b64(r#"{"alg":1}"#)),
@@ -417,7 +420,11 @@ mod tests {
 
     #[test]
     fn nonce_header_is_noticed() {
-        let t = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","nonce":"n"}"#), b64("{}"));
+        let t = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256","nonce":"n"}"#),
+            b64("{}")
+        );
         assert!(parse(&t).expect("parses").header.has_nonce);
     }
 }

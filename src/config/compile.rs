@@ -18,6 +18,8 @@ use crate::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
 
 /// Default `[server] max_token_bytes`.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Default `[server] max_uri_bytes`.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8192;
 /// Default `[identity] refresh_interval`.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default `[identity] min_refetch_interval`.
@@ -61,7 +63,11 @@ pub fn load_str(
         return Err(ConfigErrors(r.errors));
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut c = Compiler { r, base };
+    let mut c = Compiler {
+        r,
+        base,
+        path_case: PathCase::default(),
+    };
     let config = c.config(path, parsed, previous);
     if c.r.errors.is_empty() {
         let mut config = config.expect("no errors means a config was built");
@@ -77,6 +83,8 @@ pub fn load_str(
 struct Compiler<'a> {
     r: Reporter<'a>,
     base: PathBuf,
+    /// `[server] path_case`, set by `server()`; route prefixes are folded with it.
+    path_case: PathCase,
 }
 
 /// True when `s` is a GUID in the 8-4-4-4-12 hex form.
@@ -213,6 +221,26 @@ impl Compiler<'_> {
             Some(m) => *m.get_ref(),
             None => DEFAULT_MAX_TOKEN_BYTES,
         };
+        let max_uri_bytes = match &f.max_uri_bytes {
+            Some(m) if *m.get_ref() < 64 => {
+                self.r
+                    .error(m.span(), "`max_uri_bytes` must be at least 64");
+                DEFAULT_MAX_URI_BYTES
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_MAX_URI_BYTES,
+        };
+        self.path_case = match f.path_case.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "insensitive")) => PathCase::Insensitive,
+            Some((_, "sensitive")) => PathCase::Sensitive,
+            Some((p, other)) => {
+                self.r.error(
+                    p.span(),
+                    format!("path_case {other:?} is not \"insensitive\" or \"sensitive\""),
+                );
+                PathCase::Insensitive
+            }
+        };
         let tls = f.tls.as_ref().map(|t| {
             let t = t.get_ref();
             let cert = self.path(t.cert.get_ref());
@@ -236,13 +264,12 @@ impl Compiler<'_> {
             admin_listen,
             workers,
             max_token_bytes,
+            max_uri_bytes,
+            path_case: self.path_case,
             upstream_connect_timeout: self.dur(&f.upstream_connect_timeout, Duration::from_secs(5)),
             upstream_read_timeout: self.dur(&f.upstream_read_timeout, Duration::from_secs(60)),
             shutdown_grace: self.dur(&f.shutdown_grace, Duration::from_secs(30)),
-            upgrade_sock: f.upgrade_sock.as_ref().map_or_else(
-                || PathBuf::from("/tmp/aadgate_upgrade.sock"),
-                |p| self.path(p.get_ref()),
-            ),
+            upgrade_sock: f.upgrade_sock.as_ref().map(|p| self.path(p.get_ref())),
             tls,
         })
     }
@@ -912,21 +939,31 @@ impl Compiler<'_> {
                 self.r
                     .error(f.name.span(), format!("duplicate route name {name:?}"));
             }
-            let prefix = f.path_prefix.get_ref().clone();
-            if !prefix.starts_with('/') {
-                self.r.error(
-                    f.path_prefix.span(),
-                    format!("path_prefix {prefix:?} must start with '/'"),
-                );
-            }
-            if let Some(sp) = &f.strip_prefix {
-                if !prefix.starts_with(sp.get_ref().as_str()) || !sp.get_ref().starts_with('/') {
+            // Prefixes are matched against normalized request paths, so they are normalized
+            // (and folded, unless path_case = "sensitive") the same way here.
+            let prefix = f.path_prefix.get_ref();
+            let prefix = match crate::routing::normalize_path(prefix, self.path_case) {
+                Ok(p) => p.into_owned(),
+                Err(e) => {
+                    self.r.error(
+                        f.path_prefix.span(),
+                        format!("path_prefix {prefix:?}: {}", e.message),
+                    );
+                    prefix.clone()
+                }
+            };
+            let strip_prefix = f.strip_prefix.as_ref().and_then(|sp| {
+                let normal = crate::routing::normalize_path(sp.get_ref(), self.path_case)
+                    .ok()
+                    .filter(|n| prefix.starts_with(n.as_ref()));
+                if normal.is_none() {
                     self.r.error(
                         sp.span(),
                         format!("strip_prefix {:?} must start with '/' and be a prefix of path_prefix {prefix:?}", sp.get_ref()),
                     );
                 }
-            }
+                normal.map(|n| n.into_owned())
+            });
             let host = f.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
                 h.rsplit_once(':')
@@ -1089,7 +1126,7 @@ impl Compiler<'_> {
                 path_prefix: prefix,
                 methods,
                 upstream,
-                strip_prefix: f.strip_prefix.as_ref().map(|s| s.get_ref().clone()),
+                strip_prefix,
                 auth,
                 token_kind,
                 roles_any: strings(&f.roles_any),

@@ -212,6 +212,8 @@ pub struct ServerFile {
     pub admin_listen: Option<Spanned<String>>,
     pub workers: Option<Spanned<usize>>,
     pub max_token_bytes: Option<Spanned<usize>>,
+    pub max_uri_bytes: Option<Spanned<usize>>,
+    pub path_case: Option<Spanned<String>>,
     pub upstream_connect_timeout: Option<Raw<Duration>>,
     pub upstream_read_timeout: Option<Raw<Duration>>,
     pub shutdown_grace: Option<Raw<Duration>>,

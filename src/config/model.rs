@@ -11,6 +11,7 @@ use http::{HeaderName, Method};
 
 use crate::auth::hooks::Validator;
 use crate::exchange::Exchanger;
+pub use crate::routing::PathCase;
 
 /// A validated configuration, ready to serve.
 #[derive(Debug)]
@@ -36,20 +37,52 @@ pub struct Config {
 }
 
 impl Config {
-    /// The inbound headers a caller must not set: every `x-auth-*` header and every configured
-    /// claim header. The gateway and the tower layer remove them from every request, on every
-    /// route, before anything else looks at the request.
+    /// The inbound headers a caller must not set (SPEC section 8): every name starting with
+    /// `x-auth-`, every configured claim header and every header a validator may add
+    /// (`validator_header_names`), with names compared case-insensitively and `_` read as `-`
+    /// (CGI/WSGI servers, gunicorn < 22 and Puma < 6.4.3 read `x_auth_roles` as
+    /// `X-Auth-Roles`). The gateway and the tower layer remove them from every request, on
+    /// every route, before anything else looks at the request.
+    ///
+    /// Runs on every request: a name without `_` costs one hash lookup per set, and nothing
+    /// is allocated unless a header matches.
     pub fn spoofable_headers(&self, headers: &http::HeaderMap) -> Vec<HeaderName> {
-        headers
-            .keys()
-            .filter(|n| {
-                n.as_str().starts_with("x-auth-")
-                    || self.claim_header_names.contains(*n)
-                    || self.validator_header_names.contains(*n)
-            })
-            .cloned()
-            .collect()
+        let sets = [&self.claim_header_names, &self.validator_header_names];
+        let configured = || sets.into_iter().flatten();
+        // Configured names with `_` are rare; only then must a name without `_` be scanned.
+        let mut configured_underscore = None;
+        let mut found = Vec::new();
+        for name in headers.keys() {
+            let n = name.as_str().as_bytes();
+            let spoofed = x_auth_prefixed(n) || sets.iter().any(|s| s.contains(name)) || {
+                let scan = n.contains(&b'_')
+                    || *configured_underscore
+                        .get_or_insert_with(|| configured().any(|h| h.as_str().contains('_')));
+                scan && configured().any(|h| same_header_name(h.as_str().as_bytes(), n))
+            };
+            if spoofed {
+                found.push(name.clone());
+            }
+        }
+        found
     }
+}
+
+/// `x-auth-`, `x_auth_`, `X-Auth_`…: the reserved prefix of identity headers.
+fn x_auth_prefixed(n: &[u8]) -> bool {
+    n.len() >= 7 && same_header_name(&n[..7], b"x-auth-")
+}
+
+/// Header names equal with ASCII case ignored and `_` read as `-`.
+fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let canon = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| canon(*x) == canon(*y))
 }
 
 /// `[server]`
@@ -59,11 +92,37 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     pub workers: usize,
     pub max_token_bytes: usize,
+    /// Longer request targets are answered `414 uri_too_long`.
+    pub max_uri_bytes: usize,
+    /// Whether route matching folds ASCII case (`path_case`).
+    pub path_case: PathCase,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub shutdown_grace: Duration,
-    pub upgrade_sock: PathBuf,
+    /// An explicit `upgrade_sock`; `None` = `upgrade.sock` in the private runtime folder
+    /// (`crate::server::runtime_dir`).
+    pub upgrade_sock: Option<PathBuf>,
     pub tls: Option<TlsSettings>,
+}
+
+#[cfg(test)]
+impl ServerSettings {
+    /// Defaults with one listener on 127.0.0.1:8080, for unit tests.
+    pub(crate) fn for_test() -> ServerSettings {
+        ServerSettings {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            admin_listen: None,
+            workers: 1,
+            max_token_bytes: 16 * 1024,
+            max_uri_bytes: 8192,
+            path_case: PathCase::Insensitive,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_read_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            upgrade_sock: None,
+            tls: None,
+        }
+    }
 }
 
 /// TLS on the data-plane listeners.
@@ -261,5 +320,81 @@ impl Route {
             exchange: None,
             claim_headers: default_claim_headers(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let toml = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+[identity]
+jwks_uri = "http://127.0.0.1:1/keys"
+audiences = ["api://orders"]
+[tenants]
+mode = "any"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "http://127.0.0.1:1"
+[routes.claim_headers]
+x-tenant = "tid"
+"#;
+        let mut c = crate::config::load_str(std::path::Path::new("t.toml"), toml, None)
+            .expect("valid config");
+        c.validator_header_names
+            .insert(HeaderName::from_static("x-plan"));
+        c
+    }
+
+    #[test]
+    fn identity_headers_a_caller_sends_are_stripped_with_underscore_read_as_dash() {
+        let c = config();
+        for (name, stripped) in [
+            ("x-auth-roles", true),
+            ("x_auth_roles", true),
+            ("X_Auth-Roles", true),
+            ("x-auth-anything-new", true),
+            ("x_auth_", true),
+            ("x-tenant", true),
+            ("x_tenant", true),
+            ("x-plan", true),
+            ("x_plan", true),
+            ("x-auth", false),
+            ("x-authz", false),
+            ("x-plans", false),
+            ("accept", false),
+            ("x_forwarded_for", false),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                http::HeaderValue::from_static("Admin"),
+            );
+            h.insert("accept", http::HeaderValue::from_static("*/*"));
+            let found = c.spoofable_headers(&h);
+            assert_eq!(
+                !found.is_empty() && found.iter().all(|n| n.as_str() != "accept"),
+                stripped,
+                "{name}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_name_with_underscore_matches_its_dash_form() {
+        let mut c = config();
+        c.claim_header_names
+            .insert(HeaderName::from_static("x_custom_claim"));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-custom-claim", http::HeaderValue::from_static("1"));
+        h.insert("x-other", http::HeaderValue::from_static("1"));
+        assert_eq!(
+            c.spoofable_headers(&h),
+            vec![HeaderName::from_static("x-custom-claim")]
+        );
     }
 }

@@ -5,7 +5,8 @@ pub mod proxy;
 pub mod reload;
 pub mod state;
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,6 +38,52 @@ impl ShutdownSignalWatch for Signals {
             _ = quit.recv() => { tracing::info!("SIGQUIT: handing listeners over"); ShutdownSignal::GracefulUpgrade }
         }
     }
+}
+
+/// The private runtime folder for the upgrade socket and the pid file (SPEC section 8):
+/// `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`; the first entry when it lists
+/// several), else `$XDG_RUNTIME_DIR/aadgate`, else `/run/aadgate`. Empty and relative values
+/// are ignored, so the result is never relative and never `/tmp`.
+pub fn runtime_dir(runtime_directory: Option<&OsStr>, xdg_runtime_dir: Option<&OsStr>) -> PathBuf {
+    let absolute = |p: &Path| p.is_absolute() && p != Path::new("/tmp");
+    if let Some(first) = runtime_directory
+        .and_then(|v| std::env::split_paths(v).next())
+        .filter(|p| absolute(p))
+    {
+        return first;
+    }
+    if let Some(xdg) = xdg_runtime_dir.map(Path::new).filter(|p| absolute(p)) {
+        return xdg.join("aadgate");
+    }
+    PathBuf::from("/run/aadgate")
+}
+
+/// Creates `dir` (with its missing parents) mode 0700, or makes an existing one 0700 when
+/// group or others can reach it. Runs once at start when `upgrade_sock` is not set.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the runtime folder {}: {e}", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read the runtime folder {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "the runtime folder {} is not a folder",
+            dir.display()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "the runtime folder {} is open to other users and cannot be made private (mode 0700): {e}",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Serves with the configuration at `path` until a shutdown signal. Returns only on a start-up
@@ -90,15 +137,28 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
     handle.spawn(reload::on_sighup(state.clone()));
     handle.spawn(reload::on_file_change(state.clone()));
 
+    // The upgrade socket and the pid file live in a private folder, never in /tmp.
+    let upgrade_sock = match &server_settings.upgrade_sock {
+        Some(explicit) => explicit.clone(),
+        None => {
+            let dir = runtime_dir(
+                std::env::var_os("RUNTIME_DIRECTORY").as_deref(),
+                std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            );
+            ensure_private_dir(&dir)?;
+            tracing::info!(folder = %dir.display(), "runtime folder");
+            dir.join("upgrade.sock")
+        }
+    };
+    let pid_file = upgrade_sock
+        .parent()
+        .map_or_else(|| PathBuf::from("aadgate.pid"), |d| d.join("aadgate.pid"));
     let conf = ServerConf {
         threads: server_settings.workers,
         grace_period_seconds: Some(server_settings.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(5),
-        upgrade_sock: server_settings.upgrade_sock.to_string_lossy().into_owned(),
-        pid_file: std::env::temp_dir()
-            .join("aadgate.pid")
-            .to_string_lossy()
-            .into_owned(),
+        upgrade_sock: upgrade_sock.to_string_lossy().into_owned(),
+        pid_file: pid_file.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -128,4 +188,45 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
     });
     tracing::info!("shutdown complete");
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_folder_is_private_and_never_tmp() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        for (runtime_directory, xdg, want) in [
+            (os("/run/aadgate"), os("/run/user/1000"), "/run/aadgate"),
+            (os("/run/a:/run/b"), None, "/run/a"),
+            (None, os("/run/user/1000"), "/run/user/1000/aadgate"),
+            (os(""), os("relative"), "/run/aadgate"),
+            (os("/tmp"), os("/tmp"), "/run/aadgate"),
+            (None, None, "/run/aadgate"),
+        ] {
+            assert_eq!(
+                runtime_dir(runtime_directory, xdg),
+                PathBuf::from(want),
+                "{runtime_directory:?} {xdg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_runtime_folder_is_created_or_tightened_to_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("a/b");
+        ensure_private_dir(&dir).expect("created");
+        let mode = |d: &Path| {
+            std::fs::metadata(d)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        };
+        assert_eq!(mode(&dir), Some(0o700));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_private_dir(&dir).expect("tightened");
+        assert_eq!(mode(&dir), Some(0o700));
+    }
 }

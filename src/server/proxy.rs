@@ -44,7 +44,8 @@ pub struct RequestCtx {
     auth_time: Option<Duration>,
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
-    upstream_path: Option<String>,
+    /// The origin-form target sent upstream when it differs from the request's own.
+    upstream_uri: Option<http::Uri>,
     exchange: Option<ExchangeUse>,
     client_request_id: Option<String>,
 }
@@ -71,6 +72,39 @@ fn request_host(req: &RequestHeader) -> String {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     routing::normalize_host(raw)
+}
+
+/// The URI of an origin-form target built for the upstream; one the `http` crate cannot
+/// represent is refused here rather than forwarded in some other form.
+fn upstream_uri(target: &str) -> std::result::Result<http::Uri, Rejection> {
+    target.parse::<http::Uri>().map_err(|_| {
+        Rejection::new(
+            Reason::BadRequest,
+            "the request target cannot be forwarded in origin form",
+        )
+    })
+}
+
+/// Marks every `Authorization` value sensitive, so no `Debug` print of the request (pingora's
+/// debug lines print whole request headers, downstream and upstream) shows the caller's
+/// token, whatever RUST_LOG says. No-op (and no allocation) without the header.
+fn mark_authorization_sensitive(req: &mut RequestHeader) -> std::result::Result<(), Rejection> {
+    if req
+        .headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .all(HeaderValue::is_sensitive)
+    {
+        return Ok(());
+    }
+    let values: Vec<HeaderValue> = req.headers.get_all(AUTHORIZATION).iter().cloned().collect();
+    req.remove_header(&AUTHORIZATION);
+    for mut v in values {
+        v.set_sensitive(true);
+        req.append_header(AUTHORIZATION, v)
+            .map_err(|_| Rejection::new(Reason::BadRequest, "bad Authorization header"))?;
+    }
+    Ok(())
 }
 
 /// Writes a rejection as the gateway's own JSON response.
@@ -111,32 +145,25 @@ impl Gateway {
         let auth = self.state.current();
         ctx.auth = Some(auth.clone());
         let cfg = &auth.config;
-        let req = session.req_header();
-        let raw_path = req.uri.path().to_string();
-        let query = req.uri.query().map(String::from);
-        let host = request_host(req);
-        let method = req.method.clone();
-        let origin_form = req.uri.scheme().is_none() && req.uri.authority().is_none();
-        let match_path = routing::match_path(&raw_path)?;
-        let route = routing::select(&cfg.routes, &method, &host, &match_path)?.clone();
-        ctx.route = Some(route.clone());
-        // The request's own URI goes upstream unless the route strips a prefix or may rewrite
-        // `/me`, or the request came in absolute form: only then is a new one built.
-        if route.strip_prefix.is_some() || route.exchange.is_some() || !origin_form {
-            ctx.upstream_path = Some(routing::upstream_path(
-                &route,
-                &raw_path,
-                &match_path,
-                query.as_deref(),
-            ));
-        }
-
-        // Spoofed identity headers never pass, on any route.
         let req = session.req_header_mut();
-        let spoofed = cfg.spoofable_headers(&req.headers);
-        for name in spoofed {
+        mark_authorization_sensitive(req)?;
+        // Spoofed identity headers never pass, on any route.
+        for name in cfg.spoofable_headers(&req.headers) {
             req.remove_header(&name);
         }
+        let req = session.req_header();
+        let host = request_host(req);
+        let method = req.method.clone();
+        // The target as it came on the wire: pingora maps a target in neither origin nor
+        // absolute form to the URI `/` and keeps the bytes, so only they tell what was asked.
+        let edge = routing::edge(&cfg.server, &method, req.raw_path())?;
+        let route = routing::select(&cfg.routes, &method, &host, &edge.normalized)?.clone();
+        ctx.route = Some(route.clone());
+        if let Some(target) = routing::upstream_target(&route, &edge, cfg.server.path_case) {
+            ctx.upstream_uri = Some(upstream_uri(&target)?);
+        }
+        let raw_path = edge.target.path;
+
         if route.auth == AuthMode::Anonymous {
             return Ok(());
         }
@@ -144,10 +171,10 @@ impl Gateway {
         let started = Instant::now();
         let parts = RequestParts {
             method: &method,
-            path: &raw_path,
-            normalized_path: &match_path,
+            path: raw_path,
+            normalized_path: &edge.normalized,
             host: &host,
-            headers: &session.req_header().headers,
+            headers: &req.headers,
         };
         let result = auth.authenticate(&route, &parts).await;
         ctx.auth_time = Some(started.elapsed());
@@ -156,7 +183,8 @@ impl Gateway {
         if let Some(exchanger) = &route.exchange {
             let settings = exchanger.settings();
             if settings.rewrite_me {
-                if let Some(path) = ctx.upstream_path.as_deref() {
+                if let Some(uri) = ctx.upstream_uri.as_ref() {
+                    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
                     if crate::exchange::has_me_segment(path) {
                         let user = (principal.kind() != TokenKind::App)
                             .then(|| {
@@ -169,7 +197,9 @@ impl Gateway {
                                 format!("the path {raw_path} acts on the signed-in user (/me), but the token has no user ({} claim); call /users/{{id}}/… instead", settings.user_claim),
                             ));
                         };
-                        ctx.upstream_path = crate::exchange::rewrite_me(path, &user);
+                        if let Some(rewritten) = crate::exchange::rewrite_me(path, &user) {
+                            ctx.upstream_uri = Some(upstream_uri(&rewritten)?);
+                        }
                     }
                 }
             }
@@ -202,7 +232,7 @@ impl ProxyHttp for Gateway {
             auth_time: None,
             upstream_started: None,
             upstream_status: None,
-            upstream_path: None,
+            upstream_uri: None,
             exchange: None,
             client_request_id: None,
         }
@@ -254,10 +284,8 @@ impl ProxyHttp for Gateway {
         let Some(route) = &ctx.route else {
             return Ok(());
         };
-        if let Some(path) = &ctx.upstream_path {
-            if let Ok(uri) = path.parse::<http::Uri>() {
-                upstream.set_uri(uri);
-            }
+        if let Some(uri) = ctx.upstream_uri.take() {
+            upstream.set_uri(uri);
         }
         let original_host = session.req_header().headers.get(HOST).cloned();
         upstream.insert_header(HOST, route.upstream.authority.as_str())?;
@@ -298,7 +326,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(x) = &ctx.exchange {
-            upstream.insert_header(AUTHORIZATION, format!("Bearer {}", x.token))?;
+            let mut bearer = HeaderValue::try_from(format!("Bearer {}", x.token))
+                .or_err(InvalidHTTPHeader, "app-only token is not a header value")?;
+            bearer.set_sensitive(true);
+            upstream.insert_header(AUTHORIZATION, bearer)?;
             let caller_id = session
                 .req_header()
                 .headers

@@ -136,6 +136,17 @@ impl Prepared {
 
     /// Starts `aadgate [args] run -c config_path`.
     pub async fn launch(self, config_path: PathBuf, args: &[&str]) -> Gateway {
+        self.launch_with_env(config_path, args, &[]).await
+    }
+
+    /// As [`Prepared::launch`], with environment changes applied after the default
+    /// `RUST_LOG`: `(name, Some(value))` sets, `(name, None)` removes.
+    pub async fn launch_with_env(
+        self,
+        config_path: PathBuf,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Gateway {
         let Prepared {
             dir, port, admin, ..
         } = self;
@@ -147,6 +158,12 @@ impl Prepared {
             .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
         let mut child = cmd.spawn().expect("gateway starts");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -301,4 +318,90 @@ pub async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string());
     (status, reason)
+}
+
+/// Sends raw bytes as one HTTP/1.1 request (no client-side normalisation of the target or the
+/// header names) and returns the status code, the `x-aadgate-reason` header and the whole
+/// response as text.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let reason = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-aadgate-reason:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    (status, reason, text)
+}
+
+/// An upstream that records the head of every request exactly as it arrived on the wire
+/// (request line and headers, names in the case sent) and answers `200 ok`, closing the
+/// connection.
+pub struct WireUpstream {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl WireUpstream {
+    pub async fn start() -> WireUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 1 << 20 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+                    if let Ok(mut h) = recorded.lock() {
+                        h.push(head);
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        WireUpstream { addr, heads }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request head received so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The request line of the last request received.
+    pub fn last_request_line(&self) -> Option<String> {
+        self.heads()
+            .last()
+            .and_then(|h| h.lines().next().map(String::from))
+    }
 }
