@@ -85,6 +85,16 @@ pub fn normalize_host(host: &str) -> String {
     without_port.to_ascii_lowercase()
 }
 
+/// True when `path` falls under `prefix`. A prefix ending in `/` also covers the path without
+/// that slash (`/admin/` covers `/admin`): frameworks serve `/admin` and `/admin/` alike, so the
+/// bare form must not fall through to a weaker route.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        || prefix
+            .strip_suffix('/')
+            .is_some_and(|bare| !bare.is_empty() && path == bare)
+}
+
 /// Picks the route for a request. `path` is the normalized path ([`Edge::normalized`]); the
 /// routes' prefixes were normalized the same way when the configuration was compiled.
 pub fn select<'r>(
@@ -101,7 +111,7 @@ pub fn select<'r>(
         if r.methods.as_ref().is_some_and(|ms| !ms.contains(method)) {
             continue;
         }
-        if !path.starts_with(r.path_prefix.as_str()) {
+        if !prefix_matches(&r.path_prefix, path) {
             continue;
         }
         if best.is_none_or(|b| r.path_prefix.len() > b.path_prefix.len()) {
@@ -159,6 +169,24 @@ mod tests {
             Some("orders-v2")
         );
         assert_eq!(pick(Method::GET, "x", "/other").as_deref(), Some("all"));
+    }
+
+    #[test]
+    fn a_prefix_ending_in_a_slash_also_covers_the_path_without_it() {
+        let routes = vec![
+            route("all", "/", None, None),
+            route("admin", "/admin/", None, None),
+        ];
+        let pick = |p: &str| {
+            select(&routes, &Method::GET, "x", p)
+                .map(|r| r.name.to_string())
+                .ok()
+        };
+        assert_eq!(pick("/admin").as_deref(), Some("admin"));
+        assert_eq!(pick("/admin/").as_deref(), Some("admin"));
+        assert_eq!(pick("/admin/users").as_deref(), Some("admin"));
+        assert_eq!(pick("/administrator").as_deref(), Some("all"));
+        assert_eq!(pick("/").as_deref(), Some("all"));
     }
 
     #[test]

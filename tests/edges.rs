@@ -187,6 +187,10 @@ async fn paths_reach_the_route_their_upstream_framework_would_dispatch_them_to()
         "/orders//sync/run",
         "/orders/sync;x/run",
         "/ORDERS/Sync/run",
+        // The bare path of a prefix ending in `/` is that route's too.
+        "/admin",
+        "/ADMIN;x",
+        "/orders/sync",
     ] {
         assert_eq!(
             send(&gw, "GET", target, &[]).await,
