@@ -107,6 +107,14 @@ fn mark_authorization_sensitive(req: &mut RequestHeader) -> std::result::Result<
     Ok(())
 }
 
+/// The request target as received, up to the query, for the access log: a refused target such
+/// as `x:/admin` is logged as sent, not as the `/` pingora maps it to. Never the query (it may
+/// carry codes or keys). Borrowed unless the target is not UTF-8.
+fn logged_path(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    let end = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end.min(2048)])
+}
+
 /// Writes a rejection as the gateway's own JSON response.
 async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
     let body = rejection.body(request_id);
@@ -462,7 +470,7 @@ impl ProxyHttp for Gateway {
             target: "aadgate::access",
             request_id = %ctx.request_id,
             method = %req.method,
-            path = %req.uri.path(),
+            path = %logged_path(req.raw_path()),
             route,
             status,
             reason = reason.map_or("ok", Reason::as_str),
@@ -487,4 +495,18 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     addrs
         .next()
         .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("{host} has no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn the_access_log_shows_the_target_as_received_without_its_query() {
+        assert_eq!(logged_path(b"x:/admin/users"), "x:/admin/users");
+        assert_eq!(logged_path(b"/orders/1?code=secret"), "/orders/1");
+        assert_eq!(logged_path(b"http://h/a?q"), "http://h/a");
+        assert_eq!(logged_path(&[b'/', 0xff]), "/\u{fffd}");
+        assert_eq!(logged_path(&[b'a'; 5000]).len(), 2048);
+    }
 }
