@@ -39,9 +39,9 @@ pub enum Command {
     /// conf/demo.toml, and print ready-to-run curl commands.
     Demo(DemoArgs),
     /// Run the AAD emulator alone.
-    DevIdp(crate::emulator::DevIdpArgs),
+    DevIdp(aadgate_emulator::DevIdpArgs),
     /// Mint a token signed by the emulator's key.
-    DevToken(crate::emulator::DevTokenArgs),
+    DevToken(aadgate_emulator::DevTokenArgs),
 }
 
 /// `run`

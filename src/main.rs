@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(aadgate::emulator::run_dev_idp(args)) {
+            match rt.block_on(aadgate_emulator::run_dev_idp(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aadgate dev-idp: {e}");
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::DevToken(args)) => match aadgate::emulator::run_dev_token(args) {
+        Some(Command::DevToken(args)) => match aadgate_emulator::run_dev_token(args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS

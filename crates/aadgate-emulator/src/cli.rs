@@ -305,7 +305,7 @@ mod tests {
 
     fn claims_of(token: &str) -> serde_json::Map<String, Value> {
         let part = token.split('.').nth(1).expect("claims part");
-        serde_json::from_slice(&crate::emulator::b64url_decode(part).expect("b64")).expect("json")
+        serde_json::from_slice(&crate::b64url_decode(part).expect("b64")).expect("json")
     }
 
     #[test]
@@ -422,8 +422,7 @@ mod tests {
             .expect("json");
         let header_part = token.split('.').next().expect("header");
         let header: Value =
-            serde_json::from_slice(&crate::emulator::b64url_decode(header_part).expect("b64"))
-                .expect("json");
+            serde_json::from_slice(&crate::b64url_decode(header_part).expect("b64")).expect("json");
         let jwk = &jwks["keys"][0];
         assert_eq!(jwk["kid"], header["kid"]);
         let decoding = jsonwebtoken::DecodingKey::from_rsa_components(

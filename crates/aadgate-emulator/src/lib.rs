@@ -1,8 +1,14 @@
-//! In-crate Azure AD / Microsoft Entra ID emulator (SPEC section 7).
+//! An Azure AD / Microsoft Entra ID emulator, with the mock APIs around it, for aadgate's demo,
+//! its tests and users' CI (SPEC section 7).
 //!
 //! Serves, on loopback, the AAD endpoints the gateway and an app need — OpenID metadata, JWKS,
 //! the client-credentials token endpoint — with AAD's real paths, JSON shapes, issuer strings and
 //! AADSTS error codes, so the demo, the gateway's tests and users' CI run without Microsoft.
+//!
+//! This crate imports nothing from the gateway (the `aadgate` package): it implements AAD's side
+//! of the protocol on its own reading of Microsoft's documentation, so a test that passes a token
+//! minted here through the gateway checks the gateway against an independent implementation, not
+//! against itself. Keep it that way — a shared helper is copied, not imported.
 //!
 //! The folder reads as the pieces it provides:
 //!
@@ -18,6 +24,7 @@
 //! - [`echo`]: [`EchoServer`], an upstream that reports what it received (streaming) and can hold
 //!   requests until a test releases them;
 //! - [`cli`]: the `aadgate dev-idp` and `aadgate dev-token` commands.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod echo;
