@@ -23,10 +23,10 @@
 //!   tokens the way Exchange Online does and answers its `x-ms-diagnostics`;
 //! - [`echo`]: [`EchoServer`], an upstream that reports what it received (streaming) and can hold
 //!   requests until a test releases them;
-//! - [`cli`]: the `aadgate dev-idp` and `aadgate dev-token` commands.
+//! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
 #![forbid(unsafe_code)]
 
-pub mod cli;
+pub mod dev;
 pub mod echo;
 pub mod keys;
 pub mod mint;
@@ -35,9 +35,9 @@ mod serve;
 pub mod server;
 pub mod token_endpoint;
 
-pub use cli::{
-    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpArgs,
-    DevTokenArgs,
+pub use dev::{
+    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpOptions,
+    DevTokenOptions,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
