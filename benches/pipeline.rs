@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use aadgate::auth::{token, token_hash, Authenticator, RequestParts, SystemClock, TokenCache};
 use aadgate::config::{self, Config, Route};
-use aadgate::emulator::{SigningKey, TokenSpec};
 use aadgate::jwks::{KeySet, KeySource, KeyStore};
 use aadgate::metrics::Metrics;
 use aadgate::routing;
+use aadgate_emulator::{SigningKey, TokenSpec};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method};

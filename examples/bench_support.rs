@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use aadgate::emulator::{SigningKey, TokenSpec};
+use aadgate_emulator::{SigningKey, TokenSpec};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -1,7 +1,9 @@
 //! The command line (SPEC section 2).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use aadgate_emulator::{AppArg, ConsentArg, DevIdpOptions, DevTokenOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Log output format.
@@ -39,9 +41,9 @@ pub enum Command {
     /// conf/demo.toml, and print ready-to-run curl commands.
     Demo(DemoArgs),
     /// Run the AAD emulator alone.
-    DevIdp(crate::emulator::DevIdpArgs),
+    DevIdp(DevIdpArgs),
     /// Mint a token signed by the emulator's key.
-    DevToken(crate::emulator::DevTokenArgs),
+    DevToken(DevTokenArgs),
 }
 
 /// `run`
@@ -90,6 +92,88 @@ pub struct DemoArgs {
     /// The demo configuration.
     #[arg(long, default_value = "conf/demo.toml")]
     pub demo_config: PathBuf,
+}
+
+/// `dev-idp`: the flags of [`DevIdpOptions`].
+#[derive(Debug, Clone, Args)]
+pub struct DevIdpArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8399")]
+    pub listen: SocketAddr,
+    /// Signing key file (PEM key + certificate), created on first use.
+    /// Default: $XDG_CACHE_HOME/aadgate/dev-key.pem or ~/.cache/aadgate/dev-key.pem.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Register an app with a certificate for the client credentials grant (repeatable).
+    #[arg(long = "app", value_name = "CLIENT_ID=CERT_PEM")]
+    pub apps: Vec<AppArg>,
+    /// Admin-consent an app in a tenant with app roles (repeatable).
+    #[arg(long = "consent", value_name = "TENANT=CLIENT_ID:ROLE1,ROLE2")]
+    pub consents: Vec<ConsentArg>,
+}
+
+impl From<DevIdpArgs> for DevIdpOptions {
+    fn from(args: DevIdpArgs) -> DevIdpOptions {
+        DevIdpOptions {
+            listen: args.listen,
+            key: args.key,
+            apps: args.apps,
+            consents: args.consents,
+        }
+    }
+}
+
+/// `dev-token` (SPEC section 2): the flags of [`DevTokenOptions`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct DevTokenArgs {
+    /// Tenant id (`tid`). Default: the emulator's default tenant.
+    #[arg(long, value_name = "T")]
+    pub tid: Option<String>,
+    /// Audience (`aud`). Default: api://aadgate-demo.
+    #[arg(long, value_name = "A")]
+    pub aud: Option<String>,
+    /// App roles, comma separated. With roles and no scopes the token is app-only
+    /// (`idtyp=app`, certificate strength).
+    #[arg(long, value_name = "R,..", value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Delegated scopes (space separated or repeated); makes a user token.
+    #[arg(long, value_name = "S", num_args = 1..)]
+    pub scp: Vec<String>,
+    /// Client application id (`appid` in v1, `azp` in v2).
+    #[arg(long, value_name = "C")]
+    pub appid: Option<String>,
+    /// Token version.
+    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub ver: Option<u8>,
+    /// Lifetime in seconds (`exp` = now + SECS; negative for an expired token). Default 3600.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub exp: Option<i64>,
+    /// Signing key file, shared with `dev-idp`; created on first use.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Extra claim NAME=JSON (repeatable); a value that is not JSON is taken as a string.
+    #[arg(long = "claim", value_name = "NAME=JSON")]
+    pub claims: Vec<String>,
+    /// Identity type claim (`idtyp`), e.g. `app` or `user`.
+    #[arg(long, value_name = "IDTYP")]
+    pub idtyp: Option<String>,
+}
+
+impl From<DevTokenArgs> for DevTokenOptions {
+    fn from(args: DevTokenArgs) -> DevTokenOptions {
+        DevTokenOptions {
+            tid: args.tid,
+            aud: args.aud,
+            roles: args.roles,
+            scp: args.scp,
+            appid: args.appid,
+            ver: args.ver,
+            exp: args.exp,
+            key: args.key,
+            claims: args.claims,
+            idtyp: args.idtyp,
+        }
+    }
 }
 
 /// Dependencies whose debug and trace lines print requests (headers, bodies): pingora prints
@@ -142,6 +226,97 @@ pub fn init_logging(format: LogFormat) {
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("aadgate").chain(args.iter().copied()))?;
+        Ok(cli.command.expect("a command"))
+    }
+
+    #[test]
+    fn dev_token_flags_map_to_the_emulators_options() {
+        let Command::DevToken(args) = parse(&[
+            "dev-token",
+            "--tid",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "--aud",
+            "api://orders",
+            "--scp",
+            "Orders.Read Orders.Write",
+            "User.Read",
+            "--ver",
+            "1",
+            "--exp",
+            "-60",
+            "--claim",
+            "acct=1",
+            "--claim",
+            "upn=alice@contoso.example",
+            "--idtyp",
+            "user",
+        ])
+        .expect("parse") else {
+            panic!("not dev-token");
+        };
+        let options = DevTokenOptions::from(args);
+        assert_eq!(
+            options.tid.as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        assert_eq!(options.aud.as_deref(), Some("api://orders"));
+        assert_eq!(options.scp, vec!["Orders.Read Orders.Write", "User.Read"]);
+        assert_eq!(options.ver, Some(1));
+        assert_eq!(options.exp, Some(-60));
+        assert_eq!(options.claims, vec!["acct=1", "upn=alice@contoso.example"]);
+        assert_eq!(options.idtyp.as_deref(), Some("user"));
+        let spec = aadgate_emulator::dev_token_spec(&options).expect("spec");
+        assert_eq!(
+            spec.scp.as_deref(),
+            Some("Orders.Read Orders.Write User.Read")
+        );
+
+        let Command::DevToken(args) =
+            parse(&["dev-token", "--roles", "A.Read,B.Write", "--appid", "c1"]).expect("parse")
+        else {
+            panic!("not dev-token");
+        };
+        let options = DevTokenOptions::from(args);
+        assert_eq!(options.roles, vec!["A.Read", "B.Write"]);
+        assert_eq!(options.appid.as_deref(), Some("c1"));
+
+        assert!(parse(&["dev-token", "--ver", "3"]).is_err());
+    }
+
+    #[test]
+    fn dev_idp_flags_parse_apps_and_consents() {
+        let Command::DevIdp(args) = parse(&[
+            "dev-idp",
+            "--listen",
+            "127.0.0.1:0",
+            "--app",
+            "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c=certs/app.crt",
+            "--consent",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47=3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c:Mail.Read,Mail.Send",
+        ])
+        .expect("parse") else {
+            panic!("not dev-idp");
+        };
+        let options = DevIdpOptions::from(args);
+        assert_eq!(
+            options.listen,
+            "127.0.0.1:0".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(options.apps[0].cert_pem, PathBuf::from("certs/app.crt"));
+        assert_eq!(options.consents[0].roles, vec!["Mail.Read", "Mail.Send"]);
+        assert!(parse(&["dev-idp", "--consent", "not-a-guid=x:y"]).is_err());
+        assert!(parse(&["dev-idp", "--app", "no-equals"]).is_err());
+        let Command::DevIdp(defaults) = parse(&["dev-idp"]).expect("parse") else {
+            panic!("not dev-idp");
+        };
+        assert_eq!(
+            defaults.listen,
+            "127.0.0.1:8399".parse::<SocketAddr>().expect("addr")
+        );
+    }
 
     #[test]
     fn dependency_logs_are_capped_at_info_whatever_rust_log_says() {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::cli::DemoArgs;
 use crate::config::{self, Config};
-use crate::emulator::{
+use aadgate_emulator::{
     AppRegistration, EchoServer, Emulator, EmulatorHandle, EmulatorOptions, MockOutlook, TokenSpec,
     DEFAULT_TENANT,
 };

@@ -6,7 +6,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod emulator;
 pub mod exchange;
 pub mod explain;
 pub mod jwks;

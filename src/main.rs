@@ -70,7 +70,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(aadgate::emulator::run_dev_idp(args)) {
+            match rt.block_on(aadgate_emulator::run_dev_idp(
+                aadgate_emulator::DevIdpOptions::from(args),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aadgate dev-idp: {e}");
@@ -78,15 +80,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::DevToken(args)) => match aadgate::emulator::run_dev_token(args) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
+        Some(Command::DevToken(args)) => {
+            match aadgate_emulator::run_dev_token(aadgate_emulator::DevTokenOptions::from(args)) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("aadgate dev-token: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("aadgate dev-token: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }

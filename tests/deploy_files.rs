@@ -3,7 +3,7 @@
 
 mod common;
 
-use aadgate::emulator::{AppRegistration, MockOutlook, SigningKey, TokenSpec};
+use aadgate_emulator::{AppRegistration, MockOutlook, SigningKey, TokenSpec};
 use common::*;
 use serde_json::Value;
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use aadgate::emulator::{AppRegistration, SigningKey, TokenSpec};
+use aadgate_emulator::{AppRegistration, SigningKey, TokenSpec};
 use common::*;
 
 const GATEWAY_APP: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";

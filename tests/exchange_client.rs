@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aadgate::auth::{Clock, Reason};
-use aadgate::emulator::{
-    certificate_thumbprint_hex, AppRegistration, Emulator, EmulatorHandle, EmulatorOptions,
-    TokenEndpointVersion, TokenOutcome,
-};
 use aadgate::exchange::certs::{load_pair, LoadedCertificate};
 use aadgate::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
 use aadgate::metrics::Metrics;
+use aadgate_emulator::{
+    certificate_thumbprint_hex, AppRegistration, Emulator, EmulatorHandle, EmulatorOptions,
+    TokenEndpointVersion, TokenOutcome,
+};
 
 const CLIENT_ID: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
 const TENANT_A: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";

@@ -3,7 +3,7 @@
 
 mod common;
 
-use aadgate::emulator::{AppRegistration, MockOutlook, MockOutlookHandle, SigningKey, TokenSpec};
+use aadgate_emulator::{AppRegistration, MockOutlook, MockOutlookHandle, SigningKey, TokenSpec};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;

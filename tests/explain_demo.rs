@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use aadgate::emulator::{SigningKey, TokenSpec};
+use aadgate_emulator::{SigningKey, TokenSpec};
 use common::free_port;
 use serde_json::{json, Value};
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use aadgate::emulator::{SigningKey, TokenSpec};
+use aadgate_emulator::{SigningKey, TokenSpec};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
@@ -773,7 +773,7 @@ async fn large_bodies_stream_through_both_ways() {
     assert!(got
         .iter()
         .enumerate()
-        .all(|(i, b)| *b == aadgate::emulator::download_pattern_byte(i as u64)));
+        .all(|(i, b)| *b == aadgate_emulator::download_pattern_byte(i as u64)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aadgate::emulator::TokenSpec;
+use aadgate_emulator::TokenSpec;
 use axum::routing::post;
 use axum::{Json, Router};
 use common::*;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aadgate::auth::{Authenticator, Reason, RequestParts};
-use aadgate::emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use aadgate::layer::authenticator_from_config;
+use aadgate_emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use aadgate::auth::{Authenticator, FixedClock, Reason, RequestParts, TokenCache};
 use aadgate::config::Config;
-use aadgate::emulator::{SigningKey, TokenSpec};
 use aadgate::jwks::{KeySet, KeySource, KeyStore};
 use aadgate::metrics::Metrics;
+use aadgate_emulator::{SigningKey, TokenSpec};
 use common::*;
 use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{json, Value};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use aadgate::auth::{Authenticator, Principal};
-use aadgate::emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use aadgate::layer::{AuthLayer, AuthenticatorExt, LayerError};
+use aadgate_emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::get;
@@ -168,7 +168,7 @@ async fn a_valid_token_reaches_the_handler_with_its_principal() {
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["tenant"], DEFAULT_TENANT);
-    assert_eq!(a.body["client"], aadgate::emulator::DEFAULT_CLIENT_ID);
+    assert_eq!(a.body["client"], aadgate_emulator::DEFAULT_CLIENT_ID);
     assert_eq!(a.body["kind"], "app");
     assert_eq!(a.body["roles"], json!(["Orders.Read"]));
     assert_eq!(a.body["route"], "orders");

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aadgate::emulator::TokenSpec;
+use aadgate_emulator::TokenSpec;
 use common::*;
 
 fn config(allow: &[&str]) -> String {

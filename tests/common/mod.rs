@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aadgate::emulator::{EchoHandle, EchoServer, Emulator, EmulatorHandle, EmulatorOptions};
+use aadgate_emulator::{EchoHandle, EchoServer, Emulator, EmulatorHandle, EmulatorOptions};
 
 pub const TENANT_A: &str = "11111111-1111-4111-8111-111111111111";
 pub const TENANT_B: &str = "22222222-2222-4222-8222-222222222222";

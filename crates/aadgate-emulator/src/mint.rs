@@ -345,7 +345,7 @@ impl SigningKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::b64url_decode;
+    use crate::b64url_decode;
     use jsonwebtoken::Algorithm;
 
     fn decode_part(part: &str) -> Map<String, Value> {

@@ -647,7 +647,7 @@ fn messages(api: Api, owner: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::{Emulator, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
+    use crate::{Emulator, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 
     async fn start() -> (EmulatorHandle, MockOutlookHandle) {
         let emu = Emulator::start(
@@ -738,7 +738,7 @@ mod tests {
         assert_eq!(resp.status(), 401);
         assert!(diagnostics(&resp).starts_with("2000001;"));
 
-        let other = crate::emulator::SigningKey::generate().expect("key");
+        let other = crate::SigningKey::generate().expect("key");
         let forged = other.mint(&TokenSpec::app(
             DEFAULT_TENANT,
             OUTLOOK_RESOURCE,

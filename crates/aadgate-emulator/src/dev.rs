@@ -1,4 +1,6 @@
-//! `aadgate dev-idp` (the emulator alone) and `aadgate dev-token` (mint a token offline).
+//! What `aadgate dev-idp` (the emulator alone) and `aadgate dev-token` (mint a token offline)
+//! do, given their options; the command line that fills [`DevIdpOptions`] and
+//! [`DevTokenOptions`] belongs to the `aadgate` binary.
 //!
 //! Both use the same key file (`--key`, default [`default_dev_key_path`]), created on first use,
 //! so a token minted by `dev-token` verifies against a running `dev-idp`.
@@ -7,6 +9,7 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde_json::Value;
 
@@ -35,99 +38,98 @@ pub struct ConsentArg {
     pub roles: Vec<String>,
 }
 
-fn parse_app_arg(text: &str) -> Result<AppArg, String> {
-    let (client_id, path) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected CLIENT_ID=CERT_PEM, got '{text}'"))?;
-    if client_id.trim().is_empty() || path.trim().is_empty() {
-        return Err(format!("expected CLIENT_ID=CERT_PEM, got '{text}'"));
+impl FromStr for AppArg {
+    type Err = String;
+
+    /// Parses `CLIENT_ID=CERT_PEM`; the message of the error names the expected form.
+    fn from_str(text: &str) -> Result<AppArg, String> {
+        let (client_id, path) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected CLIENT_ID=CERT_PEM, got '{text}'"))?;
+        if client_id.trim().is_empty() || path.trim().is_empty() {
+            return Err(format!("expected CLIENT_ID=CERT_PEM, got '{text}'"));
+        }
+        Ok(AppArg {
+            client_id: client_id.trim().to_string(),
+            cert_pem: PathBuf::from(path.trim()),
+        })
     }
-    Ok(AppArg {
-        client_id: client_id.trim().to_string(),
-        cert_pem: PathBuf::from(path.trim()),
-    })
 }
 
-fn parse_consent_arg(text: &str) -> Result<ConsentArg, String> {
-    let usage = || format!("expected TENANT=CLIENT_ID:ROLE1,ROLE2, got '{text}'");
-    let (tenant, rest) = text.split_once('=').ok_or_else(usage)?;
-    let (client_id, roles) = rest.split_once(':').unwrap_or((rest, ""));
-    let tenant = tenant.trim();
-    if !is_guid(tenant) {
-        return Err(format!("tenant '{tenant}' is not a GUID"));
+impl FromStr for ConsentArg {
+    type Err = String;
+
+    /// Parses `TENANT=CLIENT_ID:ROLE1,ROLE2` (the roles may be absent); the tenant must be a
+    /// GUID and is lower-cased.
+    fn from_str(text: &str) -> Result<ConsentArg, String> {
+        let usage = || format!("expected TENANT=CLIENT_ID:ROLE1,ROLE2, got '{text}'");
+        let (tenant, rest) = text.split_once('=').ok_or_else(usage)?;
+        let (client_id, roles) = rest.split_once(':').unwrap_or((rest, ""));
+        let tenant = tenant.trim();
+        if !is_guid(tenant) {
+            return Err(format!("tenant '{tenant}' is not a GUID"));
+        }
+        if client_id.trim().is_empty() {
+            return Err(usage());
+        }
+        Ok(ConsentArg {
+            tenant: tenant.to_ascii_lowercase(),
+            client_id: client_id.trim().to_string(),
+            roles: roles
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
     }
-    if client_id.trim().is_empty() {
-        return Err(usage());
-    }
-    Ok(ConsentArg {
-        tenant: tenant.to_ascii_lowercase(),
-        client_id: client_id.trim().to_string(),
-        roles: roles
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_string)
-            .collect(),
-    })
 }
 
-/// Arguments of `aadgate dev-idp`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DevIdpArgs {
+/// What `aadgate dev-idp` serves.
+#[derive(Debug, Clone)]
+pub struct DevIdpOptions {
     /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8399")]
     pub listen: SocketAddr,
-    /// Signing key file (PEM key + certificate), created on first use.
-    /// Default: $XDG_CACHE_HOME/aadgate/dev-key.pem or ~/.cache/aadgate/dev-key.pem.
-    #[arg(long, value_name = "FILE")]
+    /// Signing key file (PEM key + certificate), created on first use. `None`:
+    /// [`default_dev_key_path`].
     pub key: Option<PathBuf>,
-    /// Register an app with a certificate for the client credentials grant (repeatable).
-    #[arg(long = "app", value_name = "CLIENT_ID=CERT_PEM", value_parser = parse_app_arg)]
+    /// Apps registered with a certificate for the client credentials grant.
     pub apps: Vec<AppArg>,
-    /// Admin-consent an app in a tenant with app roles (repeatable).
-    #[arg(long = "consent", value_name = "TENANT=CLIENT_ID:ROLE1,ROLE2", value_parser = parse_consent_arg)]
+    /// Admin consents of apps in tenants, with app roles.
     pub consents: Vec<ConsentArg>,
 }
 
-/// Arguments of `aadgate dev-token` (SPEC section 2).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct DevTokenArgs {
-    /// Tenant id (`tid`). Default: the emulator's default tenant.
-    #[arg(long, value_name = "T")]
+/// What `aadgate dev-token` mints (SPEC section 2); `None` and empty fields take the defaults
+/// of [`dev_token_spec`].
+#[derive(Debug, Clone, Default)]
+pub struct DevTokenOptions {
+    /// Tenant id (`tid`). Default: [`DEFAULT_TENANT`].
     pub tid: Option<String>,
-    /// Audience (`aud`). Default: api://aadgate-demo.
-    #[arg(long, value_name = "A")]
+    /// Audience (`aud`). Default: [`DEFAULT_AUDIENCE`].
     pub aud: Option<String>,
-    /// App roles, comma separated. With roles and no scopes the token is app-only
-    /// (`idtyp=app`, certificate strength).
-    #[arg(long, value_name = "R,..", value_delimiter = ',')]
+    /// App roles. With roles and no scopes the token is app-only (`idtyp=app`, certificate
+    /// strength).
     pub roles: Vec<String>,
-    /// Delegated scopes (space separated or repeated); makes a user token.
-    #[arg(long, value_name = "S", num_args = 1..)]
+    /// Delegated scopes, each entry may hold several separated by spaces; makes a user token.
     pub scp: Vec<String>,
     /// Client application id (`appid` in v1, `azp` in v2).
-    #[arg(long, value_name = "C")]
     pub appid: Option<String>,
-    /// Token version.
-    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    /// Token version, 1 or 2.
     pub ver: Option<u8>,
     /// Lifetime in seconds (`exp` = now + SECS; negative for an expired token). Default 3600.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub exp: Option<i64>,
-    /// Signing key file, shared with `dev-idp`; created on first use.
-    #[arg(long, value_name = "FILE")]
+    /// Signing key file, shared with `dev-idp`; created on first use. `None`:
+    /// [`default_dev_key_path`].
     pub key: Option<PathBuf>,
-    /// Extra claim NAME=JSON (repeatable); a value that is not JSON is taken as a string.
-    #[arg(long = "claim", value_name = "NAME=JSON")]
+    /// Extra claims `NAME=JSON`; a value that is not JSON is taken as a string.
     pub claims: Vec<String>,
     /// Identity type claim (`idtyp`), e.g. `app` or `user`.
-    #[arg(long, value_name = "IDTYP")]
     pub idtyp: Option<String>,
 }
 
 /// Starts the emulator `dev-idp` describes (key file, apps, consents) and returns its handle,
 /// without printing or waiting; [`run_dev_idp`] is this plus the banner and Ctrl-C.
-pub async fn start_dev_idp(args: &DevIdpArgs) -> Result<EmulatorHandle, EmulatorError> {
+pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, EmulatorError> {
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
     let key = SigningKey::load_or_create(&key_path)?;
     let mut apps: BTreeMap<String, AppRegistration> = BTreeMap::new();
@@ -161,8 +163,8 @@ pub async fn start_dev_idp(args: &DevIdpArgs) -> Result<EmulatorHandle, Emulator
 }
 
 /// `aadgate dev-idp`: serves the emulator until Ctrl-C, after printing its URLs and how to mint
-/// tokens for it. Takes the arguments by value or by reference.
-pub async fn run_dev_idp(args: impl Borrow<DevIdpArgs>) -> Result<(), EmulatorError> {
+/// tokens for it. Takes the options by value or by reference.
+pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), EmulatorError> {
     let args = args.borrow();
     let emulator = start_dev_idp(args).await?;
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
@@ -218,8 +220,8 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpArgs>) -> Result<(), EmulatorEr
     Ok(())
 }
 
-/// The [`TokenSpec`] `dev-token` arguments describe.
-pub fn dev_token_spec(args: &DevTokenArgs) -> Result<TokenSpec, EmulatorError> {
+/// The [`TokenSpec`] `dev-token` options describe; an error for a `--claim` without a name.
+pub fn dev_token_spec(args: &DevTokenOptions) -> Result<TokenSpec, EmulatorError> {
     let tid = args
         .tid
         .clone()
@@ -276,9 +278,9 @@ pub fn dev_token_spec(args: &DevTokenArgs) -> Result<TokenSpec, EmulatorError> {
     Ok(spec)
 }
 
-/// `aadgate dev-token`: mints the token the arguments describe with the shared key file and
-/// returns it (the caller prints it). Takes the arguments by value or by reference.
-pub fn run_dev_token(args: impl Borrow<DevTokenArgs>) -> Result<String, EmulatorError> {
+/// `aadgate dev-token`: mints the token the options describe with the shared key file and
+/// returns it (the caller prints it). Takes the options by value or by reference.
+pub fn run_dev_token(args: impl Borrow<DevTokenOptions>) -> Result<String, EmulatorError> {
     let args = args.borrow();
     let spec = dev_token_spec(args)?;
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
@@ -289,49 +291,30 @@ pub fn run_dev_token(args: impl Borrow<DevTokenArgs>) -> Result<String, Emulator
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct TokenCli {
-        #[command(flatten)]
-        args: DevTokenArgs,
-    }
-
-    #[derive(Parser)]
-    struct IdpCli {
-        #[command(flatten)]
-        args: DevIdpArgs,
-    }
 
     fn claims_of(token: &str) -> serde_json::Map<String, Value> {
         let part = token.split('.').nth(1).expect("claims part");
-        serde_json::from_slice(&crate::emulator::b64url_decode(part).expect("b64")).expect("json")
+        serde_json::from_slice(&crate::b64url_decode(part).expect("b64")).expect("json")
     }
 
     #[test]
-    fn dev_token_flags_map_to_claims() {
-        let cli = TokenCli::try_parse_from([
-            "dev-token",
-            "--tid",
-            "72f988bf-86f1-41af-91ab-2d7cd011db47",
-            "--aud",
-            "api://orders",
-            "--scp",
-            "Orders.Read Orders.Write",
-            "User.Read",
-            "--ver",
-            "1",
-            "--exp",
-            "-60",
-            "--claim",
-            "acct=1",
-            "--claim",
-            "upn=alice@contoso.example",
-            "--claim",
-            "groups=[\"g1\",\"g2\"]",
-        ])
-        .expect("parse");
-        let spec = dev_token_spec(&cli.args).expect("spec");
+    fn dev_token_options_map_to_claims() {
+        let spec = dev_token_spec(&DevTokenOptions {
+            tid: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+            aud: Some("api://orders".into()),
+            scp: vec!["Orders.Read Orders.Write".into(), "User.Read".into()],
+            ver: Some(1),
+            exp: Some(-60),
+            claims: vec![
+                "acct=1".into(),
+                "upn=alice@contoso.example".into(),
+                "groups=[\"g1\",\"g2\"]".into(),
+            ],
+            ..DevTokenOptions::default()
+        })
+        .expect("spec");
+        assert_eq!(spec.tid, "72f988bf-86f1-41af-91ab-2d7cd011db47");
+        assert_eq!(spec.aud, "api://orders");
         assert_eq!(
             spec.scp.as_deref(),
             Some("Orders.Read Orders.Write User.Read")
@@ -341,11 +324,16 @@ mod tests {
         assert_eq!(spec.extra_claims["acct"], 1);
         assert_eq!(spec.extra_claims["upn"], "alice@contoso.example");
         assert_eq!(spec.extra_claims["groups"], serde_json::json!(["g1", "g2"]));
+    }
 
-        let cli =
-            TokenCli::try_parse_from(["dev-token", "--roles", "A.Read,B.Write", "--appid", "c1"])
-                .expect("parse");
-        let spec = dev_token_spec(&cli.args).expect("spec");
+    #[test]
+    fn roles_without_scopes_make_an_app_only_token() {
+        let spec = dev_token_spec(&DevTokenOptions {
+            roles: vec!["A.Read".into(), " B.Write ".into(), "".into()],
+            appid: Some("c1".into()),
+            ..DevTokenOptions::default()
+        })
+        .expect("spec");
         assert_eq!(spec.idtyp.as_deref(), Some("app"));
         assert_eq!(spec.app_auth_strength.as_deref(), Some("2"));
         assert_eq!(
@@ -353,53 +341,64 @@ mod tests {
             Some(vec!["A.Read".to_string(), "B.Write".to_string()])
         );
         assert_eq!(spec.appid.as_deref(), Some("c1"));
-
-        assert!(TokenCli::try_parse_from(["dev-token", "--ver", "3"]).is_err());
-        let bad = DevTokenArgs {
-            claims: vec!["=1".into()],
-            ..DevTokenArgs::default()
-        };
-        assert!(dev_token_spec(&bad).is_err());
     }
 
     #[test]
-    fn dev_idp_flags_parse_apps_and_consents() {
-        let cli = IdpCli::try_parse_from([
-            "dev-idp",
-            "--listen",
-            "127.0.0.1:0",
-            "--app",
-            "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c=certs/app.crt",
-            "--consent",
-            "72f988bf-86f1-41af-91ab-2d7cd011db47=3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c:Mail.Read,Mail.Send",
-        ])
-        .expect("parse");
-        assert_eq!(cli.args.apps[0].cert_pem, PathBuf::from("certs/app.crt"));
-        assert_eq!(cli.args.consents[0].roles, vec!["Mail.Read", "Mail.Send"]);
-        assert!(IdpCli::try_parse_from(["dev-idp", "--consent", "not-a-guid=x:y"]).is_err());
-        assert!(IdpCli::try_parse_from(["dev-idp", "--app", "no-equals"]).is_err());
-        let defaults = IdpCli::try_parse_from(["dev-idp"]).expect("parse");
-        assert_eq!(
-            defaults.args.listen,
-            "127.0.0.1:8399".parse::<SocketAddr>().expect("addr")
-        );
+    fn a_claim_without_a_name_is_refused() {
+        for claim in ["=1", "no-equals", " =x"] {
+            let bad = DevTokenOptions {
+                claims: vec![claim.into()],
+                ..DevTokenOptions::default()
+            };
+            assert!(
+                matches!(dev_token_spec(&bad), Err(EmulatorError::Invalid(_))),
+                "{claim}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_and_consent_values_parse() {
+        let app: AppArg = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c=certs/app.crt"
+            .parse()
+            .expect("app");
+        assert_eq!(app.client_id, "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c");
+        assert_eq!(app.cert_pem, PathBuf::from("certs/app.crt"));
+        let consent: ConsentArg =
+            "72F988BF-86F1-41AF-91AB-2D7CD011DB47=3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c:Mail.Read,Mail.Send"
+                .parse()
+                .expect("consent");
+        assert_eq!(consent.tenant, "72f988bf-86f1-41af-91ab-2d7cd011db47");
+        assert_eq!(consent.roles, vec!["Mail.Read", "Mail.Send"]);
+        let no_roles: ConsentArg = format!("{DEFAULT_TENANT}=c1").parse().expect("consent");
+        assert!(no_roles.roles.is_empty());
+        for bad in ["no-equals", "=x", "c1="] {
+            assert!(bad.parse::<AppArg>().is_err(), "{bad}");
+        }
+        for bad in [
+            "not-a-guid=x:y",
+            "no-equals",
+            &format!("{DEFAULT_TENANT}=:R"),
+        ] {
+            assert!(bad.parse::<ConsentArg>().is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]
     async fn dev_token_verifies_against_dev_idp_sharing_the_key_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_path = dir.path().join("dev-key.pem");
-        let token = run_dev_token(DevTokenArgs {
+        let token = run_dev_token(DevTokenOptions {
             key: Some(key_path.clone()),
             scp: vec!["Orders.Read".into()],
-            ..DevTokenArgs::default()
+            ..DevTokenOptions::default()
         })
         .expect("token");
 
         let app_key = SigningKey::generate().expect("app key");
         let cert_path = dir.path().join("app.crt");
         std::fs::write(&cert_path, app_key.certificate_pem()).expect("write cert");
-        let idp = start_dev_idp(&DevIdpArgs {
+        let idp = start_dev_idp(&DevIdpOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
             key: Some(key_path),
             apps: vec![AppArg {
@@ -422,8 +421,7 @@ mod tests {
             .expect("json");
         let header_part = token.split('.').next().expect("header");
         let header: Value =
-            serde_json::from_slice(&crate::emulator::b64url_decode(header_part).expect("b64"))
-                .expect("json");
+            serde_json::from_slice(&crate::b64url_decode(header_part).expect("b64")).expect("json");
         let jwk = &jwks["keys"][0];
         assert_eq!(jwk["kid"], header["kid"]);
         let decoding = jsonwebtoken::DecodingKey::from_rsa_components(

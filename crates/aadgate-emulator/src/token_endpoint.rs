@@ -890,9 +890,9 @@ fn check_assertion(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::keys::SigningKey;
-    use crate::emulator::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
-    use crate::emulator::{b64url, DEFAULT_TENANT};
+    use crate::keys::SigningKey;
+    use crate::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
+    use crate::{b64url, DEFAULT_TENANT};
 
     const CLIENT: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
     const CORRELATION: &str = "0b6a3c2d-1e4f-4a5b-8c7d-9e0f1a2b3c4d";
@@ -1087,7 +1087,7 @@ mod tests {
         assert_eq!(claims["ver"], "2.0");
         assert_eq!(claims["azp"], CLIENT);
         assert_eq!(claims["azpacr"], "2");
-        assert_eq!(claims["iss"], crate::emulator::issuer_v2(DEFAULT_TENANT));
+        assert_eq!(claims["iss"], crate::issuer_v2(DEFAULT_TENANT));
     }
 
     #[tokio::test]

@@ -1,8 +1,14 @@
-//! In-crate Azure AD / Microsoft Entra ID emulator (SPEC section 7).
+//! An Azure AD / Microsoft Entra ID emulator, with the mock APIs around it, for aadgate's demo,
+//! its tests and users' CI (SPEC section 7).
 //!
 //! Serves, on loopback, the AAD endpoints the gateway and an app need — OpenID metadata, JWKS,
 //! the client-credentials token endpoint — with AAD's real paths, JSON shapes, issuer strings and
 //! AADSTS error codes, so the demo, the gateway's tests and users' CI run without Microsoft.
+//!
+//! This crate imports nothing from the gateway (the `aadgate` package): it implements AAD's side
+//! of the protocol on its own reading of Microsoft's documentation, so a test that passes a token
+//! minted here through the gateway checks the gateway against an independent implementation, not
+//! against itself. Keep it that way — a shared helper is copied, not imported.
 //!
 //! The folder reads as the pieces it provides:
 //!
@@ -17,9 +23,10 @@
 //!   tokens the way Exchange Online does and answers its `x-ms-diagnostics`;
 //! - [`echo`]: [`EchoServer`], an upstream that reports what it received (streaming) and can hold
 //!   requests until a test releases them;
-//! - [`cli`]: the `aadgate dev-idp` and `aadgate dev-token` commands.
+//! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
+#![forbid(unsafe_code)]
 
-pub mod cli;
+pub mod dev;
 pub mod echo;
 pub mod keys;
 pub mod mint;
@@ -28,9 +35,9 @@ mod serve;
 pub mod server;
 pub mod token_endpoint;
 
-pub use cli::{
-    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpArgs,
-    DevTokenArgs,
+pub use dev::{
+    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpOptions,
+    DevTokenOptions,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
