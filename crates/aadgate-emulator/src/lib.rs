@@ -33,6 +33,7 @@ pub mod mint;
 pub mod outlook;
 mod serve;
 pub mod server;
+mod state;
 pub mod token_endpoint;
 
 pub use dev::{
