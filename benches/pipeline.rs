@@ -15,11 +15,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aadgate::auth::{token, token_hash, Authenticator, RequestParts, SystemClock, TokenCache};
-use aadgate::config::{self, Config, Route};
-use aadgate::jwks::{KeySet, KeySource, KeyStore};
-use aadgate::metrics::Metrics;
-use aadgate::routing;
+use aadgate_core::auth::{token, token_hash, Authenticator, RequestParts, SystemClock, TokenCache};
+use aadgate_core::config::{self, Config, Route};
+use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
+use aadgate_core::metrics::Metrics;
+use aadgate_core::routing;
 use aadgate_emulator::{SigningKey, TokenSpec};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::AUTHORIZATION;
@@ -209,7 +209,7 @@ fn bench_stages(c: &mut Criterion) {
 
     let parsed = token::parse(&raw).expect("parses");
     let found = rt
-        .block_on(aadgate::auth::keys::lookup(
+        .block_on(aadgate_core::auth::keys::lookup(
             &fx.keys,
             &parsed.header,
             Duration::ZERO,
@@ -218,7 +218,7 @@ fn bench_stages(c: &mut Criterion) {
     g.bench_function("signature_verify_rs256", |b| {
         b.iter(|| {
             black_box(
-                aadgate::auth::signature::verify(
+                aadgate_core::auth::signature::verify(
                     black_box(&parsed),
                     &found,
                     jsonwebtoken::Algorithm::RS256,

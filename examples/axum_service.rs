@@ -35,8 +35,8 @@
 
 use std::time::Duration;
 
-use aadgate::auth::{Authenticator, Principal};
-use aadgate::layer::{AuthLayer, AuthenticatorExt};
+use aadgate_core::auth::{Authenticator, Principal};
+use aadgate_core::layer::{AuthLayer, AuthenticatorExt};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};

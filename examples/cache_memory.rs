@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use aadgate::auth::VerifiedToken;
+use aadgate_core::auth::VerifiedToken;
 
 fn rss_kib() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::cli::DemoArgs;
-use crate::config::{self, Config};
+use aadgate_core::config::{self, Config};
 use aadgate_emulator::{
     AppRegistration, EchoServer, Emulator, EmulatorHandle, EmulatorOptions, MockOutlook, TokenSpec,
     DEFAULT_TENANT,

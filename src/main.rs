@@ -1,4 +1,12 @@
+//! aadgate: a reverse-proxy authentication gateway for HTTP APIs protected by Azure AD /
+//! Microsoft Entra ID. The decision is the `aadgate-core` crate; this binary owns the transport
+//! (pingora), the CLI, `explain` and `demo`.
 #![forbid(unsafe_code)]
+
+mod cli;
+mod demo;
+mod explain;
+mod server;
 
 use std::process::ExitCode;
 
@@ -8,12 +16,12 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use aadgate::cli::{Cli, Command, RunArgs};
 use clap::Parser;
+use cli::{Cli, Command, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    aadgate::cli::init_logging(cli.log_format);
+    cli::init_logging(cli.log_format);
     let need_config = || {
         cli.config.clone().ok_or_else(|| {
             eprintln!("aadgate: a configuration file is needed: -c FILE (or AADGATE_CONFIG)");
@@ -27,7 +35,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let upgrade = matches!(cli.command, Some(Command::Run(RunArgs { upgrade: true })));
-            match aadgate::server::run(path, upgrade) {
+            match server::run(path, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -40,7 +48,7 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match aadgate::config::load(&path, None) {
+            match aadgate_core::config::load(&path, None) {
                 Ok(c) => {
                     for w in &c.warnings {
                         eprintln!("warning: {w}");
@@ -59,9 +67,9 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            aadgate::explain::main(&path, &args)
+            explain::main(&path, &args)
         }
-        Some(Command::Demo(args)) => aadgate::demo::main(&args),
+        Some(Command::Demo(args)) => demo::main(&args),
         Some(Command::DevIdp(args)) => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

@@ -154,7 +154,8 @@ fn alert_rules_only_use_exported_metric_names() {
     let rules = std::fs::read_to_string("deploy/prometheus/aadgate-alerts.yaml").expect("rules");
     let mut used = std::collections::BTreeSet::new();
     metric_names(&rules, &mut used);
-    let src = std::fs::read_to_string("src/metrics.rs").expect("metrics source");
+    let src =
+        std::fs::read_to_string("crates/aadgate-core/src/metrics.rs").expect("metrics source");
     for name in used {
         let base = name
             .trim_end_matches("_bucket")

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aadgate::auth::{Clock, Reason};
-use aadgate::exchange::certs::{load_pair, LoadedCertificate};
-use aadgate::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
-use aadgate::metrics::Metrics;
+use aadgate_core::auth::{Clock, Reason};
+use aadgate_core::exchange::certs::{load_pair, LoadedCertificate};
+use aadgate_core::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
+use aadgate_core::metrics::Metrics;
 use aadgate_emulator::{
     certificate_thumbprint_hex, AppRegistration, Emulator, EmulatorHandle, EmulatorOptions,
     TokenEndpointVersion, TokenOutcome,
@@ -28,7 +28,7 @@ struct TestClock(AtomicI64);
 
 impl TestClock {
     fn new() -> Arc<Self> {
-        Arc::new(TestClock(AtomicI64::new(aadgate::jwks::unix_now())))
+        Arc::new(TestClock(AtomicI64::new(aadgate_core::jwks::unix_now())))
     }
 
     fn advance(&self, secs: i64) {

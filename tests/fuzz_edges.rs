@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
-use aadgate::config::{load_str, Config, Route};
-use aadgate::routing::{self, normalize_path, parse_target, PathCase, TargetForm};
+use aadgate_core::config::{load_str, Config, Route};
+use aadgate_core::routing::{self, normalize_path, parse_target, PathCase, TargetForm};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("AADGATE_FUZZ_CASES")

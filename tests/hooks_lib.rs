@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aadgate::auth::{Authenticator, Reason, RequestParts};
-use aadgate::layer::authenticator_from_config;
+use aadgate_core::auth::{Authenticator, Reason, RequestParts};
+use aadgate_core::layer::authenticator_from_config;
 use aadgate_emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use axum::extract::State;
 use axum::routing::post;
@@ -107,7 +107,7 @@ validators = ["no-guests", "entitlements"]
 "#,
         metadata = idp.metadata_url()
     );
-    let config = aadgate::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
+    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
         .expect("config loads");
     let auth = authenticator_from_config(config).expect("inside a runtime");
     assert!(
@@ -124,7 +124,7 @@ async fn authenticate(
     w: &World,
     token: &str,
     path: &str,
-) -> Result<aadgate::auth::Principal, Reason> {
+) -> Result<aadgate_core::auth::Principal, Reason> {
     let mut headers = HeaderMap::new();
     headers.insert(
         "authorization",
@@ -243,7 +243,7 @@ mode = "any"
 kind = "cel"
 expr = "claims.a == 1 &&"
 "#;
-    let errors = aadgate::config::load_str(Path::new("/virtual/aadgate.toml"), toml, None)
+    let errors = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), toml, None)
         .expect_err("syntax error");
     let e = errors.0.first().expect("one error");
     // `expr = "` is 8 characters; the expression ends after 16 more, where CEL expected more.
@@ -285,7 +285,7 @@ upstream = "http://127.0.0.1:1"
 "#,
         metadata = idp.metadata_url()
     );
-    let config = aadgate::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
+    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
         .expect("a CEL validator can be the tenant hook");
     let auth = authenticator_from_config(config).expect("inside a runtime");
     assert!(auth

@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use aadgate::auth::{Authenticator, FixedClock, Reason, RequestParts, TokenCache};
-use aadgate::config::Config;
-use aadgate::jwks::{KeySet, KeySource, KeyStore};
-use aadgate::metrics::Metrics;
+use aadgate_core::auth::{Authenticator, FixedClock, Reason, RequestParts, TokenCache};
+use aadgate_core::config::Config;
+use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
+use aadgate_core::metrics::Metrics;
 use aadgate_emulator::{SigningKey, TokenSpec};
 use common::*;
 use http::{HeaderMap, HeaderValue, Method};
@@ -156,7 +156,7 @@ path_prefix = "/jobs/"
 upstream = "http://127.0.0.1:2"
 "#
     );
-    aadgate::config::load_str(std::path::Path::new("keys.toml"), &text, None).expect("config")
+    aadgate_core::config::load_str(std::path::Path::new("keys.toml"), &text, None).expect("config")
 }
 
 /// The JWK of `key`, published under `kid`.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use aadgate::auth::{Authenticator, Principal};
-use aadgate::layer::{AuthLayer, AuthenticatorExt, LayerError};
+use aadgate_core::auth::{Authenticator, Principal};
+use aadgate_core::layer::{AuthLayer, AuthenticatorExt, LayerError};
 use aadgate_emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aadgate::auth::{Authenticator, FixedClock, TokenCache};
-use aadgate::jwks::{KeySet, KeySource, KeyStore};
-use aadgate::metrics::Metrics;
+use aadgate_core::auth::{Authenticator, FixedClock, TokenCache};
+use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
+use aadgate_core::metrics::Metrics;
 use serde_json::Value;
 
 fn vectors_dir() -> Option<PathBuf> {
@@ -58,8 +58,9 @@ fn run(rt: &tokio::runtime::Runtime, token: &str, jwks: &Value) -> (bool, Option
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[identity]\njwks_uri = \"http://127.0.0.1:1/k\"\naudiences = [{}]\n[tenants]\nmode = \"any\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:2\"\n",
         serde_json::to_string(&aud).unwrap_or_default()
     );
-    let config = aadgate::config::load_str(std::path::Path::new("vectors.toml"), &config, None)
-        .expect("config");
+    let config =
+        aadgate_core::config::load_str(std::path::Path::new("vectors.toml"), &config, None)
+            .expect("config");
     let metrics = Arc::new(Metrics::new());
     let Ok(set) = KeySet::parse(jwks.to_string().as_bytes(), KeySource::Static) else {
         return (false, Some("no usable keys".into()), false);
@@ -73,7 +74,7 @@ fn run(rt: &tokio::runtime::Runtime, token: &str, jwks: &Value) -> (bool, Option
         metrics,
         clock: Arc::new(FixedClock(at)),
     };
-    let report = rt.block_on(aadgate::explain::explain(&auth, &route, token));
+    let report = rt.block_on(aadgate_core::explain::explain(&auth, &route, token));
     let sig = report
         .trace
         .steps

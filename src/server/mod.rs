@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 
-use crate::config;
-use crate::metrics::Metrics;
+use aadgate_core::config;
+use aadgate_core::metrics::Metrics;
 
 /// SIGTERM and SIGINT drain in-flight requests; SIGQUIT hands the listeners to a new process
 /// started with `--upgrade`.

@@ -15,11 +15,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::state::SharedState;
-use crate::auth::{Authenticator, Principal, Reason, Rejection, RequestParts, TokenKind};
-use crate::config::{AuthMode, Route};
-use crate::exchange::Exchanger;
-use crate::metrics::NO_ROUTE;
-use crate::routing;
+use aadgate_core::auth::{Authenticator, Principal, Reason, Rejection, RequestParts, TokenKind};
+use aadgate_core::config::{AuthMode, Route};
+use aadgate_core::exchange::Exchanger;
+use aadgate_core::metrics::NO_ROUTE;
+use aadgate_core::request_id::request_id;
+use aadgate_core::routing;
 
 /// The gateway's proxy logic; shared by all worker threads.
 pub struct Gateway {
@@ -48,20 +49,6 @@ pub struct RequestCtx {
     upstream_uri: Option<http::Uri>,
     exchange: Option<ExchangeUse>,
     client_request_id: Option<String>,
-}
-
-/// A request id from the caller's `x-request-id` when it is 1–128 characters of
-/// `[A-Za-z0-9._-]`, else a new UUID.
-pub fn request_id(incoming: Option<&HeaderValue>) -> String {
-    incoming
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), String::from)
 }
 
 fn request_host(req: &RequestHeader) -> String {
@@ -193,10 +180,13 @@ impl Gateway {
             if settings.rewrite_me {
                 if let Some(uri) = ctx.upstream_uri.as_ref() {
                     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-                    if crate::exchange::has_me_segment(path) {
+                    if aadgate_core::exchange::has_me_segment(path) {
                         let user = (principal.kind() != TokenKind::App)
                             .then(|| {
-                                crate::exchange::user_value(principal.token(), &settings.user_claim)
+                                aadgate_core::exchange::user_value(
+                                    principal.token(),
+                                    &settings.user_claim,
+                                )
                             })
                             .flatten();
                         let Some(user) = user else {
@@ -205,7 +195,7 @@ impl Gateway {
                                 format!("the path {raw_path} acts on the signed-in user (/me), but the token has no user ({} claim); call /users/{{id}}/… instead", settings.user_claim),
                             ));
                         };
-                        if let Some(rewritten) = crate::exchange::rewrite_me(path, &user) {
+                        if let Some(rewritten) = aadgate_core::exchange::rewrite_me(path, &user) {
                             ctx.upstream_uri = Some(upstream_uri(&rewritten)?);
                         }
                     }
@@ -344,7 +334,7 @@ impl ProxyHttp for Gateway {
                 .get("client-request-id")
                 .and_then(|v| v.to_str().ok());
             for (name, value) in
-                crate::exchange::exchange_headers(caller_id, std::time::SystemTime::now())
+                aadgate_core::exchange::exchange_headers(caller_id, std::time::SystemTime::now())
             {
                 if name.as_str() == "client-request-id" {
                     ctx.client_request_id = value.to_str().ok().map(String::from);

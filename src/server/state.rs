@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::{Authenticator, SystemClock, TokenCache};
-use crate::config::{self, Config, ConfigErrors};
-use crate::jwks::KeyStore;
-use crate::metrics::Metrics;
+use aadgate_core::auth::{Authenticator, SystemClock, TokenCache};
+use aadgate_core::config::{self, Config, ConfigErrors};
+use aadgate_core::jwks::KeyStore;
+use aadgate_core::metrics::Metrics;
 
 /// The gateway's shared state.
 pub struct SharedState {
@@ -20,13 +20,6 @@ pub struct SharedState {
     /// Where background tasks (key store refreshers) run.
     pub control: tokio::runtime::Handle,
     reload_lock: std::sync::Mutex<()>,
-}
-
-/// What a reload did.
-#[derive(Debug)]
-pub enum ReloadOutcome {
-    Applied { listener_change: bool },
-    Unchanged,
 }
 
 impl SharedState {
@@ -51,7 +44,7 @@ impl SharedState {
         };
         metrics
             .config_last_reload_success
-            .set(crate::jwks::unix_now() as f64);
+            .set(aadgate_core::jwks::unix_now() as f64);
         Arc::new(SharedState {
             current: ArcSwap::from_pointee(auth),
             metrics,
@@ -68,7 +61,7 @@ impl SharedState {
 
     /// Loads the configuration file again and swaps it in if valid. A config that fails to load
     /// is refused whole: the running one stays, the failure is logged and counted.
-    pub fn reload(&self, why: &str) -> Result<ReloadOutcome, ConfigErrors> {
+    pub fn reload(&self, why: &str) -> Result<(), ConfigErrors> {
         let _serial = self.reload_lock.lock();
         let old = self.current();
         let result = config::load(&self.config_path, Some(&old.config));
@@ -144,9 +137,9 @@ impl SharedState {
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         self.metrics
             .config_last_reload_success
-            .set(crate::jwks::unix_now() as f64);
+            .set(aadgate_core::jwks::unix_now() as f64);
         tracing::info!(trigger = why, "configuration reloaded");
-        Ok(ReloadOutcome::Applied { listener_change })
+        Ok(())
     }
 
     /// Files whose change triggers a reload: the config and the tenants file.
@@ -163,7 +156,7 @@ impl SharedState {
         let auth = self.current();
         match auth.keys.current() {
             Some(set) => Ok(match set.source {
-                crate::jwks::KeySource::CacheFile => format!(
+                aadgate_core::jwks::KeySource::CacheFile => format!(
                     "ready: {} signing keys from cache_file (identity provider unreachable)",
                     set.len()
                 ),

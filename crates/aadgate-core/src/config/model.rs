@@ -100,7 +100,7 @@ pub struct ServerSettings {
     pub upstream_read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// An explicit `upgrade_sock`; `None` = `upgrade.sock` in the private runtime folder
-    /// (`crate::server::runtime_dir`).
+    /// (the binary's `server::runtime_dir`).
     pub upgrade_sock: Option<PathBuf>,
     pub tls: Option<TlsSettings>,
 }

@@ -5,6 +5,7 @@
 //! route that names it and every worker thread. An HTTP validator owns its decision caches, so a
 //! reload that keeps its settings keeps its cache ([`Validator::same_http_settings`]).
 
+#[cfg(feature = "cel")]
 pub mod cel;
 pub mod http;
 
@@ -66,6 +67,7 @@ pub struct HookRequest<'a> {
 #[derive(Debug)]
 enum Kind {
     Http(http::HttpHook),
+    #[cfg(feature = "cel")]
     Cel(cel::CelHook),
 }
 
@@ -117,11 +119,24 @@ impl Validator {
 
     /// A CEL validator, compiled now. A syntax error is returned as the 1-based line and column
     /// within `expr` and a message; the loader turns it into a config error at that spot.
+    /// Without the `cel` feature every expression is refused at line 1, column 1.
+    #[cfg(feature = "cel")]
     pub fn cel(name: &str, expr: &str, message: String) -> Result<Self, (usize, usize, String)> {
         Ok(Validator {
             name: name.to_string(),
             kind: Kind::Cel(cel::CelHook::compile(expr, message)?),
         })
+    }
+
+    /// A CEL validator: this build has no CEL support, so the loader reports the validator as
+    /// a config error.
+    #[cfg(not(feature = "cel"))]
+    pub fn cel(_name: &str, _expr: &str, _message: String) -> Result<Self, (usize, usize, String)> {
+        Err((
+            1,
+            1,
+            "this build has no CEL support (aadgate-core feature `cel`)".to_string(),
+        ))
     }
 
     /// True when this is an HTTP validator with exactly these settings (its cache can be kept
@@ -157,6 +172,7 @@ impl Validator {
                 h.check_request(&self.name, req, claim_headers, metrics)
                     .await
             }
+            #[cfg(feature = "cel")]
             Kind::Cel(c) => c
                 .check_request(&self.name, req, metrics)
                 .map(|()| Vec::new()),
@@ -175,6 +191,7 @@ impl Validator {
     ) -> Result<(), Rejection> {
         match &self.kind {
             Kind::Http(h) => h.check_tenant(&self.name, tid, issuer, metrics).await,
+            #[cfg(feature = "cel")]
             Kind::Cel(c) => c.check_tenant(&self.name, tid, issuer, metrics),
         }
     }
@@ -207,7 +224,10 @@ mod tests {
             ..s.clone()
         };
         assert!(!v.same_http_settings(&other));
-        let c = Validator::cel("c", "true", "m".into()).expect("compiles");
-        assert!(!c.same_http_settings(&s));
+        #[cfg(feature = "cel")]
+        {
+            let c = Validator::cel("c", "true", "m".into()).expect("compiles");
+            assert!(!c.same_http_settings(&s));
+        }
     }
 }

@@ -7,9 +7,9 @@
 //! (SPEC section 4: status, JSON body, `x-aadgate-reason`, `WWW-Authenticate`).
 //!
 //! ```no_run
-//! use aadgate::auth::Principal;
-//! use aadgate::layer::{AuthLayer, AuthenticatorExt};
-//! use aadgate::auth::Authenticator;
+//! use aadgate_core::auth::Principal;
+//! use aadgate_core::layer::{AuthLayer, AuthenticatorExt};
+//! use aadgate_core::auth::Authenticator;
 //! use axum::{routing::get, Router};
 //!
 //! async fn me(principal: Principal) -> String {
@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response};
 
 use crate::auth::{Authenticator, Principal, Rejection, RequestParts, SystemClock, TokenCache};
 use crate::config::{AuthMode, Config, ConfigErrors, Route};
@@ -115,11 +115,7 @@ impl AuthenticatorExt for Authenticator {
     }
 }
 
-/// A request id from the caller's valid `x-request-id` (1–128 characters of `[A-Za-z0-9._-]`),
-/// else a new UUID — the same rule as the gateway.
-pub fn request_id(incoming: Option<&HeaderValue>) -> String {
-    crate::server::proxy::request_id(incoming)
-}
+pub use crate::request_id::request_id;
 
 /// The gateway's own response for `rejection`: its status, `content-type: application/json`,
 /// `x-aadgate-reason`, `x-request-id`, `cache-control: no-store`, `WWW-Authenticate` (401s, and
@@ -341,17 +337,18 @@ fn reject<B, ResBody: From<Bytes>>(
 
 /// A handler argument (`async fn h(principal: Principal)`) for routes behind [`AuthLayer`].
 /// Without the layer (or on an anonymous route) the request fails with `500` and a message
-/// naming the mistake.
+/// naming the mistake. With the `axum` feature.
+#[cfg(feature = "axum")]
 impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Principal {
-    type Rejection = (StatusCode, &'static str);
+    type Rejection = (http::StatusCode, &'static str);
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
         _: &St,
     ) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no aadgate Principal on this request: put the handler behind aadgate::layer::AuthLayer on a route with auth = \"required\"",
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no aadgate Principal on this request: put the handler behind aadgate_core::layer::AuthLayer on a route with auth = \"required\"",
         ))
     }
 }
