@@ -1,0 +1,306 @@
+//! `[[routes]]`: matching, upstream, policy, validators, exchange and claim headers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::{HeaderName, Method};
+use serde_spanned::Spanned;
+
+use super::{is_hop_or_reserved, Compiler};
+use crate::auth::hooks::Validator;
+use crate::config::file::ConfigFile;
+use crate::config::model::*;
+use crate::exchange::Exchanger;
+
+impl Compiler<'_> {
+    fn upstream(&mut self, s: &Spanned<String>) -> Option<Upstream> {
+        let text = s.get_ref();
+        let bad = |msg: &str| {
+            format!("upstream {text:?} {msg}; write scheme://host[:port], e.g. \"http://127.0.0.1:3000\"")
+        };
+        let url = match reqwest::Url::parse(text) {
+            Ok(u) => u,
+            Err(_) => {
+                self.r.error(s.span(), bad("is not a URL"));
+                return None;
+            }
+        };
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => {
+                self.r.error(s.span(), bad("must use http or https"));
+                return None;
+            }
+        };
+        if !(url.path() == "/" || url.path().is_empty())
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            self.r
+                .error(s.span(), bad("must not have a path, query or fragment"));
+            return None;
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            self.r.error(s.span(), bad("must not carry credentials"));
+            return None;
+        }
+        let Some(host) = url.host_str() else {
+            self.r.error(s.span(), bad("has no host"));
+            return None;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let addr = IpAddr::from_str(&host)
+            .ok()
+            .map(|ip| SocketAddr::new(ip, port));
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
+            None => url.host_str().unwrap_or(&host).to_string(),
+        };
+        Some(Upstream {
+            tls,
+            host,
+            port,
+            addr,
+            authority,
+        })
+    }
+
+    pub(super) fn routes(
+        &mut self,
+        whole: &ConfigFile,
+        validators: &HashMap<String, Arc<Validator>>,
+        exchanges: &HashMap<String, Arc<Exchanger>>,
+        clients: &ClientSettings,
+    ) -> Vec<Arc<Route>> {
+        let list = &whole.routes;
+        let mut out = Vec::new();
+        let mut names: HashMap<String, ()> = HashMap::new();
+        if list.is_empty() {
+            // Not an error: a gateway with no routes answers 404 route_not_found to everything,
+            // which `aadgate check` users may want while building a config up.
+        }
+        for rs in list {
+            let f = rs.get_ref();
+            let name = f.name.get_ref().clone();
+            if name.trim().is_empty() {
+                self.r
+                    .error(f.name.span(), "route `name` must not be empty");
+            }
+            if names.insert(name.clone(), ()).is_some() {
+                self.r
+                    .error(f.name.span(), format!("duplicate route name {name:?}"));
+            }
+            // Prefixes are matched against normalized request paths, so they are normalized
+            // (and folded, unless path_case = "sensitive") the same way here.
+            let prefix = f.path_prefix.get_ref();
+            let prefix = match crate::routing::normalize_path(prefix, self.path_case) {
+                Ok(p) => p.into_owned(),
+                Err(e) => {
+                    self.r.error(
+                        f.path_prefix.span(),
+                        format!("path_prefix {prefix:?}: {}", e.message),
+                    );
+                    prefix.clone()
+                }
+            };
+            let strip_prefix = f.strip_prefix.as_ref().and_then(|sp| {
+                let normal = crate::routing::normalize_path(sp.get_ref(), self.path_case)
+                    .ok()
+                    .filter(|n| prefix.starts_with(n.as_ref()));
+                if normal.is_none() {
+                    self.r.error(
+                        sp.span(),
+                        format!("strip_prefix {:?} must start with '/' and be a prefix of path_prefix {prefix:?}", sp.get_ref()),
+                    );
+                }
+                normal.map(|n| n.into_owned())
+            });
+            let host = f.host.as_ref().map(|h| {
+                let h = h.get_ref().to_ascii_lowercase();
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or(h.clone(), |(n, _)| n.to_string())
+            });
+            let methods = f.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                self.r.error(
+                                    m.span(),
+                                    format!("{:?} is not an HTTP method", m.get_ref()),
+                                );
+                                None
+                            }
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let upstream = self.upstream(&f.upstream);
+            let auth = match f.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+                None | Some(("required", _)) => AuthMode::Required,
+                Some(("anonymous", _)) => AuthMode::Anonymous,
+                Some((other, span)) => {
+                    self.r.error(
+                        span,
+                        format!("auth must be \"required\" or \"anonymous\", not {other:?}"),
+                    );
+                    AuthMode::Required
+                }
+            };
+            let token_kind = match f
+                .token_kind
+                .as_ref()
+                .map(|a| (a.get_ref().as_str(), a.span()))
+            {
+                None | Some(("any", _)) => TokenKindRequirement::Any,
+                Some(("app", _)) => TokenKindRequirement::App,
+                Some(("user", _)) => TokenKindRequirement::User,
+                Some((other, span)) => {
+                    self.r.error(
+                        span,
+                        format!("token_kind must be \"any\", \"app\" or \"user\", not {other:?}"),
+                    );
+                    TokenKindRequirement::Any
+                }
+            };
+            let strings = |v: &Vec<Spanned<String>>| {
+                v.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>()
+            };
+            let route_clients = f.clients.as_ref().map(|c| self.client_ids(c));
+            let min_auth_strength = match &f.min_auth_strength {
+                Some(m) => self.strength(m).max(clients.min_auth_strength),
+                None => clients.min_auth_strength,
+            };
+            let mut route_validators = Vec::new();
+            for v in &f.validators {
+                match validators.get(v.get_ref()) {
+                    Some(val) => route_validators.push(val.clone()),
+                    // Declared but invalid: its own error was reported already.
+                    None if whole.declared_validators.contains(v.get_ref()) => {}
+                    None => self.r.error(
+                        v.span(),
+                        format!(
+                            "no validator named {:?} (define [validators.{}])",
+                            v.get_ref(),
+                            v.get_ref()
+                        ),
+                    ),
+                }
+            }
+            let exchange = f
+                .exchange
+                .as_ref()
+                .and_then(|e| match exchanges.get(e.get_ref()) {
+                    Some(x) => Some(x.clone()),
+                    // Declared but invalid: its own error was reported already.
+                    None if whole.declared_exchanges.contains(e.get_ref()) => None,
+                    None => {
+                        self.r.error(
+                            e.span(),
+                            format!(
+                                "no exchange named {:?} (define [exchange.{}])",
+                                e.get_ref(),
+                                e.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
+            if auth == AuthMode::Anonymous {
+                for (present, key) in [
+                    (exchange.is_some(), "exchange"),
+                    (!route_validators.is_empty(), "validators"),
+                    (
+                        !f.roles_any.is_empty() || !f.roles_all.is_empty(),
+                        "roles_any/roles_all",
+                    ),
+                    (
+                        !f.scopes_any.is_empty() || !f.scopes_all.is_empty(),
+                        "scopes_any/scopes_all",
+                    ),
+                    (f.token_kind.is_some(), "token_kind"),
+                    (f.clients.is_some(), "clients"),
+                ] {
+                    if present {
+                        let span = f.auth.as_ref().map_or(f.name.span(), |a| a.span());
+                        self.r.error(span, format!("route {name:?} is anonymous, so `{key}` would never apply; remove it or set auth = \"required\""));
+                    }
+                }
+            }
+            let claim_headers = match &f.claim_headers {
+                None => default_claim_headers(),
+                Some(map) => {
+                    let mut v = Vec::new();
+                    for (h, claim) in map.get_ref() {
+                        let lower = h.get_ref().to_ascii_lowercase();
+                        match HeaderName::from_bytes(lower.as_bytes()) {
+                            Ok(hn) => {
+                                if is_hop_or_reserved(&lower) {
+                                    self.r.error(
+                                        h.span(),
+                                        format!("{lower:?} cannot be a claim header"),
+                                    );
+                                }
+                                let source = match claim.get_ref().as_str() {
+                                    "" => {
+                                        self.r.error(claim.span(), "claim name must not be empty");
+                                        continue;
+                                    }
+                                    "client_id" => ClaimSource::ClientId,
+                                    "token_kind" => ClaimSource::TokenKind,
+                                    "upn_or_preferred_username" => ClaimSource::Upn,
+                                    c => ClaimSource::Claim(c.to_string()),
+                                };
+                                v.push((hn, source));
+                            }
+                            Err(_) => self.r.error(
+                                h.span(),
+                                format!("{:?} is not a valid header name", h.get_ref()),
+                            ),
+                        }
+                    }
+                    v
+                }
+            };
+            let pass_authorization = f.pass_authorization.as_ref().and_then(|p| self.raw(p));
+            if exchange.is_some() && pass_authorization == Some(true) {
+                if let Some(p) = &f.pass_authorization {
+                    self.r.error(p.span(), "a route with `exchange` replaces Authorization; pass_authorization = true contradicts it");
+                }
+            }
+            let Some(upstream) = upstream else { continue };
+            out.push(Arc::new(Route {
+                name: Arc::from(name.as_str()),
+                host,
+                path_prefix: prefix,
+                methods,
+                upstream,
+                strip_prefix,
+                auth,
+                token_kind,
+                roles_any: strings(&f.roles_any),
+                roles_all: strings(&f.roles_all),
+                scopes_any: strings(&f.scopes_any),
+                scopes_all: strings(&f.scopes_all),
+                clients: route_clients,
+                min_auth_strength,
+                validators: route_validators,
+                pass_authorization: pass_authorization.unwrap_or(true),
+                exchange,
+                claim_headers,
+            }));
+        }
+        out
+    }
+}
