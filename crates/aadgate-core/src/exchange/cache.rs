@@ -218,7 +218,7 @@ impl Expiry<CacheKey, Arc<Slot>> for SlotExpiry {
 }
 
 /// Tokens and failures of one `[exchange.NAME]`, bounded by `max_tenants`.
-pub struct TokenCache {
+pub struct AppTokenCache {
     entries: moka::sync::Cache<CacheKey, Arc<Slot>>,
     /// When (Unix seconds, exchanger clock) each key's token was last purged after an upstream
     /// 401; bounded like `entries`. moka's own expiry only frees memory.
@@ -235,18 +235,18 @@ pub fn purge_allowed(last: Option<i64>, now: i64, interval: Duration) -> bool {
     }
 }
 
-impl std::fmt::Debug for TokenCache {
+impl std::fmt::Debug for AppTokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
+        f.debug_struct("AppTokenCache")
             .field("entries", &self.entries.entry_count())
             .finish_non_exhaustive()
     }
 }
 
-impl TokenCache {
+impl AppTokenCache {
     /// An empty cache holding at most `max_entries` keys.
     pub fn new(max_entries: u64) -> Self {
-        TokenCache {
+        AppTokenCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_entries.max(1))
                 .expire_after(SlotExpiry)
@@ -432,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_for_one_key_fetch_once() {
-        let cache = Arc::new(TokenCache::new(10));
+        let cache = Arc::new(AppTokenCache::new(10));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (release, wait) = tokio::sync::watch::channel(false);
         let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
@@ -471,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_removes_only_the_token_it_names() {
-        let cache = TokenCache::new(10);
+        let cache = AppTokenCache::new(10);
         let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
         let fetch = |tok: &'static str| {
             move |_| async move { Slot::token(tok, 1000, 3600, Duration::ZERO) }
@@ -487,7 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_purge_within_the_interval_keeps_the_token() {
-        let cache = TokenCache::new(10);
+        let cache = AppTokenCache::new(10);
         let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
         let other = CacheKey::new("t2", &ExchangeTarget::Scope("s".into()));
         let interval = Duration::from_secs(30);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::auth::{Clock, Reason, Rejection, SystemClock};
 use crate::metrics::Metrics;
 
-use cache::{CacheKey, FailureKind, Slot, TokenCache};
+use cache::{AppTokenCache, CacheKey, FailureKind, Slot};
 use client::{Class, Failure, Issued, TokenClient};
 
 pub use rewrite::{exchange_headers, has_me_segment, rewrite_me, user_value};
@@ -94,7 +94,7 @@ impl fmt::Debug for AppToken {
 pub struct Exchanger {
     settings: ExchangeSettings,
     client: TokenClient,
-    cache: TokenCache,
+    cache: AppTokenCache,
     /// Index into `settings.certificates` of the signing certificate; moves on rollover.
     signer: AtomicUsize,
     clock: Arc<dyn Clock>,
@@ -122,7 +122,7 @@ impl Exchanger {
     pub fn with_clock(settings: ExchangeSettings, clock: Arc<dyn Clock>) -> Self {
         Exchanger {
             client: TokenClient::new(settings.timeout),
-            cache: TokenCache::new(settings.max_tenants),
+            cache: AppTokenCache::new(settings.max_tenants),
             signer: AtomicUsize::new(0),
             clock,
             settings,

@@ -1,4 +1,4 @@
-//! Stage 8: validator hooks — HTTP callouts ([`http`]) and CEL expressions ([`cel`]) — and the
+//! Stage 8: validator hooks — HTTP callouts ([`webhook`]) and CEL expressions ([`cel`]) — and the
 //! tenant hook.
 //!
 //! A [`Validator`] is compiled once per configuration load and shared (in an `Arc`) by every
@@ -7,12 +7,12 @@
 
 #[cfg(feature = "cel")]
 pub mod cel;
-pub mod http;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ::http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::claims::VerifiedToken;
 use super::error::Rejection;
@@ -66,7 +66,7 @@ pub struct HookRequest<'a> {
 
 #[derive(Debug)]
 enum Kind {
-    Http(http::HttpHook),
+    Http(webhook::HttpHook),
     #[cfg(feature = "cel")]
     Cel(cel::CelHook),
 }
@@ -113,7 +113,7 @@ impl Validator {
     pub fn http(name: &str, settings: HttpValidatorSettings) -> Self {
         Validator {
             name: name.to_string(),
-            kind: Kind::Http(http::HttpHook::new(settings)),
+            kind: Kind::Http(webhook::HttpHook::new(settings)),
         }
     }
 

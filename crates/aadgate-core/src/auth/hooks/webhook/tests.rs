@@ -1,12 +1,12 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 
-use ::http::HeaderMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use http::HeaderMap;
 use tokio::sync::Notify;
 
 use super::super::Validator;

@@ -1,0 +1,144 @@
+//! `[tenants]`: the tenant mode, allow/deny lists, the tenant file and issuer templates.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_spanned::Spanned;
+
+use super::{is_guid, Compiler, DEFAULT_ISSUERS};
+use crate::config::error::Reporter;
+use crate::config::file::{self, ConfigFile};
+use crate::config::model::{TenantMode, TenantSettings};
+
+impl Compiler<'_> {
+    fn tenant_ids(&mut self, list: &[Spanned<String>], what: &str) -> HashSet<String> {
+        let mut out = HashSet::new();
+        for t in list {
+            if is_guid(t.get_ref()) {
+                out.insert(t.get_ref().to_ascii_lowercase());
+            } else {
+                self.r.error(
+                    t.span(),
+                    format!(
+                        "{what} entry {:?} is not a tenant id; use the tenant's GUID (Azure portal > Microsoft Entra ID > Overview > Tenant ID), not a domain name",
+                        t.get_ref()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    pub(super) fn tenants(
+        &mut self,
+        s: &Spanned<file::TenantsFile>,
+        whole: &ConfigFile,
+    ) -> Option<TenantSettings> {
+        let f = s.get_ref();
+        let mut allow = self.tenant_ids(&f.allow, "`allow`");
+        let deny = self.tenant_ids(&f.deny, "`deny`");
+        let mode = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("allow_list", _)) => TenantMode::AllowList,
+            Some(("any", _)) => TenantMode::Any,
+            Some(("hook", span)) => match &f.hook {
+                None => {
+                    self.r
+                        .error(span, "mode = \"hook\" needs `hook = \"VALIDATOR\"`");
+                    TenantMode::Any
+                }
+                Some(h) => {
+                    if !whole.declared_validators.contains(h.get_ref()) {
+                        self.r.error(
+                            h.span(),
+                            format!(
+                                "no validator named {:?} (define [validators.{}])",
+                                h.get_ref(),
+                                h.get_ref()
+                            ),
+                        );
+                    }
+                    TenantMode::Hook(h.get_ref().clone())
+                }
+            },
+            Some((other, span)) => {
+                self.r.error(
+                    span,
+                    format!(
+                        "unknown tenant mode {other:?}; use \"allow_list\", \"any\" or \"hook\""
+                    ),
+                );
+                TenantMode::AllowList
+            }
+        };
+        if f.hook.is_some() && !matches!(mode, TenantMode::Hook(_)) {
+            if let Some(h) = &f.hook {
+                self.r
+                    .error(h.span(), "`hook` is only used with mode = \"hook\"");
+            }
+        }
+        let file = f.file.as_ref().map(|p| {
+            let path = self.path(p.get_ref());
+            match load_tenant_file(&path) {
+                Ok(extra) => allow.extend(extra),
+                Err(e) => self.r.error(p.span(), e),
+            }
+            path
+        });
+        let issuers: Vec<String> = match &f.issuers {
+            None => DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.r.error(list.span(), "`issuers` must not be empty");
+                }
+                list.get_ref()
+                    .iter()
+                    .map(|i| {
+                        if !i.get_ref().starts_with("https://")
+                            && !i.get_ref().starts_with("http://")
+                        {
+                            self.r
+                                .error(i.span(), format!("issuer {:?} is not a URL", i.get_ref()));
+                        }
+                        i.get_ref().clone()
+                    })
+                    .collect()
+            }
+        };
+        Some(TenantSettings {
+            mode,
+            allow,
+            deny,
+            issuers,
+            file,
+        })
+    }
+}
+
+/// Reads the tenant allow-list file (`allow = ["GUID", …]`); errors name the file's own line.
+pub fn load_tenant_file(path: &Path) -> Result<HashSet<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("tenant file {} cannot be read: {e}", path.display()))?;
+    let mut r = Reporter::new(path, &text);
+    let parsed: file::TenantListFile = match toml::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            let err = r.at(e.span().unwrap_or(0..0), e.message().trim_end().to_string());
+            return Err(format!("in tenant file: {err}"));
+        }
+    };
+    let mut out = HashSet::new();
+    for t in &parsed.allow {
+        if is_guid(t.get_ref()) {
+            out.insert(t.get_ref().to_ascii_lowercase());
+        } else {
+            r.error(
+                t.span(),
+                format!("{:?} is not a tenant id (GUID)", t.get_ref()),
+            );
+        }
+    }
+    match r.errors.first() {
+        Some(e) => Err(format!("in tenant file: {e}")),
+        None => Ok(out),
+    }
+}
