@@ -29,6 +29,21 @@ enum TenantPath {
     Tenant(String),
 }
 
+/// What the metadata and keys endpoints do first: count the request, answer 503 while the
+/// keys are switched off, and resolve the tenant segment (AADSTS90002 for an unknown name).
+fn admit(
+    state: &EmuState,
+    counter: &std::sync::atomic::AtomicU64,
+    tenant: &str,
+    headers: &HeaderMap,
+) -> Result<TenantPath, Box<Response>> {
+    counter.fetch_add(1, Ordering::SeqCst);
+    if !state.keys_available.load(Ordering::SeqCst) {
+        return Err(Box::new(unavailable()));
+    }
+    resolve_tenant(state, tenant).map_err(|e| Box::new(e.into_response_for(headers)))
+}
+
 fn resolve_tenant(state: &EmuState, tenant: &str) -> Result<TenantPath, AadstsError> {
     let lower = tenant.to_ascii_lowercase();
     match lower.as_str() {
@@ -94,13 +109,9 @@ pub(super) async fn metadata_v1(
 }
 
 fn metadata(state: &EmuState, tenant: &str, headers: &HeaderMap, v2: bool) -> Response {
-    state.metadata_fetches.fetch_add(1, Ordering::SeqCst);
-    if !state.keys_available.load(Ordering::SeqCst) {
-        return unavailable();
-    }
-    let path = match resolve_tenant(state, tenant) {
+    let path = match admit(state, &state.metadata_fetches, tenant, headers) {
         Ok(path) => path,
-        Err(e) => return e.into_response_for(headers),
+        Err(response) => return *response,
     };
     let segment = match &path {
         TenantPath::Tenant(t) => t.clone(),
@@ -192,13 +203,9 @@ pub(super) async fn jwks_v2(
 }
 
 fn jwks(state: &EmuState, tenant: &str, headers: &HeaderMap, v2: bool) -> Response {
-    state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    if !state.keys_available.load(Ordering::SeqCst) {
-        return unavailable();
-    }
-    let path = match resolve_tenant(state, tenant) {
+    let path = match admit(state, &state.jwks_fetches, tenant, headers) {
         Ok(path) => path,
-        Err(e) => return e.into_response_for(headers),
+        Err(response) => return *response,
     };
     let issuer = v2.then(|| tenant_issuer(&path, true));
     let keys: Vec<Value> = read(&state.keys)
