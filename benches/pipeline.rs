@@ -15,11 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aadgate_core::auth::{token, token_hash, Authenticator, RequestParts, SystemClock, TokenCache};
+use aadgate_core::auth::{token, token_hash, Authenticator, RequestParts};
 use aadgate_core::config::{self, Config, Route};
 use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
 use aadgate_core::metrics::Metrics;
 use aadgate_core::routing;
+use aadgate_core::runtime::Runtime;
 use aadgate_emulator::{SigningKey, TokenSpec};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::AUTHORIZATION;
@@ -63,7 +64,7 @@ roles_any = ["Bench.Read"]
 }
 
 fn load(extra_routes: usize) -> Config {
-    match config::load_str(Path::new("bench.toml"), &config_text(extra_routes), None) {
+    match config::load_str(Path::new("bench.toml"), &config_text(extra_routes)) {
         Ok(c) => c,
         Err(e) => panic!("bench config does not load: {e:?}"),
     }
@@ -94,16 +95,13 @@ impl Fixture {
 
     /// A fresh authenticator (empty token cache) sharing the key store.
     fn authenticator(&self) -> Authenticator {
-        Authenticator {
-            config: self.config.clone(),
-            keys: self.keys.clone(),
-            cache: Arc::new(TokenCache::new(
-                self.config.identity.token_cache_size,
-                self.config.identity.clock_skew,
-            )),
-            metrics: self.metrics.clone(),
-            clock: Arc::new(SystemClock),
-        }
+        Runtime::builder((*self.config).clone())
+            .key_store(self.keys.clone())
+            .metrics(self.metrics.clone())
+            .build()
+            .expect("runtime builds")
+            .authenticator()
+            .clone()
     }
 
     fn mint(&self, i: usize) -> String {

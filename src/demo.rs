@@ -243,8 +243,7 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, String> {
     // The handles stop their servers when dropped; the demo runs until the process exits.
     std::mem::forget(echo);
     std::mem::forget(outlook);
-    for x in config.exchanges.values() {
-        let s = x.settings();
+    for s in config.exchanges.values() {
         let mut app = AppRegistration::new(&s.client_id).with_display_name("aadgate demo gateway");
         for c in &s.certificates {
             app = app.with_certificate_der(c.cert_der.clone());
@@ -368,7 +367,7 @@ pub fn main(args: &DemoArgs) -> ExitCode {
         ExitCode::FAILURE
     };
     let path: &Path = &args.demo_config;
-    let config = match config::load(path, None) {
+    let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             return fail(format!(

@@ -12,11 +12,13 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::ExplainArgs;
 use aadgate_core::auth::hints::hint;
-use aadgate_core::auth::{Authenticator, Clock, FixedClock, SystemClock, TokenCache};
+use aadgate_core::auth::TokenCache;
+use aadgate_core::clock::{Clock, FixedClock, SystemClock};
 use aadgate_core::config::{self, Config, Route};
 use aadgate_core::explain::{explain_request, Report, Request};
 use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
 use aadgate_core::metrics::Metrics;
+use aadgate_core::runtime::Runtime;
 
 /// The report as JSON.
 pub fn to_json(report: &Report) -> Value {
@@ -164,7 +166,7 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
         eprintln!("aadgate explain: {msg}");
         ExitCode::from(2)
     };
-    let config = match config::load(config_path, None) {
+    let config = match config::load(config_path) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
@@ -189,37 +191,37 @@ pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(Metrics::new());
-    let keys = match &args.jwks {
-        Some(path) => {
-            let raw = match std::fs::read(path) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
-            };
-            match KeySet::parse(&raw, KeySource::Static) {
-                Ok(set) => KeyStore::fixed(set, metrics.clone()),
-                Err(e) => return fail(format!("{}: {e}", path.display())),
-            }
-        }
-        None => {
-            let store = KeyStore::new(&config.identity, metrics.clone());
-            rt.spawn(store.clone().run());
-            rt.block_on(store.first_load(Duration::from_secs(15)));
-            store
-        }
-    };
     let clock: Arc<dyn Clock> = match args.at {
         Some(at) => Arc::new(FixedClock(at)),
         None => Arc::new(SystemClock),
     };
-    let auth = Authenticator {
-        cache: Arc::new(TokenCache::new(0, config.identity.clock_skew)),
-        config: Arc::new(config),
-        keys,
-        metrics,
-        clock,
+    // No token cache: every check runs and is traced.
+    let cache = Arc::new(TokenCache::new(0, config.identity.clock_skew));
+    let mut builder = Runtime::builder(config)
+        .metrics(metrics.clone())
+        .clock(clock)
+        .token_cache(cache);
+    if let Some(path) = &args.jwks {
+        let raw = match std::fs::read(path) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+        };
+        match KeySet::parse(&raw, KeySource::Static) {
+            Ok(set) => builder = builder.key_store(KeyStore::fixed(set, metrics)),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        }
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
     };
+    if args.jwks.is_none() {
+        runtime.start(rt.handle());
+        rt.block_on(runtime.keys().first_load(Duration::from_secs(15)));
+    }
+    let auth = runtime.authenticator();
     let request = request_for(&route, args);
-    let report = rt.block_on(explain_request(&auth, &route, &request, &token));
+    let report = rt.block_on(explain_request(auth, &route, &request, &token));
     if args.json {
         println!(
             "{}",

@@ -48,8 +48,11 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match aadgate_core::config::load(&path, None) {
-                Ok(c) => {
+            // The runtime is built as the gateway would build it (a CEL expression that does
+            // not compile is an error too); nothing is fetched or started.
+            match aadgate_core::runtime::Runtime::load(&path, None) {
+                Ok(runtime) => {
+                    let c = runtime.config();
                     for w in &c.warnings {
                         eprintln!("warning: {w}");
                     }

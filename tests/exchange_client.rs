@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aadgate_core::auth::{Clock, Reason};
-use aadgate_core::exchange::certs::{load_pair, LoadedCertificate};
+use aadgate_core::certs::{load_pair, LoadedCertificate};
 use aadgate_core::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
 use aadgate_core::metrics::Metrics;
 use aadgate_emulator::{
@@ -28,7 +28,7 @@ struct TestClock(AtomicI64);
 
 impl TestClock {
     fn new() -> Arc<Self> {
-        Arc::new(TestClock(AtomicI64::new(aadgate_core::jwks::unix_now())))
+        Arc::new(TestClock(AtomicI64::new(aadgate_core::clock::unix_now())))
     }
 
     fn advance(&self, secs: i64) {

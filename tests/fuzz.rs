@@ -289,7 +289,7 @@ proptest! {
             }
         }
         let lines = text.lines().count().max(1);
-        if let Err(errors) = aadgate_core::config::load_str(Path::new("/nonexistent/aadgate.toml"), &text, None) {
+        if let Err(errors) = aadgate_core::config::load_str(Path::new("/nonexistent/aadgate.toml"), &text) {
             prop_assert!(!errors.0.is_empty());
             for e in &errors.0 {
                 prop_assert!(e.line >= 1 && e.col >= 1, "{e}");
@@ -359,7 +359,7 @@ auth = "anonymous"
 #[test]
 fn the_fuzzed_config_is_valid_before_mutation() {
     let loaded =
-        aadgate_core::config::load_str(Path::new("/nonexistent/aadgate.toml"), VALID_CONFIG, None);
+        aadgate_core::config::load_str(Path::new("/nonexistent/aadgate.toml"), VALID_CONFIG);
     assert!(loaded.is_ok(), "{:?}", loaded.err());
 }
 

@@ -76,7 +76,7 @@ roles_any = ["Admin"]
 "#;
 
 fn loaded() -> Config {
-    load_str(Path::new("/nonexistent/aadgate.toml"), CONFIG, None).expect("the fuzz config loads")
+    load_str(Path::new("/nonexistent/aadgate.toml"), CONFIG).expect("the fuzz config loads")
 }
 
 fn route_for(routes: &[Arc<Route>], path: &str) -> Option<String> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aadgate_core::auth::{Authenticator, Reason, RequestParts};
-use aadgate_core::layer::authenticator_from_config;
+use aadgate_core::runtime::Runtime;
 use aadgate_emulator::{Emulator, EmulatorHandle, EmulatorOptions, TokenSpec, DEFAULT_TENANT};
 use axum::extract::State;
 use axum::routing::post;
@@ -107,11 +107,14 @@ validators = ["no-guests", "entitlements"]
 "#,
         metadata = idp.metadata_url()
     );
-    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
+    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml)
         .expect("config loads");
-    let auth = authenticator_from_config(config).expect("inside a runtime");
+    let auth = Runtime::from_config(config)
+        .expect("inside a runtime")
+        .authenticator()
+        .clone();
     assert!(
-        auth.keys
+        auth.keys()
             .first_load(Duration::from_secs(10))
             .await
             .is_some(),
@@ -130,7 +133,7 @@ async fn authenticate(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
     );
-    let route = w.auth.config.routes[0].clone();
+    let route = w.auth.config().routes[0].clone();
     let parts = RequestParts {
         method: &Method::GET,
         path,
@@ -179,7 +182,7 @@ async fn hooks_allow_add_headers_and_never_see_the_token() {
             "the raw token is never sent to a hook"
         );
     }
-    let metrics = String::from_utf8(w.auth.metrics.render()).expect("utf8");
+    let metrics = String::from_utf8(w.auth.metrics().render()).expect("utf8");
     assert!(metrics.contains(
         r#"aadgate_validator_requests_total{result="cached",validator="entitlements"} 2"#
     ));
@@ -243,8 +246,10 @@ mode = "any"
 kind = "cel"
 expr = "claims.a == 1 &&"
 "#;
-    let errors = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), toml, None)
-        .expect_err("syntax error");
+    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), toml)
+        .expect("the file itself is valid");
+    // The expression is compiled when the runtime is built, as `aadgate check` and a reload do.
+    let errors = Runtime::builder(config).build().expect_err("syntax error");
     let e = errors.0.first().expect("one error");
     // `expr = "` is 8 characters; the expression ends after 16 more, where CEL expected more.
     assert_eq!((e.line, e.col), (14, 25), "{}", e.message);
@@ -285,15 +290,18 @@ upstream = "http://127.0.0.1:1"
 "#,
         metadata = idp.metadata_url()
     );
-    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml, None)
+    let config = aadgate_core::config::load_str(Path::new("/virtual/aadgate.toml"), &toml)
         .expect("a CEL validator can be the tenant hook");
-    let auth = authenticator_from_config(config).expect("inside a runtime");
+    let auth = Runtime::from_config(config)
+        .expect("inside a runtime")
+        .authenticator()
+        .clone();
     assert!(auth
-        .keys
+        .keys()
         .first_load(Duration::from_secs(10))
         .await
         .is_some());
-    let route = auth.config.routes[0].clone();
+    let route = auth.config().routes[0].clone();
     let check = |token: String| {
         let auth = &auth;
         let route = route.clone();

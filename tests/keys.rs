@@ -10,6 +10,7 @@ use aadgate_core::auth::{Authenticator, FixedClock, Reason, RequestParts, TokenC
 use aadgate_core::config::Config;
 use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
 use aadgate_core::metrics::Metrics;
+use aadgate_core::runtime::Runtime;
 use aadgate_emulator::{SigningKey, TokenSpec};
 use common::*;
 use http::{HeaderMap, HeaderValue, Method};
@@ -156,7 +157,7 @@ path_prefix = "/jobs/"
 upstream = "http://127.0.0.1:2"
 "#
     );
-    aadgate_core::config::load_str(std::path::Path::new("keys.toml"), &text, None).expect("config")
+    aadgate_core::config::load_str(std::path::Path::new("keys.toml"), &text).expect("config")
 }
 
 /// The JWK of `key`, published under `kid`.
@@ -169,17 +170,19 @@ fn jwks(key: &SigningKey, kid: &str) -> KeySet {
 
 fn authenticator(config: Config, keys: KeySet, cache: &Arc<TokenCache>, now: i64) -> Authenticator {
     let metrics = Arc::new(Metrics::new());
-    Authenticator {
-        config: Arc::new(config),
-        keys: KeyStore::fixed(keys, metrics.clone()),
-        cache: cache.clone(),
-        metrics,
-        clock: Arc::new(FixedClock(now)),
-    }
+    Runtime::builder(config)
+        .key_store(KeyStore::fixed(keys, metrics.clone()))
+        .metrics(metrics)
+        .token_cache(cache.clone())
+        .clock(Arc::new(FixedClock(now)))
+        .build()
+        .expect("runtime builds")
+        .authenticator()
+        .clone()
 }
 
 async fn check(auth: &Authenticator, token: &str) -> Result<(), Reason> {
-    let route = auth.config.routes[0].clone();
+    let route = auth.config().routes[0].clone();
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::AUTHORIZATION,
@@ -257,7 +260,7 @@ async fn a_cached_token_is_verified_again_when_its_kid_names_other_key_material(
     assert_eq!(check(&before, &token).await, Ok(()));
     assert_eq!(check(&before, &token).await, Ok(()));
     assert_eq!(
-        before.metrics.token_cache_hits.get(),
+        before.metrics().token_cache_hits.get(),
         1,
         "the second call is a hit"
     );
@@ -269,7 +272,7 @@ async fn a_cached_token_is_verified_again_when_its_kid_names_other_key_material(
         NOW,
     );
     assert_eq!(check(&after, &token).await, Err(Reason::BadSignature));
-    assert_eq!(after.metrics.token_cache_hits.get(), 0);
+    assert_eq!(after.metrics().token_cache_hits.get(), 0);
 }
 
 #[tokio::test]

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aadgate_core::auth::{Authenticator, FixedClock, TokenCache};
+use aadgate_core::auth::{FixedClock, TokenCache};
 use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
 use aadgate_core::metrics::Metrics;
+use aadgate_core::runtime::Runtime;
 use serde_json::Value;
 
 fn vectors_dir() -> Option<PathBuf> {
@@ -58,23 +59,27 @@ fn run(rt: &tokio::runtime::Runtime, token: &str, jwks: &Value) -> (bool, Option
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[identity]\njwks_uri = \"http://127.0.0.1:1/k\"\naudiences = [{}]\n[tenants]\nmode = \"any\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:2\"\n",
         serde_json::to_string(&aud).unwrap_or_default()
     );
-    let config =
-        aadgate_core::config::load_str(std::path::Path::new("vectors.toml"), &config, None)
-            .expect("config");
+    let config = aadgate_core::config::load_str(std::path::Path::new("vectors.toml"), &config)
+        .expect("config");
     let metrics = Arc::new(Metrics::new());
     let Ok(set) = KeySet::parse(jwks.to_string().as_bytes(), KeySource::Static) else {
         return (false, Some("no usable keys".into()), false);
     };
     let at = c["iat"].as_i64().or_else(|| c["nbf"].as_i64()).unwrap_or(0) + 60;
     let route = config.routes[0].clone();
-    let auth = Authenticator {
-        cache: Arc::new(TokenCache::new(0, config.identity.clock_skew)),
-        config: Arc::new(config),
-        keys: KeyStore::fixed(set, metrics.clone()),
-        metrics,
-        clock: Arc::new(FixedClock(at)),
-    };
-    let report = rt.block_on(aadgate_core::explain::explain(&auth, &route, token));
+    let cache = Arc::new(TokenCache::new(0, config.identity.clock_skew));
+    let runtime = Runtime::builder(config)
+        .token_cache(cache)
+        .key_store(KeyStore::fixed(set, metrics.clone()))
+        .metrics(metrics)
+        .clock(Arc::new(FixedClock(at)))
+        .build()
+        .expect("runtime builds");
+    let report = rt.block_on(aadgate_core::explain::explain(
+        runtime.authenticator(),
+        &route,
+        token,
+    ));
     let sig = report
         .trace
         .steps

@@ -46,7 +46,7 @@ async fn readyz(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
 /// Whether the first data-plane listener accepts connections (pingora binds it after start-up,
 /// and a wildcard address is probed on loopback).
 async fn listening(state: &SharedState) -> bool {
-    let Some(mut addr) = state.current().config.server.listen.first().copied() else {
+    let Some(mut addr) = state.current().config().server.listen.first().copied() else {
         return true;
     };
     if addr.ip().is_unspecified() {

@@ -7,14 +7,12 @@ pub mod state;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 
-use aadgate_core::config;
-use aadgate_core::metrics::Metrics;
+use aadgate_core::runtime::Runtime;
 
 /// SIGTERM and SIGINT drain in-flight requests; SIGQUIT hands the listeners to a new process
 /// started with `--upgrade`.
@@ -89,11 +87,10 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 /// Serves with the configuration at `path` until a shutdown signal. Returns only on a start-up
 /// error; a normal shutdown exits the process with status 0.
 pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
-    let config = config::load(&path, None).map_err(|e| e.to_string())?;
-    for w in &config.warnings {
+    let runtime = Runtime::load(&path, None).map_err(|e| e.to_string())?;
+    for w in &runtime.config().warnings {
         tracing::warn!("{w}");
     }
-    let metrics = Arc::new(Metrics::new());
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("aadgate-control")
@@ -106,8 +103,8 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
         .spawn(move || control.block_on(std::future::pending::<()>()))
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
 
-    let server_settings = config.server.clone();
-    let state = state::SharedState::new(config, path, metrics, handle.clone());
+    let server_settings = runtime.config().server.clone();
+    let state = state::SharedState::new(runtime, path, handle.clone());
     if let Some(addr) = server_settings.admin_listen {
         match handle.block_on(tokio::net::TcpListener::bind(addr)) {
             Ok(listener) => {

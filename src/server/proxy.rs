@@ -15,83 +15,77 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::state::SharedState;
-use aadgate_core::auth::{Authenticator, Principal, Reason, Rejection, RequestParts, TokenKind};
-use aadgate_core::config::{AuthMode, Route};
-use aadgate_core::exchange::Exchanger;
+use aadgate_core::admission::{self, Admitted, RequestHead, RouteChoice};
+use aadgate_core::auth::{Principal, Reason, Rejection};
+use aadgate_core::config::Route;
+use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
 use aadgate_core::metrics::NO_ROUTE;
 use aadgate_core::request_id::request_id;
-use aadgate_core::routing;
+use aadgate_core::runtime::Runtime;
 
 /// The gateway's proxy logic; shared by all worker threads.
 pub struct Gateway {
     pub state: Arc<SharedState>,
 }
 
-/// The app-only token a request was sent upstream with (to purge it on an upstream 401).
-pub struct ExchangeUse {
-    exchanger: Arc<Exchanger>,
-    tenant: String,
-    token: Arc<str>,
-}
-
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
     request_id: String,
-    auth: Option<Arc<Authenticator>>,
+    runtime: Option<Arc<Runtime>>,
     route: Option<Arc<Route>>,
-    principal: Option<Principal>,
     rejection: Option<Reason>,
     auth_time: Option<Duration>,
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
-    /// The origin-form target sent upstream when it differs from the request's own.
-    upstream_uri: Option<http::Uri>,
-    exchange: Option<ExchangeUse>,
+    /// What admission decided: the upstream request is built from it.
+    admitted: Option<Admitted>,
     client_request_id: Option<String>,
 }
 
-fn request_host(req: &RequestHeader) -> String {
-    let raw = req
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    routing::normalize_host(raw)
-}
+/// pingora's request header as admission sees it. Header changes go through pingora's own
+/// methods, which keep its record of header-name case in step.
+struct Head<'a>(&'a mut RequestHeader);
 
-/// The URI of an origin-form target built for the upstream; one the `http` crate cannot
-/// represent is refused here rather than forwarded in some other form.
-fn upstream_uri(target: &str) -> std::result::Result<http::Uri, Rejection> {
-    target.parse::<http::Uri>().map_err(|_| {
-        Rejection::new(
-            Reason::BadRequest,
-            "the request target cannot be forwarded in origin form",
-        )
-    })
-}
+impl RequestHead for Head<'_> {
+    fn method(&self) -> &http::Method {
+        &self.0.method
+    }
 
-/// Marks every `Authorization` value sensitive, so no `Debug` print of the request (pingora's
-/// debug lines print whole request headers, downstream and upstream) shows the caller's
-/// token, whatever RUST_LOG says. No-op (and no allocation) without the header.
-fn mark_authorization_sensitive(req: &mut RequestHeader) -> std::result::Result<(), Rejection> {
-    if req
-        .headers
-        .get_all(AUTHORIZATION)
-        .iter()
-        .all(HeaderValue::is_sensitive)
-    {
-        return Ok(());
+    /// The target as it came on the wire: pingora maps a target in neither origin nor absolute
+    /// form to the URI `/` and keeps the bytes, so only they tell what was asked.
+    fn raw_target(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.0.raw_path())
     }
-    let values: Vec<HeaderValue> = req.headers.get_all(AUTHORIZATION).iter().cloned().collect();
-    req.remove_header(&AUTHORIZATION);
-    for mut v in values {
-        v.set_sensitive(true);
-        req.append_header(AUTHORIZATION, v)
-            .map_err(|_| Rejection::new(Reason::BadRequest, "bad Authorization header"))?;
+
+    fn headers(&self) -> &http::HeaderMap {
+        &self.0.headers
     }
-    Ok(())
+
+    fn remove_header(&mut self, name: &http::HeaderName) {
+        self.0.remove_header(name);
+    }
+
+    fn replace_authorization(
+        &mut self,
+        values: Vec<HeaderValue>,
+    ) -> std::result::Result<(), Rejection> {
+        self.0.remove_header(&AUTHORIZATION);
+        for v in values {
+            self.0
+                .append_header(AUTHORIZATION, v)
+                .map_err(|_| Rejection::new(Reason::BadRequest, "bad Authorization header"))?;
+        }
+        Ok(())
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.0
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.0.uri.authority().map(|a| a.as_str()))
+    }
 }
 
 /// The request target as received, up to the query, for the access log: a refused target such
@@ -130,91 +124,6 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str)
     Ok(())
 }
 
-impl Gateway {
-    /// Routing, header hygiene and authentication. `Err` is a rejection to answer with.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> std::result::Result<(), Rejection> {
-        let auth = self.state.current();
-        ctx.auth = Some(auth.clone());
-        let cfg = &auth.config;
-        let req = session.req_header_mut();
-        mark_authorization_sensitive(req)?;
-        // Spoofed identity headers never pass, on any route.
-        for name in cfg.spoofable_headers(&req.headers) {
-            req.remove_header(&name);
-        }
-        let req = session.req_header();
-        let host = request_host(req);
-        let method = req.method.clone();
-        // The target as it came on the wire: pingora maps a target in neither origin nor
-        // absolute form to the URI `/` and keeps the bytes, so only they tell what was asked.
-        let edge = routing::edge(&cfg.server, &method, req.raw_path())?;
-        let route = routing::select(&cfg.routes, &method, &host, &edge.normalized)?.clone();
-        ctx.route = Some(route.clone());
-        if let Some(target) = routing::upstream_target(&route, &edge, cfg.server.path_case) {
-            ctx.upstream_uri = Some(upstream_uri(&target)?);
-        }
-        let raw_path = edge.target.path;
-
-        if route.auth == AuthMode::Anonymous {
-            return Ok(());
-        }
-
-        let started = Instant::now();
-        let parts = RequestParts {
-            method: &method,
-            path: raw_path,
-            normalized_path: &edge.normalized,
-            host: &host,
-            headers: &req.headers,
-        };
-        let result = auth.authenticate(&route, &parts).await;
-        ctx.auth_time = Some(started.elapsed());
-        let principal = result?;
-
-        if let Some(exchanger) = &route.exchange {
-            let settings = exchanger.settings();
-            if settings.rewrite_me {
-                if let Some(uri) = ctx.upstream_uri.as_ref() {
-                    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-                    if aadgate_core::exchange::has_me_segment(path) {
-                        let user = (principal.kind() != TokenKind::App)
-                            .then(|| {
-                                aadgate_core::exchange::user_value(
-                                    principal.token(),
-                                    &settings.user_claim,
-                                )
-                            })
-                            .flatten();
-                        let Some(user) = user else {
-                            return Err(Rejection::new(
-                                Reason::WrongTokenKind,
-                                format!("the path {raw_path} acts on the signed-in user (/me), but the token has no user ({} claim); call /users/{{id}}/… instead", settings.user_claim),
-                            ));
-                        };
-                        if let Some(rewritten) = aadgate_core::exchange::rewrite_me(path, &user) {
-                            ctx.upstream_uri = Some(upstream_uri(&rewritten)?);
-                        }
-                    }
-                }
-            }
-            let token = exchanger
-                .token(principal.tenant_id(), &auth.metrics)
-                .await?;
-            ctx.exchange = Some(ExchangeUse {
-                exchanger: exchanger.clone(),
-                tenant: principal.tenant_id().to_string(),
-                token: token.access_token,
-            });
-        }
-        ctx.principal = Some(principal);
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -223,15 +132,13 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
-            auth: None,
+            runtime: None,
             route: None,
-            principal: None,
             rejection: None,
             auth_time: None,
             upstream_started: None,
             upstream_status: None,
-            upstream_uri: None,
-            exchange: None,
+            admitted: None,
             client_request_id: None,
         }
     }
@@ -239,9 +146,25 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         ctx.request_id = request_id(session.req_header().headers.get("x-request-id"));
-        match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
-            Err(rejection) => {
+        let runtime = self.state.current();
+        let admitted = admission::admit(
+            &runtime,
+            &mut Head(session.req_header_mut()),
+            &RouteChoice::Select,
+        )
+        .await;
+        ctx.runtime = Some(runtime);
+        match admitted {
+            Ok(a) => {
+                ctx.route = Some(a.route.clone());
+                ctx.auth_time = a.auth_time;
+                ctx.admitted = Some(a);
+                Ok(false)
+            }
+            Err(refused) => {
+                ctx.route = refused.route;
+                ctx.auth_time = refused.auth_time;
+                let rejection = refused.rejection;
                 ctx.rejection = Some(rejection.reason);
                 tracing::debug!(request_id = %ctx.request_id, reason = %rejection.reason, message = %rejection.message, "rejected");
                 respond(session, &rejection, &ctx.request_id).await?;
@@ -255,7 +178,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(route), Some(auth)) = (&ctx.route, &ctx.auth) else {
+        let (Some(route), Some(runtime)) = (&ctx.route, &ctx.runtime) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no route selected",
@@ -267,8 +190,9 @@ impl ProxyHttp for Gateway {
             None => resolve(&up.host, up.port).await?,
         };
         let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
-        peer.options.connection_timeout = Some(auth.config.server.upstream_connect_timeout);
-        peer.options.read_timeout = Some(auth.config.server.upstream_read_timeout);
+        let server = &runtime.config().server;
+        peer.options.connection_timeout = Some(server.upstream_connect_timeout);
+        peer.options.read_timeout = Some(server.upstream_read_timeout);
         Ok(Box::new(peer))
     }
 
@@ -279,11 +203,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_started = Some(Instant::now());
-        let Some(route) = &ctx.route else {
+        let Some(admitted) = &ctx.admitted else {
             return Ok(());
         };
-        if let Some(uri) = ctx.upstream_uri.take() {
-            upstream.set_uri(uri);
+        let route = &admitted.route;
+        if let Some(uri) = &admitted.upstream_target {
+            upstream.set_uri(uri.clone());
         }
         let original_host = session.req_header().headers.get(HOST).cloned();
         upstream.insert_header(HOST, route.upstream.authority.as_str())?;
@@ -315,32 +240,20 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if !route.pass_authorization || route.exchange.is_some() {
+        let caller_id = session
+            .req_header()
+            .headers
+            .get(CLIENT_REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        let changes = admitted.upstream_headers(caller_id, std::time::SystemTime::now());
+        if changes.remove_authorization {
             upstream.remove_header(&AUTHORIZATION);
         }
-        if let Some(p) = &ctx.principal {
-            for (name, value) in p.identity_headers() {
-                upstream.insert_header(name, value)?;
+        for (name, value) in changes.set {
+            if name == CLIENT_REQUEST_ID {
+                ctx.client_request_id = value.to_str().ok().map(String::from);
             }
-        }
-        if let Some(x) = &ctx.exchange {
-            let mut bearer = HeaderValue::try_from(format!("Bearer {}", x.token))
-                .or_err(InvalidHTTPHeader, "app-only token is not a header value")?;
-            bearer.set_sensitive(true);
-            upstream.insert_header(AUTHORIZATION, bearer)?;
-            let caller_id = session
-                .req_header()
-                .headers
-                .get("client-request-id")
-                .and_then(|v| v.to_str().ok());
-            for (name, value) in
-                aadgate_core::exchange::exchange_headers(caller_id, std::time::SystemTime::now())
-            {
-                if name.as_str() == "client-request-id" {
-                    ctx.client_request_id = value.to_str().ok().map(String::from);
-                }
-                upstream.insert_header(name, value)?;
-            }
+            upstream.insert_header(name, value)?;
         }
         Ok(())
     }
@@ -354,9 +267,9 @@ impl ProxyHttp for Gateway {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(x) = &ctx.exchange {
+        if let Some(x) = ctx.admitted.as_ref().and_then(|a| a.exchange.as_ref()) {
             if status == 401 {
-                x.exchanger.purge(&x.tenant, &x.token);
+                x.upstream_refused();
             }
             if status >= 400 {
                 let h = |n: &str| {
@@ -369,7 +282,7 @@ impl ProxyHttp for Gateway {
                 tracing::warn!(
                     request_id = %ctx.request_id,
                     route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name),
-                    exchange = %x.exchanger.settings().name,
+                    exchange = %x.exchanger().settings().name,
                     status,
                     client_request_id = ctx.client_request_id.as_deref().unwrap_or("-"),
                     upstream_request_id = %h("request-id"),
@@ -426,8 +339,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(auth) = &ctx.auth else { return };
-        let m = &auth.metrics;
+        let Some(runtime) = &ctx.runtime else { return };
+        let m = runtime.metrics();
         let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let reason = ctx.rejection;
@@ -452,6 +365,8 @@ impl ProxyHttp for Gateway {
             return;
         }
         let req = session.req_header();
+        let principal: Option<&Principal> =
+            ctx.admitted.as_ref().and_then(|a| a.principal.as_ref());
         let client_addr = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -468,8 +383,8 @@ impl ProxyHttp for Gateway {
             latency_ms = total.as_secs_f64() * 1000.0,
             auth_us = ctx.auth_time.map_or(0, |d| d.as_micros() as u64),
             upstream_ms = upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-            tenant_id = ctx.principal.as_ref().map_or("-", |p| p.tenant_id()),
-            client_id = ctx.principal.as_ref().and_then(|p| p.client_id()).unwrap_or("-"),
+            tenant_id = principal.map_or("-", |p| p.tenant_id()),
+            client_id = principal.and_then(|p| p.client_id()).unwrap_or("-"),
             client_addr = client_addr.as_deref().unwrap_or("-"),
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
             "request"

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use aadgate_core::auth::{Authenticator, SystemClock, TokenCache};
-use aadgate_core::config::{self, Config, ConfigErrors};
-use aadgate_core::jwks::KeyStore;
+use aadgate_core::config::ConfigErrors;
 use aadgate_core::metrics::Metrics;
+use aadgate_core::runtime::Runtime;
 
 /// The gateway's shared state.
 pub struct SharedState {
-    current: ArcSwap<Authenticator>,
+    current: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     /// The config path as given on the command line (not canonicalised).
     pub config_path: PathBuf,
@@ -23,30 +22,20 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    /// Builds the state for an already-validated configuration and starts its key store.
+    /// The state for a runtime built from an already-validated configuration; starts it (its
+    /// key store's refresh task) on `control`.
     pub fn new(
-        config: Config,
+        runtime: Runtime,
         config_path: PathBuf,
-        metrics: Arc<Metrics>,
         control: tokio::runtime::Handle,
     ) -> Arc<Self> {
-        let keys = KeyStore::new(&config.identity, metrics.clone());
-        control.spawn(keys.clone().run());
-        let auth = Authenticator {
-            cache: Arc::new(TokenCache::new(
-                config.identity.token_cache_size,
-                config.identity.clock_skew,
-            )),
-            config: Arc::new(config),
-            keys,
-            metrics: metrics.clone(),
-            clock: Arc::new(SystemClock),
-        };
+        runtime.start(&control);
+        let metrics = runtime.metrics().clone();
         metrics
             .config_last_reload_success
-            .set(aadgate_core::jwks::unix_now() as f64);
+            .set(aadgate_core::clock::unix_now() as f64);
         Arc::new(SharedState {
-            current: ArcSwap::from_pointee(auth),
+            current: ArcSwap::from_pointee(runtime),
             metrics,
             config_path,
             control,
@@ -54,19 +43,19 @@ impl SharedState {
         })
     }
 
-    /// The authenticator for a new request.
-    pub fn current(&self) -> Arc<Authenticator> {
+    /// The runtime for a new request.
+    pub fn current(&self) -> Arc<Runtime> {
         self.current.load_full()
     }
 
     /// Loads the configuration file again and swaps it in if valid. A config that fails to load
-    /// is refused whole: the running one stays, the failure is logged and counted.
+    /// is refused whole: the running one stays, the failure is logged and counted. What the new
+    /// runtime carries over from the running one is decided by [`Runtime::load`].
     pub fn reload(&self, why: &str) -> Result<(), ConfigErrors> {
         let _serial = self.reload_lock.lock();
         let old = self.current();
-        let result = config::load(&self.config_path, Some(&old.config));
-        let new_config = match result {
-            Ok(c) => c,
+        let new = match Runtime::load(&self.config_path, Some(&old)) {
+            Ok(r) => r,
             Err(errors) => {
                 self.metrics
                     .config_reloads
@@ -78,10 +67,10 @@ impl SharedState {
                 return Err(errors);
             }
         };
-        for w in &new_config.warnings {
+        for w in &new.config().warnings {
             tracing::warn!("{w}");
         }
-        let (a, b) = (&old.config.server, &new_config.server);
+        let (a, b) = (&old.config().server, &new.config().server);
         let restart_only: Vec<&str> = [
             ("listen", a.listen != b.listen),
             ("admin_listen", a.admin_listen != b.admin_listen),
@@ -93,51 +82,21 @@ impl SharedState {
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
         .collect();
-        let listener_change = !restart_only.is_empty();
-        if listener_change {
+        if !restart_only.is_empty() {
             tracing::warn!(
                 changed = %restart_only.join(", "),
                 "these [server] settings apply only after a restart; everything else is applied now"
             );
         }
-        let same_source = new_config.identity.same_key_source(&old.config.identity);
-        let keys = if same_source {
-            old.keys.update_intervals(&new_config.identity);
-            old.keys.clone()
-        } else {
+        if !Arc::ptr_eq(old.keys(), new.keys()) {
             tracing::info!("the key source changed: loading keys from the new source");
-            // Keep serving with the old keys until the new source has loaded its own.
-            let keys = KeyStore::new_seeded(
-                &new_config.identity,
-                self.metrics.clone(),
-                old.keys.current(),
-            );
-            self.control.spawn(keys.clone().run());
-            old.keys.stop();
-            keys
-        };
-        let cache = if same_source
-            && new_config.identity.token_cache_size == old.config.identity.token_cache_size
-            && new_config.identity.clock_skew == old.config.identity.clock_skew
-        {
-            old.cache.clone()
-        } else {
-            Arc::new(TokenCache::new(
-                new_config.identity.token_cache_size,
-                new_config.identity.clock_skew,
-            ))
-        };
-        self.current.store(Arc::new(Authenticator {
-            config: Arc::new(new_config),
-            keys,
-            cache,
-            metrics: self.metrics.clone(),
-            clock: old.clock.clone(),
-        }));
+        }
+        new.start(&self.control);
+        self.current.store(Arc::new(new));
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         self.metrics
             .config_last_reload_success
-            .set(aadgate_core::jwks::unix_now() as f64);
+            .set(aadgate_core::clock::unix_now() as f64);
         tracing::info!(trigger = why, "configuration reloaded");
         Ok(())
     }
@@ -145,7 +104,7 @@ impl SharedState {
     /// Files whose change triggers a reload: the config and the tenants file.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut v = vec![self.config_path.clone()];
-        if let Some(f) = &self.current().config.tenants.file {
+        if let Some(f) = &self.current().config().tenants.file {
             v.push(f.clone());
         }
         v
@@ -153,8 +112,7 @@ impl SharedState {
 
     /// Readiness: `Ok(detail)` when keys are loaded (the config is valid by construction).
     pub fn readiness(&self) -> Result<String, String> {
-        let auth = self.current();
-        match auth.keys.current() {
+        match self.current().keys().current() {
             Some(set) => Ok(match set.source {
                 aadgate_core::jwks::KeySource::CacheFile => format!(
                     "ready: {} signing keys from cache_file (identity provider unreachable)",

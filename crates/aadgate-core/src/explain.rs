@@ -116,7 +116,7 @@ pub async fn explain_request(
         header: decode_segment(token, 0),
         claims: decode_segment(token, 1),
         trace,
-        now: auth.clock.now(),
+        now: auth.clock().now(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::unix_now;
 use crate::config::IdentitySettings;
 use crate::metrics::Metrics;
 
@@ -190,13 +191,6 @@ impl KeySet {
     pub fn contains(&self, id: &str) -> bool {
         self.by_kid.contains_key(id) || self.by_x5t.contains_key(id)
     }
-}
-
-/// Current Unix time in seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The schedule of fetches, as pure functions of timestamps and settings.

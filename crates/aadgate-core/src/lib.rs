@@ -7,7 +7,10 @@
 //! argument; implies `tower`), `cel` (validators and tenant hooks written in CEL).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
+pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod exchange;
 pub mod explain;
@@ -15,5 +18,8 @@ pub mod jwks;
 #[cfg(feature = "tower")]
 pub mod layer;
 pub mod metrics;
+pub mod reason;
 pub mod request_id;
 pub mod routing;
+pub mod runtime;
+pub mod target;

@@ -6,7 +6,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::auth::Reason;
+use crate::reason::Reason;
 
 /// Buckets of `aadgate_request_duration_seconds` and `aadgate_upstream_duration_seconds`:
 /// from half a millisecond to a minute.

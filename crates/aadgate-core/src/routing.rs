@@ -3,17 +3,15 @@
 //! ties). The pingora adapter and the tower layer both call [`edge`] and the header rule
 //! [`crate::config::Config::spoofable_headers`], so they refuse and strip the same requests.
 
-pub mod path;
-
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::Method;
 
-pub use path::{normalize_path, parse_target, strip_prefix, PathCase, Target, TargetForm};
+pub use crate::target::{normalize_path, parse_target, strip_prefix, PathCase, Target, TargetForm};
 
-use crate::auth::{Reason, Rejection};
 use crate::config::{Route, ServerSettings};
+use crate::reason::{Reason, Rejection};
 
 /// What the edge of the gateway made of a request line: the classified target and the
 /// normalized path routes are matched on.

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::error::{Reason, Rejection};
+use crate::reason::{Reason, Rejection};
 
 /// Checks that the token has a non-empty `appid` or `azp`. Returns the client id found.
 pub fn check(claims: &Map<String, Value>) -> Result<&str, Rejection> {

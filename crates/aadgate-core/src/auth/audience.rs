@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::error::{Reason, Rejection};
+use crate::reason::{Reason, Rejection};
 
 const GRAPH_AUDIENCES: [&str; 3] = [
     "https://graph.microsoft.com",

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use super::claims::VerifiedToken;
-use super::error::{Reason, Rejection};
 use crate::config::{ClientSettings, Route};
+use crate::reason::{Reason, Rejection};
 
 /// Checks the client id and strength for `route`.
 pub fn check(

@@ -1,7 +1,7 @@
 //! How to fix each rejection, in the caller's or operator's terms. Used by `aadgate explain` and
 //! the troubleshooting guide; the gateway's own messages carry the specific part.
 
-use super::error::Reason;
+use crate::reason::Reason;
 
 /// A concrete next step for `reason`.
 pub fn hint(reason: Reason) -> &'static str {

@@ -6,9 +6,9 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::error::{Reason, Rejection};
 use crate::config::is_guid;
 use crate::jwks::Jwk;
+use crate::reason::{Reason, Rejection};
 
 const TENANT_PLACEHOLDER: &str = "{tenantid}";
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::error::{Reason, Rejection};
 use super::token::JoseHeader;
 use crate::jwks::{Jwk, KeyStore};
+use crate::reason::{Reason, Rejection};
 
 /// The key that will verify the token and the id it was found by.
 #[derive(Debug, Clone)]

@@ -8,7 +8,6 @@ pub mod access_token;
 pub mod audience;
 pub mod claims;
 pub mod client_app;
-mod error;
 pub mod hints;
 pub mod hooks;
 pub mod issuer;
@@ -19,6 +18,7 @@ pub mod tenant;
 pub mod time;
 pub mod token;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,38 +27,14 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
 
+pub use crate::clock::{Clock, FixedClock, SystemClock};
+pub use crate::reason::{Reason, Rejection};
 pub use claims::{ClientClaim, TokenKind, TokenVersion, VerifiedToken};
-pub use error::{Reason, Rejection};
+use hooks::Validator;
 
 use crate::config::{ClaimSource, Config, Route};
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
-
-/// A source of the current time in Unix seconds (injectable for tests and `explain --at`).
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Now, in Unix seconds.
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        crate::jwks::unix_now()
-    }
-}
-
-/// A clock stopped at a given time.
-#[derive(Debug, Clone, Copy)]
-pub struct FixedClock(pub i64);
-
-impl Clock for FixedClock {
-    fn now(&self) -> i64 {
-        self.0
-    }
-}
 
 /// The parts of a request the pipeline reads.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +181,7 @@ impl moka::Expiry<[u8; 32], CachedToken> for ExpireAtExp {
         Some(cache_lifetime(
             v.token.exp,
             self.skew,
-            crate::jwks::unix_now(),
+            crate::clock::unix_now(),
         ))
     }
 }
@@ -263,18 +239,81 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     out
 }
 
-/// Runs the pipeline for one configuration. Cheap to clone the `Arc`s it holds; a reload builds
-/// a new one that shares the key store and token cache when the key source did not change.
+/// Runs the pipeline for one configuration. Built only by [`crate::runtime`], which decides
+/// what a reload carries over (the key store, the token cache, validators with their caches);
+/// cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    pub config: Arc<Config>,
-    pub keys: Arc<KeyStore>,
-    pub cache: Arc<TokenCache>,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    keys: Arc<KeyStore>,
+    cache: Arc<TokenCache>,
+    validators: Arc<HashMap<String, Arc<Validator>>>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What an [`Authenticator`] is made of (for [`crate::runtime`]).
+pub(crate) struct Parts {
+    pub(crate) config: Arc<Config>,
+    pub(crate) keys: Arc<KeyStore>,
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) validators: HashMap<String, Arc<Validator>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Authenticator {
+    pub(crate) fn from_parts(p: Parts) -> Self {
+        Authenticator {
+            config: p.config,
+            keys: p.keys,
+            cache: p.cache,
+            validators: Arc::new(p.validators),
+            metrics: p.metrics,
+            clock: p.clock,
+        }
+    }
+
+    /// The configuration it runs.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The signing keys it verifies with.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// The verified-token cache.
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.cache
+    }
+
+    /// The metrics it counts in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The clock tokens' lifetimes are checked against.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The validator named `name` (`[validators.NAME]`).
+    pub fn validator(&self, name: &str) -> Option<&Arc<Validator>> {
+        self.validators.get(name)
+    }
+
+    /// The validator `name`, or `503 hook_unavailable` when the runtime has none by that name.
+    fn hook(&self, name: &str, what: &str) -> Result<&Arc<Validator>, Rejection> {
+        self.validators.get(name).ok_or_else(|| {
+            Rejection::new(
+                Reason::HookUnavailable,
+                format!("{what} {name:?} is not configured"),
+            )
+        })
+    }
+
     /// Validates the request for `route`: SPEC section 1, steps 2–8, in order.
     pub async fn authenticate(
         &self,
@@ -322,12 +361,7 @@ impl Authenticator {
             |d| format!("{d:?}"),
         )?;
         if let tenant::TenantDecision::AskHook(name) = tenant {
-            let hook = cfg.validators.get(&name).ok_or_else(|| {
-                Rejection::new(
-                    Reason::HookUnavailable,
-                    format!("tenant hook {name:?} is not configured"),
-                )
-            })?;
+            let hook = self.hook(&name, "tenant hook")?;
             record(
                 &mut t,
                 "tenant hook",
@@ -372,7 +406,8 @@ impl Authenticator {
             token: &verified,
             token_hash: &hash,
         };
-        for v in &route.validators {
+        for name in &route.validators {
+            let v = self.hook(name, "validator")?;
             let added = record(
                 &mut t,
                 "validator",

@@ -1,8 +1,8 @@
 //! Stage 7: the route's policy: token kind, `roles` (appRoles) and `scp` (delegated scopes).
 
 use super::claims::{TokenKind, VerifiedToken};
-use super::error::{Reason, Rejection};
 use crate::config::{Route, TokenKindRequirement};
+use crate::reason::{Reason, Rejection};
 
 /// Checks token kind, roles and scopes for `route`.
 pub fn check(token: &VerifiedToken, route: &Route) -> Result<(), Rejection> {

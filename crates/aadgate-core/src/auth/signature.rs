@@ -4,9 +4,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
 
-use super::error::{Reason, Rejection};
 use super::keys::FoundKey;
 use super::token::{JoseHeader, ParsedToken};
+use crate::reason::{Reason, Rejection};
 
 /// Refuses any `alg` not in `allowed` (which never contains `none` or an HMAC algorithm).
 pub fn check_algorithm(header: &JoseHeader, allowed: &[Algorithm]) -> Result<Algorithm, Rejection> {

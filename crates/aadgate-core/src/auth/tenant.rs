@@ -1,7 +1,7 @@
 //! Stage 5 (tenant policy): deny-list first, then the allow-list, any tenant, or the tenant hook.
 
-use super::error::{Reason, Rejection};
 use crate::config::{TenantMode, TenantSettings};
+use crate::reason::{Reason, Rejection};
 
 /// What the pure part of the tenant policy decided.
 #[derive(Debug, PartialEq, Eq)]

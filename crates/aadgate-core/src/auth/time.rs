@@ -6,7 +6,7 @@
 use serde_json::Map;
 use serde_json::Value;
 
-use super::error::{Reason, Rejection};
+use crate::reason::{Reason, Rejection};
 
 use super::claims::seconds as num;
 

@@ -10,7 +10,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::{Reason, Rejection};
+use crate::reason::{Reason, Rejection};
 
 /// Extracts the bearer token from the `Authorization` header values of a request.
 ///

@@ -64,6 +64,11 @@ impl<'a> Reporter<'a> {
         }
     }
 
+    /// The file being reported on.
+    pub fn file(&self) -> &Path {
+        self.file
+    }
+
     /// The text being reported on.
     pub fn source(&self) -> &str {
         self.source

@@ -1,5 +1,7 @@
-//! The runtime model: what the gateway reads on every request. Built from the file model by
-//! `super::compile`, held behind an `ArcSwap`, replaced whole on reload.
+//! The settings model: what the configuration file says, validated and in the types the rest of
+//! the crate reads. Built from the file model by `super::compile`. It holds settings only: the
+//! running parts built from them (key store, validators, exchangers, caches) are
+//! [`crate::runtime`]'s.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -9,12 +11,11 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use crate::auth::hooks::Validator;
-use crate::exchange::Exchanger;
-pub use crate::routing::PathCase;
+use super::ConfigError;
+pub use crate::target::PathCase;
 
-/// A validated configuration, ready to serve.
-#[derive(Debug)]
+/// A validated configuration.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The path the configuration was loaded from, as given (not canonicalised), so relative
     /// paths resolve against the folder a Kubernetes ConfigMap is mounted at.
@@ -23,9 +24,11 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub tenants: TenantSettings,
     pub clients: ClientSettings,
-    pub validators: HashMap<String, Arc<Validator>>,
+    /// `[validators.NAME]` by NAME.
+    pub validators: HashMap<String, ValidatorSettings>,
     pub routes: Vec<Arc<Route>>,
-    pub exchanges: HashMap<String, Arc<Exchanger>>,
+    /// `[exchange.NAME]` by NAME.
+    pub exchanges: HashMap<String, ExchangeSettings>,
     /// Every header name configured as a claim header on any route, plus the default set:
     /// removed from every inbound request.
     pub claim_header_names: HashSet<HeaderName>,
@@ -249,10 +252,146 @@ pub struct Route {
     pub clients: Option<HashSet<String>>,
     /// The effective minimum: the larger of the global and the route's value.
     pub min_auth_strength: u8,
-    pub validators: Vec<Arc<Validator>>,
+    /// The names of the validators to run, in order (each is a key of `Config::validators`).
+    pub validators: Vec<String>,
     pub pass_authorization: bool,
-    pub exchange: Option<Arc<Exchanger>>,
+    /// The `[exchange.NAME]` whose app-only token replaces the caller's (a key of
+    /// `Config::exchanges`).
+    pub exchange: Option<String>,
     pub claim_headers: Vec<(HeaderName, ClaimSource)>,
+}
+
+/// `[validators.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatorSettings {
+    /// NAME: the `validator` label of metrics and logs.
+    pub name: String,
+    /// What the validator runs.
+    pub kind: ValidatorKind,
+}
+
+/// The two kinds of validator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidatorKind {
+    /// `kind = "http"`: a decision service called over HTTP.
+    Http(HttpValidatorSettings),
+    /// `kind = "cel"`: an expression evaluated in-process.
+    Cel(CelValidatorSettings),
+}
+
+/// `[validators.NAME]` with `kind = "cel"`. The expression is compiled when the runtime is
+/// built; a compile error is reported at its place in the file through [`Self::error_at`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CelValidatorSettings {
+    /// The expression, as written.
+    pub expr: String,
+    /// The message of a deny.
+    pub message: String,
+    /// Where the expression's first character is in the configuration file.
+    pub at: SourcePosition,
+}
+
+/// A 1-based line and column in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+}
+
+impl CelValidatorSettings {
+    /// The configuration error for a problem at 1-based (`line`, `col`) of the expression: the
+    /// same file position the loader reports for any other key.
+    pub fn error_at(&self, line: usize, col: usize, message: impl Into<String>) -> ConfigError {
+        let (line, col) = match self.expr.split_inclusive('\n').nth(line.saturating_sub(1)) {
+            // A position past the end of its line is the end of that line.
+            Some(text) => {
+                let chars = text.trim_end_matches(['\n', '\r']).chars().count();
+                let col = col.clamp(1, chars + 1);
+                if line <= 1 {
+                    (self.at.line, self.at.col + col - 1)
+                } else {
+                    (self.at.line + line - 1, col)
+                }
+            }
+            None => (self.at.line, self.at.col),
+        };
+        ConfigError {
+            file: self.at.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a failing (erroring, timing out) HTTP hook means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Fail closed: `503 hook_unavailable`.
+    Deny,
+    /// Fail open: proceed, log at warn.
+    Allow,
+}
+
+/// `[validators.NAME]` with `kind = "http"`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpValidatorSettings {
+    /// The URL the gateway POSTs the decision request to.
+    pub url: String,
+    /// Bound on one call: connect, send, answer and body.
+    pub timeout: Duration,
+    /// How long a decision (allow or deny) is reused; zero disables the cache.
+    pub cache_ttl: Duration,
+    /// What an error or timeout means.
+    pub on_error: OnError,
+    /// The only headers an allow answer may add upstream (`headers`); any other header the
+    /// hook returns is dropped with a warn log. Empty: the hook adds none.
+    pub headers: Vec<HeaderName>,
+}
+
+/// What the token is requested for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeTarget {
+    /// v2 endpoint: `scope`, e.g. `https://outlook.office365.com/.default`.
+    Scope(String),
+    /// v1 endpoint: `resource`, e.g. `https://outlook.office365.com`.
+    Resource(String),
+}
+
+/// `[exchange.NAME]`, compiled (see `docs/configuration.md` for the file keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSettings {
+    /// NAME: the `exchange` label of metrics and logs.
+    pub name: String,
+    /// The gateway's application (client) id.
+    pub client_id: String,
+    /// Token endpoint URL with `{tenantid}`, replaced by the caller's tenant.
+    pub token_endpoint: String,
+    /// `scope` (v2 endpoint) or `resource` (v1 endpoint).
+    pub target: ExchangeTarget,
+    /// The first signs; the rest are kept for rollover.
+    pub certificates: Vec<crate::certs::LoadedCertificate>,
+    /// Token request timeout (connect, send and read). Default 10 s.
+    pub timeout: Duration,
+    /// How long before expiry a cached token is refreshed (but a token is always reused for
+    /// half its lifetime). Default 5 min.
+    pub refresh_before_expiry: Duration,
+    /// How long a failed token request is answered from the cache. Default 30 s.
+    pub failure_cache: Duration,
+    /// After an upstream 401 purged a (tenant, scope)'s token, further 401s within this long
+    /// purge nothing, so callers who can make the upstream answer 401 cannot turn each request
+    /// into a token request. Default 30 s.
+    pub purge_interval: Duration,
+    /// Most (tenant, scope) entries kept. Default 10000.
+    pub max_tenants: u64,
+    /// Rewrite `/me` path segments to `/users/<user>`. Default false.
+    pub rewrite_me: bool,
+    /// `oid` or `upn`: the claim that names the user in that rewrite. Default `oid`.
+    pub user_claim: String,
 }
 
 /// The claim headers sent when a route configures none (SPEC section 3).
@@ -343,8 +482,8 @@ upstream = "http://127.0.0.1:1"
 [routes.claim_headers]
 x-tenant = "tid"
 "#;
-        let mut c = crate::config::load_str(std::path::Path::new("t.toml"), toml, None)
-            .expect("valid config");
+        let mut c =
+            crate::config::load_str(std::path::Path::new("t.toml"), toml).expect("valid config");
         c.validator_header_names
             .insert(HeaderName::from_static("x-plan"));
         c

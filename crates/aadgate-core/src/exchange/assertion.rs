@@ -77,7 +77,7 @@ pub fn sign(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::exchange::certs::load_pair;
+    use crate::certs::load_pair;
     use jsonwebtoken::{DecodingKey, Validation};
     use serde_json::Value;
     use std::path::Path;
@@ -107,7 +107,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = test_certificate(dir.path(), "signer");
         let aud = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token";
-        let now = crate::jwks::unix_now();
+        let now = crate::clock::unix_now();
         let a = sign(&cert, "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c", aud, now).expect("sign");
 
         let header = jsonwebtoken::decode_header(a.expose()).expect("header");

@@ -9,7 +9,6 @@
 
 pub mod assertion;
 pub mod cache;
-pub mod certs;
 pub mod client;
 pub mod rewrite;
 
@@ -18,8 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{Clock, Reason, Rejection, SystemClock};
+use crate::certs;
+use crate::clock::{Clock, SystemClock};
+pub use crate::config::{ExchangeSettings, ExchangeTarget};
 use crate::metrics::Metrics;
+use crate::reason::{Reason, Rejection};
 
 use cache::{AppTokenCache, CacheKey, FailureKind, Slot};
 use client::{Class, Failure, Issued, TokenClient};
@@ -29,47 +31,6 @@ pub use rewrite::{exchange_headers, has_me_segment, rewrite_me, user_value};
 /// A token is served from the cache after a failed refresh only while it stays valid for at
 /// least this many seconds.
 pub const STALE_MARGIN_SECS: i64 = 60;
-
-/// What the token is requested for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExchangeTarget {
-    /// v2 endpoint: `scope`, e.g. `https://outlook.office365.com/.default`.
-    Scope(String),
-    /// v1 endpoint: `resource`, e.g. `https://outlook.office365.com`.
-    Resource(String),
-}
-
-/// `[exchange.NAME]`, compiled (see `docs/configuration.md` for the file keys).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExchangeSettings {
-    /// NAME: the `exchange` label of metrics and logs.
-    pub name: String,
-    /// The gateway's application (client) id.
-    pub client_id: String,
-    /// Token endpoint URL with `{tenantid}`, replaced by the caller's tenant.
-    pub token_endpoint: String,
-    /// `scope` (v2 endpoint) or `resource` (v1 endpoint).
-    pub target: ExchangeTarget,
-    /// The first signs; the rest are kept for rollover.
-    pub certificates: Vec<certs::LoadedCertificate>,
-    /// Token request timeout (connect, send and read). Default 10 s.
-    pub timeout: Duration,
-    /// How long before expiry a cached token is refreshed (but a token is always reused for
-    /// half its lifetime). Default 5 min.
-    pub refresh_before_expiry: Duration,
-    /// How long a failed token request is answered from the cache. Default 30 s.
-    pub failure_cache: Duration,
-    /// After an upstream 401 purged a (tenant, scope)'s token, further 401s within this long
-    /// purge nothing, so callers who can make the upstream answer 401 cannot turn each request
-    /// into a token request. Default 30 s.
-    pub purge_interval: Duration,
-    /// Most (tenant, scope) entries kept. Default 10000.
-    pub max_tenants: u64,
-    /// Rewrite `/me` path segments to `/users/<user>`. Default false.
-    pub rewrite_me: bool,
-    /// `oid` or `upn`: the claim that names the user in that rewrite. Default `oid`.
-    pub user_claim: String,
-}
 
 /// An app-only access token for one tenant. `Debug` redacts the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -283,7 +244,7 @@ impl Exchanger {
                 cert,
                 &s.client_id,
                 &endpoint,
-                crate::jwks::unix_now(),
+                crate::clock::unix_now(),
             ) {
                 Ok(a) => a,
                 Err(e) => {

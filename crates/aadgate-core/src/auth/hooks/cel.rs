@@ -43,8 +43,8 @@ use http::HeaderMap;
 use serde_json::Value as Json;
 
 use super::{count, HookRequest, Outcome};
-use crate::auth::error::{Reason, Rejection};
 use crate::metrics::Metrics;
+use crate::reason::{Reason, Rejection};
 
 /// The standard CEL environment, built once and shared by every evaluation.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
@@ -336,7 +336,7 @@ impl CelHook {
             ("request", request),
             ("route", str_value(req.route)),
             ("tenant", tenant_value(&req.token.tid, &req.token.iss)),
-            ("now", Value::Int(crate::jwks::unix_now())),
+            ("now", Value::Int(crate::clock::unix_now())),
         ]);
         self.conclude(validator, verdict, Reason::HookDenied, metrics)
     }
@@ -361,7 +361,7 @@ impl CelHook {
             ("request", string_map(std::iter::empty())),
             ("route", str_value("")),
             ("tenant", tenant_value(tid, issuer)),
-            ("now", Value::Int(crate::jwks::unix_now())),
+            ("now", Value::Int(crate::clock::unix_now())),
         ]);
         self.conclude(validator, verdict, Reason::TenantNotAllowed, metrics)
     }
@@ -533,7 +533,7 @@ mod tests {
 
     #[test]
     fn the_documented_examples_decide_as_described() {
-        let now = crate::jwks::unix_now();
+        let now = crate::clock::unix_now();
         let client = "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11";
         let no_guests = "!has(claims.acct) || claims.acct == 0";
         let last_hour = "now - claims.iat < 3600";

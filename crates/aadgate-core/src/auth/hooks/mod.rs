@@ -10,38 +10,14 @@ pub mod cel;
 pub mod webhook;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::claims::VerifiedToken;
-use super::error::Rejection;
 use crate::metrics::Metrics;
+use crate::reason::Rejection;
 
-/// What a failing (erroring, timing out) HTTP hook means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Fail closed: `503 hook_unavailable`.
-    Deny,
-    /// Fail open: proceed, log at warn.
-    Allow,
-}
-
-/// `[validators.NAME]` with `kind = "http"`, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpValidatorSettings {
-    /// The URL the gateway POSTs the decision request to.
-    pub url: String,
-    /// Bound on one call: connect, send, answer and body.
-    pub timeout: Duration,
-    /// How long a decision (allow or deny) is reused; zero disables the cache.
-    pub cache_ttl: Duration,
-    /// What an error or timeout means.
-    pub on_error: OnError,
-    /// The only headers an allow answer may add upstream (`headers`); any other header the
-    /// hook returns is dropped with a warn log. Empty: the hook adds none.
-    pub headers: Vec<HeaderName>,
-}
+pub use crate::config::{HttpValidatorSettings, OnError};
 
 /// The request facts a hook sees. Never the raw token.
 #[derive(Debug)]
@@ -200,6 +176,8 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     fn assert_send_sync<T: Send + Sync>() {}
 

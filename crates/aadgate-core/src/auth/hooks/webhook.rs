@@ -26,8 +26,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{count, HookRequest, HttpValidatorSettings, OnError, Outcome};
-use crate::auth::error::{Reason, Rejection};
 use crate::metrics::Metrics;
+use crate::reason::{Reason, Rejection};
 
 /// Most request-stage decisions one validator keeps.
 pub const REQUEST_CACHE_CAPACITY: u64 = 100_000;

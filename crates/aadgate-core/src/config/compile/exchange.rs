@@ -1,38 +1,26 @@
 //! `[exchange.NAME]`: app-only token exchange settings.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_spanned::Spanned;
 
 use super::{Compiler, DEFAULT_PURGE_INTERVAL};
+use crate::certs::{self, LoadedCertificate};
 use crate::config::file;
-use crate::config::model::Config;
-use crate::exchange::certs::{self, LoadedCertificate};
-use crate::exchange::{ExchangeSettings, ExchangeTarget, Exchanger};
+use crate::config::model::{ExchangeSettings, ExchangeTarget};
 
 impl Compiler<'_> {
-    /// Every `[exchange.NAME]`. An exchanger whose settings did not change since `previous` is
-    /// carried over (with its token cache); one without a target is reported and left out.
+    /// Every `[exchange.NAME]`; one without a target is reported and left out.
     pub(super) fn exchanges(
         &mut self,
         map: &BTreeMap<String, Spanned<file::ExchangeFile>>,
-        previous: Option<&Config>,
-    ) -> HashMap<String, Arc<Exchanger>> {
+    ) -> HashMap<String, ExchangeSettings> {
         let mut out = HashMap::new();
         for (name, e) in map {
-            let Some(settings) = self.exchange_settings(name, e) else {
-                continue;
-            };
-            let reuse = previous
-                .and_then(|p| p.exchanges.get(name))
-                .filter(|old| old.settings() == &settings)
-                .cloned();
-            out.insert(
-                name.clone(),
-                reuse.unwrap_or_else(|| Arc::new(Exchanger::new(settings))),
-            );
+            if let Some(settings) = self.exchange_settings(name, e) {
+                out.insert(name.clone(), settings);
+            }
         }
         out
     }

@@ -44,10 +44,9 @@ pub const DEFAULT_ISSUERS: [&str; 2] = [
     "https://login.microsoftonline.com/{tenantid}/v2.0",
 ];
 
-/// Reads and compiles the configuration at `path`. `previous`, the running configuration on a
-/// reload, lets stateful parts (hook decision caches, app-only token caches) carry over when
-/// their settings did not change.
-pub fn load(path: &Path, previous: Option<&Config>) -> Result<Config, ConfigErrors> {
+/// Reads and validates the configuration at `path`. The running parts are built from it by
+/// [`crate::runtime`], which also decides what a reload carries over.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![super::ConfigError {
             file: path.to_path_buf(),
@@ -56,16 +55,12 @@ pub fn load(path: &Path, previous: Option<&Config>) -> Result<Config, ConfigErro
             message: format!("cannot read the configuration file: {e}"),
         }])
     })?;
-    load_str(path, &source, previous)
+    load_str(path, &source)
 }
 
 /// Compiles configuration text as if read from `path` (relative paths resolve against its
 /// folder).
-pub fn load_str(
-    path: &Path,
-    source: &str,
-    previous: Option<&Config>,
-) -> Result<Config, ConfigErrors> {
+pub fn load_str(path: &Path, source: &str) -> Result<Config, ConfigErrors> {
     let mut r = Reporter::new(path, source);
     let Some(parsed) = file::parse(source, &mut r) else {
         return Err(ConfigErrors(r.errors));
@@ -76,7 +71,7 @@ pub fn load_str(
         base,
         path_case: PathCase::default(),
     };
-    let config = c.config(path, parsed, previous);
+    let config = c.config(path, parsed);
     if c.r.errors.is_empty() {
         let mut config = config.expect("no errors means a config was built");
         config.warnings = c.r.warnings.iter().map(|w| w.to_string()).collect();
@@ -151,13 +146,13 @@ impl Compiler<'_> {
         }
     }
 
-    fn config(&mut self, path: &Path, f: ConfigFile, previous: Option<&Config>) -> Option<Config> {
+    fn config(&mut self, path: &Path, f: ConfigFile) -> Option<Config> {
         let server = f.server.as_ref().and_then(|s| self.server(s));
         let identity = f.identity.as_ref().and_then(|s| self.identity(s));
         let tenants = f.tenants.as_ref().and_then(|s| self.tenants(s, &f));
         let clients = self.clients(f.clients.as_ref());
-        let validators = self.validators(&f.validators, previous);
-        let exchanges = self.exchanges(&f.exchange, previous);
+        let validators = self.validators(&f.validators);
+        let exchanges = self.exchanges(&f.exchange);
         let routes = self.routes(&f, &validators, &exchanges, &clients);
 
         let mut claim_header_names: HashSet<HeaderName> = default_claim_headers()

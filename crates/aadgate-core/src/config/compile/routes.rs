@@ -9,10 +9,8 @@ use http::{HeaderName, Method};
 use serde_spanned::Spanned;
 
 use super::{is_hop_or_reserved, Compiler};
-use crate::auth::hooks::Validator;
 use crate::config::file::{ConfigFile, RouteFile};
 use crate::config::model::*;
-use crate::exchange::Exchanger;
 
 impl Compiler<'_> {
     fn upstream(&mut self, s: &Spanned<String>) -> Option<Upstream> {
@@ -79,8 +77,8 @@ impl Compiler<'_> {
     pub(super) fn routes(
         &mut self,
         whole: &ConfigFile,
-        validators: &HashMap<String, Arc<Validator>>,
-        exchanges: &HashMap<String, Arc<Exchanger>>,
+        validators: &HashMap<String, ValidatorSettings>,
+        exchanges: &HashMap<String, ExchangeSettings>,
         clients: &ClientSettings,
     ) -> Vec<Arc<Route>> {
         let mut out = Vec::new();
@@ -149,7 +147,7 @@ impl Compiler<'_> {
     /// same way here; `strip_prefix` must be a prefix of `path_prefix`.
     fn route_prefixes(&mut self, f: &RouteFile) -> (String, Option<String>) {
         let prefix = f.path_prefix.get_ref();
-        let prefix = match crate::routing::normalize_path(prefix, self.path_case) {
+        let prefix = match crate::target::normalize_path(prefix, self.path_case) {
             Ok(p) => p.into_owned(),
             Err(e) => {
                 self.r.error(
@@ -160,7 +158,7 @@ impl Compiler<'_> {
             }
         };
         let strip_prefix = f.strip_prefix.as_ref().and_then(|sp| {
-            let normal = crate::routing::normalize_path(sp.get_ref(), self.path_case)
+            let normal = crate::target::normalize_path(sp.get_ref(), self.path_case)
                 .ok()
                 .filter(|n| prefix.starts_with(n.as_ref()));
             if normal.is_none() {
@@ -231,12 +229,12 @@ impl Compiler<'_> {
         &mut self,
         f: &RouteFile,
         whole: &ConfigFile,
-        validators: &HashMap<String, Arc<Validator>>,
-    ) -> Vec<Arc<Validator>> {
+        validators: &HashMap<String, ValidatorSettings>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         for v in &f.validators {
             match validators.get(v.get_ref()) {
-                Some(val) => out.push(val.clone()),
+                Some(val) => out.push(val.name.clone()),
                 // Declared but invalid: its own error was reported already.
                 None if whole.declared_validators.contains(v.get_ref()) => {}
                 None => self.r.error(
@@ -257,11 +255,11 @@ impl Compiler<'_> {
         &mut self,
         f: &RouteFile,
         whole: &ConfigFile,
-        exchanges: &HashMap<String, Arc<Exchanger>>,
-    ) -> Option<Arc<Exchanger>> {
+        exchanges: &HashMap<String, ExchangeSettings>,
+    ) -> Option<String> {
         let e = f.exchange.as_ref()?;
         match exchanges.get(e.get_ref()) {
-            Some(x) => Some(x.clone()),
+            Some(x) => Some(x.name.clone()),
             // Declared but invalid: its own error was reported already.
             None if whole.declared_exchanges.contains(e.get_ref()) => None,
             None => {
@@ -285,7 +283,7 @@ impl Compiler<'_> {
         name: &str,
         f: &RouteFile,
         has_exchange: bool,
-        validators: &[Arc<Validator>],
+        validators: &[String],
     ) {
         for (present, key) in [
             (has_exchange, "exchange"),

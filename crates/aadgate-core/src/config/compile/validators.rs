@@ -1,31 +1,30 @@
 //! `[validators.NAME]`: http and CEL hooks, and the headers they may add upstream.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
 use serde_spanned::Spanned;
 
 use super::{is_hop_or_reserved, Compiler};
-use crate::auth::hooks::{HttpValidatorSettings, OnError, Validator};
 use crate::config::file::{self, ConfigFile};
-use crate::config::model::Config;
+use crate::config::model::{
+    CelValidatorSettings, HttpValidatorSettings, OnError, SourcePosition, ValidatorKind,
+    ValidatorSettings,
+};
 
 impl Compiler<'_> {
-    /// Every `[validators.NAME]`. A validator whose settings did not change since `previous`
-    /// is carried over (with its decision cache); an invalid one is reported and left out.
+    /// Every `[validators.NAME]`; an invalid one is reported and left out.
     pub(super) fn validators(
         &mut self,
         map: &BTreeMap<String, Spanned<file::ValidatorFile>>,
-        previous: Option<&Config>,
-    ) -> HashMap<String, Arc<Validator>> {
+    ) -> HashMap<String, ValidatorSettings> {
         let mut out = HashMap::new();
         for (name, v) in map {
             let f = v.get_ref();
             let validator = match f.kind.get_ref().as_str() {
-                "http" => self.http_validator(name, v, previous),
-                "cel" => self.cel_validator(name, v),
+                "http" => self.http_validator(name, v).map(ValidatorKind::Http),
+                "cel" => self.cel_validator(name, v).map(ValidatorKind::Cel),
                 other => {
                     self.r.error(
                         f.kind.span(),
@@ -34,20 +33,20 @@ impl Compiler<'_> {
                     None
                 }
             };
-            if let Some(validator) = validator {
-                out.insert(name.clone(), validator);
+            if let Some(kind) = validator {
+                let name = name.clone();
+                out.insert(name.clone(), ValidatorSettings { name, kind });
             }
         }
         out
     }
 
-    /// A kind = "http" validator, or the one of `previous` when its settings are the same.
+    /// A kind = "http" validator.
     fn http_validator(
         &mut self,
         name: &str,
         v: &Spanned<file::ValidatorFile>,
-        previous: Option<&Config>,
-    ) -> Option<Arc<Validator>> {
+    ) -> Option<HttpValidatorSettings> {
         let f = v.get_ref();
         for (present, key) in [(f.expr.is_some(), "expr"), (f.message.is_some(), "message")] {
             if present {
@@ -81,27 +80,22 @@ impl Compiler<'_> {
             }
         };
         let headers = self.hook_headers(f.headers.as_ref());
-        let settings = HttpValidatorSettings {
+        Some(HttpValidatorSettings {
             url: url_s,
             headers,
             timeout: self.dur(&f.timeout, Duration::from_millis(500)),
             cache_ttl: self.dur(&f.cache_ttl, Duration::from_secs(60)),
             on_error,
-        };
-        let reuse = previous
-            .and_then(|p| p.validators.get(name))
-            .filter(|old| old.same_http_settings(&settings))
-            .cloned();
-        Some(reuse.unwrap_or_else(|| Arc::new(Validator::http(name, settings))))
+        })
     }
 
-    /// A kind = "cel" validator; a compile error in `expr` is reported at its place inside the
-    /// TOML string.
+    /// A kind = "cel" validator, with the position of its expression in the file (the runtime
+    /// compiles it and reports a compile error there).
     fn cel_validator(
         &mut self,
         name: &str,
         v: &Spanned<file::ValidatorFile>,
-    ) -> Option<Arc<Validator>> {
+    ) -> Option<CelValidatorSettings> {
         let f = v.get_ref();
         for (present, key) in [
             (f.url.is_some(), "url"),
@@ -128,18 +122,19 @@ impl Compiler<'_> {
             || format!("denied by validator {name:?}"),
             |m| m.get_ref().clone(),
         );
-        match Validator::cel(name, expr.get_ref(), message) {
-            Ok(v) => Some(Arc::new(v)),
-            Err((line, col, msg)) => {
-                let offset = self.cel_error_offset(expr, line, col);
-                self.r
-                    .error(offset..offset, format!("CEL expression: {msg}"));
-                None
-            }
-        }
+        let (line, col) = self.r.position(self.cel_error_offset(expr, 1, 1));
+        Some(CelValidatorSettings {
+            expr: expr.get_ref().clone(),
+            message,
+            at: SourcePosition {
+                file: self.r.file().to_path_buf(),
+                line,
+                col,
+            },
+        })
     }
 
-    /// The source offset of a CEL error at (`line`, `col`) of `expr`: the expression starts
+    /// The source offset of (`line`, `col`) of `expr`: the expression starts
     /// after the opening quote (or triple quote) of the TOML string.
     fn cel_error_offset(&self, expr: &Spanned<String>, line: usize, col: usize) -> usize {
         let raw_start = expr.span().start;

@@ -137,7 +137,7 @@ fn token(tid: &str, exp: i64) -> VerifiedToken {
 const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 fn later() -> i64 {
-    crate::jwks::unix_now() + 3600
+    crate::clock::unix_now() + 3600
 }
 
 struct Req {
@@ -443,7 +443,7 @@ async fn a_cached_decision_never_outlives_the_token() {
         settings(&srv.url, Duration::from_secs(60), OnError::Deny),
     );
     // Expired a few seconds ago, still accepted within clock skew: nothing may be reused.
-    let r = Req::new("t1", token(TID, crate::jwks::unix_now() - 5));
+    let r = Req::new("t1", token(TID, crate::clock::unix_now() - 5));
     for _ in 0..3 {
         v.check_request(&r.hook(), &Metrics::new())
             .await

@@ -57,7 +57,7 @@ impl PartialEq for LoadedCertificate {
 impl LoadedCertificate {
     /// A warning when the certificate is outside its validity period now.
     pub fn expiry_warning(&self) -> Option<String> {
-        let now = crate::jwks::unix_now();
+        let now = crate::clock::unix_now();
         if now > self.not_after {
             Some(format!(
                 "certificate {} ({}) expired at Unix time {}; Azure AD will reject assertions signed with it",

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::auth::{Reason, Rejection};
+use crate::reason::{Reason, Rejection};
 
 /// `[server] path_case`: whether route prefixes and request paths compare with ASCII case
 /// folded (`Insensitive`, the default, as ASP.NET Core and IIS route) or exactly.

@@ -1,0 +1,327 @@
+//! The running state: everything built from a [`Config`] that requests are served with — the
+//! key store, the verified-token cache, the validators (with their decision caches), the
+//! exchangers (with their app-only token caches), the metrics and the clock.
+//!
+//! [`Builder::build`] is the one place that decides what a reload carries over from the
+//! previous runtime:
+//!
+//! | part | carried over when |
+//! |---|---|
+//! | key store (and its keys) | the key source (`metadata_url`, `jwks_uri`, `cache_file`) is the same; its intervals are updated. Otherwise a new store serves the old keys until its own first load. |
+//! | verified-token cache | the key store is carried over and `token_cache_size` and `clock_skew` are the same |
+//! | an HTTP validator (and its decision cache) | its settings are the same |
+//! | an exchanger (and its app-only token cache) | its settings are the same |
+//! | metrics, clock | always |
+//!
+//! A CEL validator is compiled again (it holds no state). Building has no side effects on the
+//! previous runtime until [`Runtime::start`], so a configuration that fails to build leaves the
+//! running one untouched.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::auth::hooks::Validator;
+use crate::auth::{self, Authenticator, TokenCache};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, ConfigErrors, ValidatorKind, ValidatorSettings};
+use crate::exchange::Exchanger;
+use crate::jwks::KeyStore;
+use crate::metrics::Metrics;
+
+/// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
+/// runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration did not load or build; every error has its `file:line:col`.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The key refresh task needs a Tokio runtime and none is running on this thread.
+    #[error(
+        "aadgate needs a Tokio runtime to refresh signing keys; build the runtime from within one"
+    )]
+    NoRuntime,
+}
+
+/// A configuration and the running parts built from it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    auth: Authenticator,
+    exchangers: Arc<HashMap<String, Arc<Exchanger>>>,
+    start: Arc<std::sync::Mutex<Option<Start>>>,
+}
+
+/// What [`Runtime::start`] still has to do.
+#[derive(Debug)]
+struct Start {
+    /// The key store was made by this build: its refresh task is not running yet.
+    refresh: bool,
+    /// The previous runtime's key store, replaced by this one: stopped once this one starts.
+    retire: Option<Arc<KeyStore>>,
+}
+
+/// Builds a [`Runtime`]; see the module documentation for what it carries over.
+#[must_use]
+pub struct Builder<'a> {
+    config: Config,
+    previous: Option<&'a Runtime>,
+    metrics: Option<Arc<Metrics>>,
+    clock: Option<Arc<dyn Clock>>,
+    keys: Option<Arc<KeyStore>>,
+    token_cache: Option<Arc<TokenCache>>,
+}
+
+impl<'a> Builder<'a> {
+    /// A builder for `config`.
+    pub fn new(config: Config) -> Self {
+        Builder {
+            config,
+            previous: None,
+            metrics: None,
+            clock: None,
+            keys: None,
+            token_cache: None,
+        }
+    }
+
+    /// The runtime this one replaces (a reload): its parts are reused where the settings
+    /// allow, and its metrics and clock always.
+    pub fn previous(mut self, previous: &'a Runtime) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    /// The metrics registry to count in (default: the previous runtime's, else a new one).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The clock (default: the previous runtime's, else the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// A key store to use as it is (e.g. [`KeyStore::fixed`]), instead of one for
+    /// `[identity]`; [`Runtime::start`] does not run it.
+    pub fn key_store(mut self, keys: Arc<KeyStore>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// A verified-token cache to use as it is (e.g. one shared by several runtimes in a test).
+    pub fn token_cache(mut self, cache: Arc<TokenCache>) -> Self {
+        self.token_cache = Some(cache);
+        self
+    }
+
+    /// Builds the runtime. Fails only when a validator does not compile (a CEL syntax error,
+    /// reported at its place in the file). Nothing is fetched and no task is started: call
+    /// [`Runtime::start`].
+    pub fn build(self) -> Result<Runtime, ConfigErrors> {
+        let prev = self.previous;
+        let clock = self
+            .clock
+            .or_else(|| prev.map(|p| p.auth.clock().clone()))
+            .unwrap_or_else(|| Arc::new(SystemClock));
+        let metrics = self
+            .metrics
+            .or_else(|| prev.map(|p| p.auth.metrics().clone()))
+            .unwrap_or_else(|| Arc::new(Metrics::new()));
+        let validators = validators(&self.config, prev)?;
+        let exchangers = exchangers(&self.config, prev, &clock);
+        let identity = &self.config.identity;
+        let mut start = Start {
+            refresh: false,
+            retire: None,
+        };
+        let keys = match (self.keys, prev) {
+            (Some(keys), _) => keys,
+            (None, Some(p)) if identity.same_key_source(&p.config().identity) => {
+                p.auth.keys().update_intervals(identity);
+                p.auth.keys().clone()
+            }
+            (None, previous) => {
+                start.refresh = true;
+                start.retire = previous.map(|p| p.auth.keys().clone());
+                // Serve the old source's keys until the new source has loaded its own.
+                let seed = previous.and_then(|p| p.auth.keys().current());
+                KeyStore::new_seeded(identity, metrics.clone(), seed)
+            }
+        };
+        let cache = self.token_cache.unwrap_or_else(|| match prev {
+            Some(p)
+                if Arc::ptr_eq(p.auth.keys(), &keys)
+                    && identity.token_cache_size == p.config().identity.token_cache_size
+                    && identity.clock_skew == p.config().identity.clock_skew =>
+            {
+                p.auth.token_cache().clone()
+            }
+            _ => Arc::new(TokenCache::new(
+                identity.token_cache_size,
+                identity.clock_skew,
+            )),
+        });
+        let auth = Authenticator::from_parts(auth::Parts {
+            config: Arc::new(self.config),
+            keys,
+            cache,
+            validators,
+            metrics,
+            clock,
+        });
+        Ok(Runtime {
+            auth,
+            exchangers: Arc::new(exchangers),
+            start: Arc::new(std::sync::Mutex::new(Some(start))),
+        })
+    }
+}
+
+/// Every validator: an HTTP one whose settings did not change is the previous runtime's (with
+/// its decision cache); a CEL one is compiled, and a compile error is a configuration error at
+/// its place in the file.
+fn validators(
+    config: &Config,
+    prev: Option<&Runtime>,
+) -> Result<HashMap<String, Arc<Validator>>, ConfigErrors> {
+    let mut out = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, ValidatorSettings { kind, .. }) in &config.validators {
+        let validator = match kind {
+            ValidatorKind::Http(settings) => prev
+                .and_then(|p| p.auth.validator(name))
+                .filter(|old| old.same_http_settings(settings))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Validator::http(name, settings.clone()))),
+            ValidatorKind::Cel(cel) => match Validator::cel(name, &cel.expr, cel.message.clone()) {
+                Ok(v) => Arc::new(v),
+                Err((line, col, message)) => {
+                    errors.push(cel.error_at(line, col, format!("CEL expression: {message}")));
+                    continue;
+                }
+            },
+        };
+        out.insert(name.clone(), validator);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.col));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Every exchanger: one whose settings did not change is the previous runtime's (with its
+/// app-only token cache).
+fn exchangers(
+    config: &Config,
+    prev: Option<&Runtime>,
+    clock: &Arc<dyn Clock>,
+) -> HashMap<String, Arc<Exchanger>> {
+    config
+        .exchanges
+        .iter()
+        .map(|(name, settings)| {
+            let exchanger = prev
+                .and_then(|p| p.exchanger(name))
+                .filter(|old| old.settings() == settings)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Exchanger::with_clock(settings.clone(), clock.clone()))
+                });
+            (name.clone(), exchanger)
+        })
+        .collect()
+}
+
+impl Runtime {
+    /// A builder for `config`.
+    pub fn builder(config: Config) -> Builder<'static> {
+        Builder::new(config)
+    }
+
+    /// Loads the configuration at `path` and builds its runtime (not started): every error,
+    /// from the file or from compiling a validator, with its `file:line:col`.
+    pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+        let config = config::load(path)?;
+        let builder = Builder::new(config);
+        match previous {
+            Some(p) => builder.previous(p).build(),
+            None => builder.build(),
+        }
+    }
+
+    /// Loads the configuration at `path`, builds its runtime with a fresh metrics registry
+    /// (render it with `runtime.metrics().render()`) and the system clock, and starts it on the
+    /// current Tokio runtime. Relative paths in the file resolve against its folder.
+    ///
+    /// The signing keys are fetched in the background: requests that arrive before the first
+    /// fetch wait for it (a bounded time, then `503 keys_unavailable`); call
+    /// `runtime.keys().first_load(timeout).await` to wait up front. The refresh task runs until
+    /// [`Runtime::stop`].
+    pub async fn from_config_file(path: impl AsRef<Path>) -> Result<Runtime, StartError> {
+        let config = config::load(path.as_ref())?;
+        Self::from_config(config)
+    }
+
+    /// Builds the runtime of an already-loaded configuration and starts it on the current
+    /// Tokio runtime, as [`Runtime::from_config_file`] does.
+    pub fn from_config(config: Config) -> Result<Runtime, StartError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let runtime = Builder::new(config).build()?;
+        runtime.start(&handle);
+        Ok(runtime)
+    }
+
+    /// Starts what the build left to start: the refresh task of a new key store (spawned on
+    /// `handle`), and stops the key store it replaced. Idempotent.
+    pub fn start(&self, handle: &tokio::runtime::Handle) {
+        let pending = self.start.lock().map(|mut s| s.take()).unwrap_or(None);
+        let Some(start) = pending else { return };
+        if start.refresh {
+            handle.spawn(self.auth.keys().clone().run());
+        }
+        if let Some(old) = start.retire {
+            if !Arc::ptr_eq(&old, self.auth.keys()) {
+                old.stop();
+            }
+        }
+    }
+
+    /// Stops the background work of its key store (when the runtime is dropped for good).
+    pub fn stop(&self) {
+        self.auth.keys().stop();
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        self.auth.config()
+    }
+
+    /// The token validation pipeline.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.auth.metrics()
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        self.auth.keys()
+    }
+
+    /// The exchanger of `[exchange.NAME]`.
+    pub fn exchanger(&self, name: &str) -> Option<&Arc<Exchanger>> {
+        self.exchangers.get(name)
+    }
+
+    /// Every exchanger, by name.
+    pub fn exchangers(&self) -> impl Iterator<Item = (&str, &Arc<Exchanger>)> {
+        self.exchangers.iter().map(|(n, x)| (n.as_str(), x))
+    }
+}
