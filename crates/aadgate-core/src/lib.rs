@@ -17,3 +17,4 @@ pub mod layer;
 pub mod metrics;
 pub mod request_id;
 pub mod routing;
+pub mod singleflight;
