@@ -153,7 +153,7 @@ where
 
     /// How many callers wait for the flight for `key` (0 when there is none).
     #[cfg(test)]
-    fn waiting(&self, key: &K) -> usize {
+    pub(crate) fn waiting(&self, key: &K) -> usize {
         self.lock()
             .flights
             .get(key)

@@ -434,6 +434,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancelled_token_request_lets_a_waiting_caller_fetch() {
+        let cache = Arc::new(AppTokenCache::new(10));
+        let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
+        let (started, fetching) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_fetch(
+                        &key,
+                        || 1000,
+                        |_| async move {
+                            let _ = started.send(());
+                            std::future::pending::<Slot>().await
+                        },
+                    )
+                    .await
+            }
+        });
+        fetching.await.expect("the first caller fetches");
+        let second = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_fetch(
+                        &key,
+                        || 1000,
+                        |_| async move { Slot::token("tok", 1000, 3600, Duration::ZERO) },
+                    )
+                    .await
+            }
+        });
+        while cache.flights.waiting(&key) < 1 {
+            tokio::task::yield_now().await;
+        }
+        first.abort();
+        assert!(first.await.expect_err("aborted").is_cancelled());
+        let (slot, fetched) = second.await.expect("second caller");
+        assert!(fetched, "the waiting caller made the request");
+        assert!(slot.holds("tok"));
+        assert!(cache.usable(&key, 1000).is_some());
+    }
+
+    #[tokio::test]
     async fn purge_removes_only_the_token_it_names() {
         let cache = AppTokenCache::new(10);
         let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
