@@ -22,4 +22,5 @@ pub mod reason;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;
+pub mod singleflight;
 pub mod target;

@@ -9,18 +9,18 @@
 //!
 //! The storage is a `moka::sync::Cache`: reads, inserts and the purge never do I/O, and the
 //! purge (called from the proxy's synchronous response path) needs a synchronous,
-//! compare-and-remove operation. Fetches are coalesced by an explicit per-key async gate.
+//! compare-and-remove operation. Fetches are coalesced by the crate's one single-flight gate,
+//! [`SingleFlight`] (see its module for why not moka's entry API).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 use moka::Expiry;
-use tokio::sync::OwnedMutexGuard;
 
 use super::{AppToken, ExchangeTarget};
-use crate::auth::Rejection;
+use crate::reason::Rejection;
+use crate::singleflight::SingleFlight;
 
 /// Cache key: lower-case tenant GUID and the scope or resource the token is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -223,7 +223,9 @@ pub struct AppTokenCache {
     /// When (Unix seconds, exchanger clock) each key's token was last purged after an upstream
     /// 401; bounded like `entries`. moka's own expiry only frees memory.
     purged_at: moka::sync::Cache<CacheKey, i64>,
-    flights: Flights,
+    /// Token requests in progress: the entry each makes, and whether it was fetched (false
+    /// when the leader found a usable entry after all).
+    flights: SingleFlight<CacheKey, (Arc<Slot>, bool)>,
 }
 
 /// Whether a purge at `now` is allowed when the last one for the key was at `last`: not
@@ -252,7 +254,7 @@ impl AppTokenCache {
                 .expire_after(SlotExpiry)
                 .build(),
             purged_at: moka::sync::Cache::new(max_entries.max(1)),
-            flights: Flights::default(),
+            flights: SingleFlight::new(),
         }
     }
 
@@ -267,8 +269,9 @@ impl AppTokenCache {
     }
 
     /// The usable entry for `key`, or the one `fetch` makes. Concurrent callers that miss the
-    /// same key wait for one fetch and share its result. `now` is read before and after
-    /// waiting. Returns the entry and whether this call fetched it.
+    /// same key wait for one fetch and share its result (`fetch` runs in one of them; if that
+    /// caller is cancelled, a waiting one fetches instead). `now` is read before and after
+    /// joining the flight. Returns the entry and whether this call fetched it.
     pub async fn get_or_fetch<F, Fut>(
         &self,
         key: &CacheKey,
@@ -282,13 +285,19 @@ impl AppTokenCache {
         if let Some(slot) = self.usable(key, now()) {
             return (slot, false);
         }
-        let _flight = self.flights.enter(key).await;
-        if let Some(slot) = self.usable(key, now()) {
-            return (slot, false);
-        }
-        let slot = Arc::new(fetch(self.current(key)).await);
-        self.entries.insert(key.clone(), slot.clone());
-        (slot, true)
+        let ((slot, fetched), led) = self
+            .flights
+            .run(key, || async {
+                // The previous flight may have filled the entry since the first look.
+                if let Some(slot) = self.usable(key, now()) {
+                    return (slot, false);
+                }
+                let slot = Arc::new(fetch(self.current(key)).await);
+                self.entries.insert(key.clone(), slot.clone());
+                (slot, true)
+            })
+            .await;
+        (slot, led && fetched)
     }
 
     /// Removes `key`'s entry if it still holds `access_token` and no purge of `key` happened
@@ -309,48 +318,6 @@ impl AppTokenCache {
             self.purged_at.insert(key.clone(), now);
         }
         removed
-    }
-}
-
-/// One async gate per key being fetched (single flight). A gate lives while someone holds or
-/// waits for it.
-#[derive(Default)]
-struct Flights {
-    gates: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl Flights {
-    async fn enter<'a>(&'a self, key: &CacheKey) -> Flight<'a> {
-        let gate = {
-            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-            gates.entry(key.clone()).or_default().clone()
-        };
-        Flight {
-            flights: self,
-            key: key.clone(),
-            guard: Some(gate.lock_owned().await),
-        }
-    }
-}
-
-/// Holding a gate; dropping it (also when the fetching request is cancelled) lets the next
-/// waiter in and forgets the gate when nobody else wants it.
-struct Flight<'a> {
-    flights: &'a Flights,
-    key: CacheKey,
-    guard: Option<OwnedMutexGuard<()>>,
-}
-
-impl Drop for Flight<'_> {
-    fn drop(&mut self) {
-        let mut gates = self.flights.gates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(guard) = self.guard.take() {
-            // The map and this guard hold the gate: no one else waits for it.
-            if Arc::strong_count(OwnedMutexGuard::mutex(&guard)) == 2 {
-                gates.remove(&self.key);
-            }
-            drop(guard);
-        }
     }
 }
 
@@ -463,10 +430,51 @@ mod tests {
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert_eq!(fetched, 1);
-        assert!(
-            cache.flights.gates.lock().expect("lock").is_empty(),
-            "gates are forgotten"
-        );
+        assert_eq!(cache.flights.in_flight(), 0, "flights are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_request_lets_a_waiting_caller_fetch() {
+        let cache = Arc::new(AppTokenCache::new(10));
+        let key = CacheKey::new("t1", &ExchangeTarget::Scope("s".into()));
+        let (started, fetching) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_fetch(
+                        &key,
+                        || 1000,
+                        |_| async move {
+                            let _ = started.send(());
+                            std::future::pending::<Slot>().await
+                        },
+                    )
+                    .await
+            }
+        });
+        fetching.await.expect("the first caller fetches");
+        let second = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_fetch(
+                        &key,
+                        || 1000,
+                        |_| async move { Slot::token("tok", 1000, 3600, Duration::ZERO) },
+                    )
+                    .await
+            }
+        });
+        while cache.flights.waiting(&key) < 1 {
+            tokio::task::yield_now().await;
+        }
+        first.abort();
+        assert!(first.await.expect_err("aborted").is_cancelled());
+        let (slot, fetched) = second.await.expect("second caller");
+        assert!(fetched, "the waiting caller made the request");
+        assert!(slot.holds("tok"));
+        assert!(cache.usable(&key, 1000).is_some());
     }
 
     #[tokio::test]

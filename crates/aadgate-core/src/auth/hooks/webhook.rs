@@ -13,11 +13,11 @@
 //! `exp`. Each cache is bounded in entries and in bytes (a moka weigher counts the headers and
 //! messages a decision holds; keys are fixed-size hashes, so a long path costs nothing). Each entry carries its
 //! own wall-clock `expires_at`, checked on every read. Concurrent misses for one key make one
-//! call. All validators share one connection pool; nothing is locked across a call, so a slow
+//! call ([`SingleFlight`]): the callers that waited share its decision, or its error (an error
+//! is never cached). All validators share one connection pool; nothing is locked across a call, so a slow
 //! hook delays only the requests that wait for it.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 use super::{count, HookRequest, HttpValidatorSettings, OnError, Outcome};
 use crate::metrics::Metrics;
 use crate::reason::{Reason, Rejection};
+use crate::singleflight::SingleFlight;
 
 /// Most request-stage decisions one validator keeps.
 pub const REQUEST_CACHE_CAPACITY: u64 = 100_000;
@@ -137,7 +138,29 @@ fn request_key(req: &HookRequest<'_>) -> RequestKey {
     key
 }
 
-type DecisionCache<K> = moka::future::Cache<K, Arc<Cached>>;
+/// The decisions of one stage of one validator, and the hook calls in progress for them.
+struct DecisionCache<K> {
+    entries: moka::future::Cache<K, Arc<Cached>>,
+    /// Calls in progress: the decision each made (or found cached after all, then `false`).
+    flights: SingleFlight<K, Result<(Arc<Cached>, bool), HookError>>,
+}
+
+impl<K> DecisionCache<K>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// The decision for `key` when it is usable now.
+    async fn usable(&self, key: &K) -> Option<Arc<Cached>> {
+        self.entries
+            .get(key)
+            .await
+            .filter(|cached| cached.usable(now_ms()))
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+}
 
 /// Bytes one request-stage cache of one validator may hold (keys, decisions and the headers
 /// and messages they carry, plus a fixed overhead per entry).
@@ -188,21 +211,25 @@ impl KeyBytes for String {
 /// A decision cache bounded to `bytes` in total and `entries` entries.
 fn build_cache<K>(entries: u64, bytes: u64, ttl: Duration) -> DecisionCache<K>
 where
-    K: KeyBytes + std::hash::Hash + Eq + Send + Sync + 'static,
+    K: KeyBytes + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
 {
-    moka::future::Cache::builder()
-        .max_capacity(bytes)
-        .weigher(move |k: &K, v: &Arc<Cached>| weight(k.key_bytes(), v, bytes, entries))
-        .time_to_live(ttl)
-        .expire_after(UntilExpiresAt)
-        .build()
+    DecisionCache {
+        entries: moka::future::Cache::builder()
+            .max_capacity(bytes)
+            .weigher(move |k: &K, v: &Arc<Cached>| weight(k.key_bytes(), v, bytes, entries))
+            .time_to_live(ttl)
+            .expire_after(UntilExpiresAt)
+            .build(),
+        flights: SingleFlight::new(),
+    }
 }
 
 /// One HTTP validator: its settings and decision caches.
 pub(crate) struct HttpHook {
     settings: HttpValidatorSettings,
-    requests: Option<DecisionCache<RequestKey>>,
-    tenants: Option<DecisionCache<String>>,
+    // Boxed: two caches with their flights would make every validator large.
+    requests: Option<Box<DecisionCache<RequestKey>>>,
+    tenants: Option<Box<DecisionCache<String>>>,
 }
 
 impl std::fmt::Debug for HttpHook {
@@ -318,8 +345,15 @@ impl HttpHook {
         let ttl = settings.cache_ttl;
         let on = !ttl.is_zero();
         HttpHook {
-            requests: on.then(|| build_cache(REQUEST_CACHE_CAPACITY, REQUEST_CACHE_BYTES, ttl)),
-            tenants: on.then(|| build_cache(TENANT_CACHE_CAPACITY, TENANT_CACHE_BYTES, ttl)),
+            requests: on.then(|| {
+                Box::new(build_cache(
+                    REQUEST_CACHE_CAPACITY,
+                    REQUEST_CACHE_BYTES,
+                    ttl,
+                ))
+            }),
+            tenants: on
+                .then(|| Box::new(build_cache(TENANT_CACHE_CAPACITY, TENANT_CACHE_BYTES, ttl))),
             settings,
         }
     }
@@ -399,29 +433,27 @@ impl HttpHook {
                 .await
                 .map(|d| (d, false));
         };
-        for _ in 0..2 {
-            let called = AtomicBool::new(false);
-            let init = async {
-                called.store(true, Ordering::Relaxed);
+        if let Some(cached) = cache.usable(&key).await {
+            return Ok((cached.decision.clone(), true));
+        }
+        let (result, led) = cache
+            .flights
+            .run(&key, || async {
+                // The previous flight may have stored a decision since the first look.
+                if let Some(cached) = cache.usable(&key).await {
+                    return Ok((cached, false));
+                }
                 let decision = self.call(validator, body, claim_headers).await?;
-                Ok::<_, HookError>(Arc::new(Cached {
+                let cached = Arc::new(Cached {
                     decision,
                     expires_at_ms,
-                }))
-            };
-            let entry = cache.entry(key.clone()).or_try_insert_with(init).await;
-            let ran = called.load(Ordering::Relaxed);
-            let entry = entry.map_err(|e| (*e).clone())?;
-            let cached = entry.into_value();
-            if ran || cached.usable(now_ms()) {
-                return Ok((cached.decision.clone(), !ran));
-            }
-            // moka had not evicted an entry our clock says is stale: drop it and ask again.
-            cache.invalidate(&key).await;
-        }
-        self.call(validator, body, claim_headers)
-            .await
-            .map(|d| (d, false))
+                });
+                cache.entries.insert(key.clone(), cached.clone()).await;
+                Ok((cached, true))
+            })
+            .await;
+        let (cached, called) = result?;
+        Ok((cached.decision.clone(), !(led && called)))
     }
 
     /// Maps a failure to `503 hook_unavailable` or, with `on_error = "allow"`, to a pass.
@@ -472,7 +504,7 @@ impl HttpHook {
         let result = self
             .decide(
                 validator,
-                self.requests.as_ref(),
+                self.requests.as_deref(),
                 key,
                 expires_at_ms,
                 &body,
@@ -523,7 +555,7 @@ impl HttpHook {
         let result = self
             .decide(
                 validator,
-                self.tenants.as_ref(),
+                self.tenants.as_deref(),
                 tid.to_string(),
                 expires_at_ms,
                 &body,
