@@ -13,10 +13,11 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::cli::DemoArgs;
+use crate::server::ServerError;
 use aadgate_core::config::{self, Config};
 use aadgate_emulator::{
-    AppRegistration, EchoServer, Emulator, EmulatorHandle, EmulatorOptions, MockOutlook, TokenSpec,
-    DEFAULT_TENANT,
+    AppRegistration, EchoServer, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions,
+    MockOutlook, TokenSpec, DEFAULT_TENANT,
 };
 
 /// The demo's second tenant: allowed by the gateway, but it never consented to the gateway's
@@ -24,6 +25,57 @@ use aadgate_emulator::{
 pub const FABRIKAM: &str = "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b";
 /// A tenant the gateway does not allow.
 pub const WOODGROVE: &str = "a9b8c7d6-e5f4-4a3b-9c2d-1e0f9a8b7c6d";
+
+/// Why `aadgate demo` could not start, or `--once` could not run its scenarios.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The demo configuration has errors (usually: not run from the repository root).
+    #[error("{0}\n(run the demo from the repository root, or pass --demo-config)")]
+    Config(config::ConfigErrors),
+    /// The demo configuration has no `listen` address.
+    #[error("the demo config has no listen address")]
+    NoListen,
+    /// The demo configuration has no `admin_listen` (the demo waits on `/readyz`).
+    #[error("the demo config needs admin_listen")]
+    NoAdminListen,
+    /// The demo configuration has no `metadata_url` (the emulator's address).
+    #[error("the demo config needs metadata_url pointing at the emulator")]
+    NoMetadataUrl,
+    /// `metadata_url` is not a URL.
+    #[error("metadata_url {url:?} is not a URL: {error}")]
+    BadMetadataUrl {
+        url: String,
+        error: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    /// `metadata_url` names no address the emulator could listen on.
+    #[error("metadata_url has no usable address")]
+    NoEmulatorAddress,
+    /// No plain route has an upstream address for the echo server.
+    #[error("the demo config needs a route to the echo upstream")]
+    NoEchoRoute,
+    /// No exchange route has an upstream address for the mock Outlook API.
+    #[error("the demo config needs an exchange route to the mock Outlook API")]
+    NoOutlookRoute,
+    /// The tokio runtime for the emulator and the upstreams cannot be built.
+    #[error("cannot start the demo runtime: {0}")]
+    Runtime(std::io::Error),
+    /// One of the demo's own servers cannot start (usually: its port is taken).
+    #[error("cannot start the {what} on {addr}: {error} (is another `aadgate demo` running?)")]
+    Start {
+        what: &'static str,
+        addr: SocketAddr,
+        error: EmulatorError,
+    },
+    /// The gateway's application cannot be registered with the emulator.
+    #[error("{0}")]
+    RegisterApp(EmulatorError),
+    /// `--once`: the gateway did not answer `/readyz` in time.
+    #[error("the gateway did not become ready within 30 s")]
+    NotReady,
+    /// The gateway itself failed to start.
+    #[error("{0}")]
+    Server(ServerError),
+}
 
 /// Where the demo's own servers listen, read from the demo configuration: the emulator at
 /// `metadata_url`'s host and port, the echo upstream at the first plain route's upstream, the
@@ -37,18 +89,21 @@ pub struct Addresses {
 
 impl Addresses {
     /// Reads the addresses from `config`.
-    pub fn from_config(config: &Config) -> Result<Addresses, String> {
+    pub fn from_config(config: &Config) -> Result<Addresses, DemoError> {
         let url = config
             .identity
             .metadata_url
             .as_deref()
-            .ok_or("the demo config needs metadata_url pointing at the emulator")?;
-        let url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+            .ok_or(DemoError::NoMetadataUrl)?;
+        let url = reqwest::Url::parse(url).map_err(|error| DemoError::BadMetadataUrl {
+            url: url.to_string(),
+            error,
+        })?;
         let emulator = url
             .socket_addrs(|| None)
             .ok()
             .and_then(|a| a.first().copied())
-            .ok_or("metadata_url has no usable address")?;
+            .ok_or(DemoError::NoEmulatorAddress)?;
         let upstream = |exchange: bool| {
             config
                 .routes
@@ -58,9 +113,8 @@ impl Addresses {
         };
         Ok(Addresses {
             emulator,
-            echo: upstream(false).ok_or("the demo config needs a route to the echo upstream")?,
-            outlook: upstream(true)
-                .ok_or("the demo config needs an exchange route to the mock Outlook API")?,
+            echo: upstream(false).ok_or(DemoError::NoEchoRoute)?,
+            outlook: upstream(true).ok_or(DemoError::NoOutlookRoute)?,
         })
     }
 }
@@ -227,19 +281,18 @@ struct Demo {
     idp: EmulatorHandle,
 }
 
-async fn start_world(config: Config, at: Addresses) -> Result<Demo, String> {
-    let busy = |what: &str, addr: SocketAddr, e: &dyn std::fmt::Display| {
-        format!("cannot start the {what} on {addr}: {e} (is another `aadgate demo` running?)")
-    };
+async fn start_world(config: Config, at: Addresses) -> Result<Demo, DemoError> {
+    let busy =
+        |what: &'static str, addr: SocketAddr| move |error| DemoError::Start { what, addr, error };
     let idp = Emulator::start(at.emulator, EmulatorOptions::default())
         .await
-        .map_err(|e| busy("AAD emulator", at.emulator, &e))?;
+        .map_err(busy("AAD emulator", at.emulator))?;
     let echo = EchoServer::start(at.echo)
         .await
-        .map_err(|e| busy("echo upstream", at.echo, &e))?;
+        .map_err(busy("echo upstream", at.echo))?;
     let outlook = MockOutlook::start(at.outlook, idp.clone())
         .await
-        .map_err(|e| busy("mock Outlook API", at.outlook, &e))?;
+        .map_err(busy("mock Outlook API", at.outlook))?;
     // The handles stop their servers when dropped; the demo runs until the process exits.
     std::mem::forget(echo);
     std::mem::forget(outlook);
@@ -248,7 +301,7 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, String> {
         for c in &s.certificates {
             app = app.with_certificate_der(c.cert_der.clone());
         }
-        idp.register_app(app).map_err(|e| e.to_string())?;
+        idp.register_app(app).map_err(DemoError::RegisterApp)?;
         idp.consent(DEFAULT_TENANT, &s.client_id, vec!["Mail.Read".into()]);
     }
     idp.add_tenant(FABRIKAM);
@@ -256,7 +309,7 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, String> {
 }
 
 /// Waits (bounded) until the keys are loaded (`/readyz`) and the data-plane port accepts.
-async fn wait_ready(admin: SocketAddr, listen: SocketAddr) -> Result<(), String> {
+async fn wait_ready(admin: SocketAddr, listen: SocketAddr) -> Result<(), DemoError> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -266,7 +319,7 @@ async fn wait_ready(admin: SocketAddr, listen: SocketAddr) -> Result<(), String>
             }
         }
         if Instant::now() > deadline {
-            return Err("the gateway did not become ready within 30 s".into());
+            return Err(DemoError::NotReady);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -362,24 +415,20 @@ fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) 
 
 /// `aadgate demo [--once]`.
 pub fn main(args: &DemoArgs) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("aadgate demo: {msg}");
+    let fail = |e: DemoError| {
+        eprintln!("aadgate demo: {e}");
         ExitCode::FAILURE
     };
     let path: &Path = &args.demo_config;
     let config = match config::load(path) {
         Ok(c) => c,
-        Err(e) => {
-            return fail(format!(
-                "{e}\n(run the demo from the repository root, or pass --demo-config)"
-            ))
-        }
+        Err(e) => return fail(DemoError::Config(e)),
     };
     let Some(listen) = config.server.listen.first().copied() else {
-        return fail("the demo config has no listen address".into());
+        return fail(DemoError::NoListen);
     };
     let Some(admin) = config.server.admin_listen else {
-        return fail("the demo config needs admin_listen".into());
+        return fail(DemoError::NoAdminListen);
     };
     let aud = config
         .identity
@@ -397,7 +446,7 @@ pub fn main(args: &DemoArgs) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(DemoError::Runtime(e)),
     };
     let demo = match rt.block_on(start_world(config, at)) {
         Ok(d) => d,
@@ -432,6 +481,6 @@ pub fn main(args: &DemoArgs) -> ExitCode {
     let _rt = Arc::new(rt);
     match crate::server::run(path.to_path_buf(), false) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => fail(DemoError::Server(e)),
     }
 }

@@ -6,6 +6,7 @@ pub mod reload;
 pub mod state;
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -56,29 +57,75 @@ pub fn runtime_dir(runtime_directory: Option<&OsStr>, xdg_runtime_dir: Option<&O
     PathBuf::from("/run/aadgate")
 }
 
+/// Why `aadgate run` could not start serving. Each text names what failed and includes the
+/// cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration file has errors (each with its file:line:col).
+    #[error("{0}")]
+    Config(aadgate_core::config::ConfigErrors),
+    /// The private runtime folder cannot be created.
+    #[error("cannot create the runtime folder {}: {error}", dir.display())]
+    CreateRuntimeDir { dir: PathBuf, error: std::io::Error },
+    /// The private runtime folder cannot be examined.
+    #[error("cannot read the runtime folder {}: {error}", dir.display())]
+    ReadRuntimeDir { dir: PathBuf, error: std::io::Error },
+    /// Something other than a folder is at the runtime folder's path.
+    #[error("the runtime folder {} is not a folder", dir.display())]
+    RuntimeDirNotAFolder { dir: PathBuf },
+    /// The runtime folder is open to other users and cannot be made mode 0700.
+    #[error(
+        "the runtime folder {} is open to other users and cannot be made private (mode 0700): {error}",
+        dir.display()
+    )]
+    RuntimeDirNotPrivate { dir: PathBuf, error: std::io::Error },
+    /// The tokio runtime for the admin listener and reloads cannot be built.
+    #[error("cannot start the control runtime: {0}")]
+    ControlRuntime(std::io::Error),
+    /// The thread of that runtime cannot be started.
+    #[error("cannot start the control thread: {0}")]
+    ControlThread(std::io::Error),
+    /// `admin_listen` cannot be bound.
+    #[error("cannot listen on admin_listen {addr}: {error}")]
+    AdminListen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The TLS certificate or key of `[server.tls]` is refused by the listener.
+    #[error("cannot set up TLS on {addr}: {error}")]
+    Tls {
+        addr: SocketAddr,
+        error: Box<pingora::Error>,
+    },
+}
+
 /// Creates `dir` (with its missing parents) mode 0700, or makes an existing one 0700 when
 /// group or others can reach it. Runs once at start when `upgrade_sock` is not set.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create the runtime folder {}: {e}", dir.display()))?;
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| format!("cannot read the runtime folder {}: {e}", dir.display()))?;
+        .map_err(|error| ServerError::CreateRuntimeDir {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
+    let meta = std::fs::metadata(dir).map_err(|error| ServerError::ReadRuntimeDir {
+        dir: dir.to_path_buf(),
+        error,
+    })?;
     if !meta.is_dir() {
-        return Err(format!(
-            "the runtime folder {} is not a folder",
-            dir.display()
-        ));
+        return Err(ServerError::RuntimeDirNotAFolder {
+            dir: dir.to_path_buf(),
+        });
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            format!(
-                "the runtime folder {} is open to other users and cannot be made private (mode 0700): {e}",
-                dir.display()
-            )
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|error| {
+            ServerError::RuntimeDirNotPrivate {
+                dir: dir.to_path_buf(),
+                error,
+            }
         })?;
     }
     Ok(())
@@ -86,8 +133,8 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 
 /// Serves with the configuration at `path` until a shutdown signal. Returns only on a start-up
 /// error; a normal shutdown exits the process with status 0.
-pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
-    let runtime = Runtime::load(&path, None).map_err(|e| e.to_string())?;
+pub fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
+    let runtime = Runtime::load(&path, None).map_err(ServerError::Config)?;
     for w in &runtime.config().warnings {
         tracing::warn!("{w}");
     }
@@ -96,12 +143,12 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
         .thread_name("aadgate-control")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+        .map_err(ServerError::ControlRuntime)?;
     let handle = control.handle().clone();
     std::thread::Builder::new()
         .name("aadgate-control".into())
         .spawn(move || control.block_on(std::future::pending::<()>()))
-        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+        .map_err(ServerError::ControlThread)?;
 
     let server_settings = runtime.config().server.clone();
     let state = state::SharedState::new(runtime, path, handle.clone());
@@ -128,7 +175,7 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
                     admin::serve(listener, state).await;
                 });
             }
-            Err(e) => return Err(format!("cannot listen on admin_listen {addr}: {e}")),
+            Err(error) => return Err(ServerError::AdminListen { addr, error }),
         }
     }
     handle.spawn(reload::on_sighup(state.clone()));
@@ -174,7 +221,7 @@ pub fn run(path: PathBuf, upgrade: bool) -> Result<(), String> {
                     &tls.cert.to_string_lossy(),
                     &tls.key.to_string_lossy(),
                 )
-                .map_err(|e| format!("cannot set up TLS on {addr}: {e}"))?,
+                .map_err(|error| ServerError::Tls { addr: *addr, error })?,
             None => service.add_tcp(&addr.to_string()),
         }
     }
@@ -225,5 +272,21 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         ensure_private_dir(&dir).expect("tightened");
         assert_eq!(mode(&dir), Some(0o700));
+    }
+
+    #[test]
+    fn a_runtime_folder_that_cannot_be_a_folder_is_a_start_up_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        assert!(matches!(
+            ensure_private_dir(&file),
+            Err(ServerError::CreateRuntimeDir { dir, .. } | ServerError::RuntimeDirNotAFolder { dir }) if dir == file
+        ));
+        let below = file.join("aadgate");
+        assert!(matches!(
+            ensure_private_dir(&below),
+            Err(ServerError::CreateRuntimeDir { dir, .. }) if dir == below
+        ));
     }
 }

@@ -22,6 +22,8 @@ use async_trait::async_trait;
 use aws_lc_rs::digest;
 use base64::Engine;
 use jsonwebtoken::DecodingKey;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -103,59 +105,112 @@ fn lenient_b64(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// The JWKS document (RFC 7517 section 5): only `keys` is read, other members are ignored. Each
+/// key is kept as a JSON value and read on its own ([`JwkMembers`]), so one malformed key is
+/// skipped instead of refusing the whole set.
+#[derive(Deserialize)]
+struct JwksDocument {
+    keys: Vec<Value>,
+    /// The other members. Being flattened, they also make serde read the document as an object
+    /// only (a struct is otherwise also read from an array).
+    #[serde(flatten)]
+    _other: IgnoredAny,
+}
+
+/// The members of one JWK that the gateway reads; others (`alg`, `x5c`, `key_ops`, EC
+/// coordinates, ...) are ignored. A member of the wrong JSON type makes the key unreadable, and
+/// it is skipped.
+#[derive(Deserialize)]
+struct JwkMembers<'a> {
+    kty: &'a str,
+    #[serde(rename = "use", default, borrow)]
+    use_: Option<&'a str>,
+    #[serde(default, borrow)]
+    kid: Option<&'a str>,
+    #[serde(default, borrow)]
+    x5t: Option<&'a str>,
+    #[serde(default, borrow)]
+    n: Option<&'a str>,
+    #[serde(default, borrow)]
+    e: Option<&'a str>,
+    #[serde(default, borrow)]
+    issuer: Option<&'a str>,
+}
+
+impl JwkMembers<'_> {
+    /// The usable RSA signing key these members describe, or `None` (not RSA, not for
+    /// signatures, `n`/`e` missing or not base64, a modulus under 1024 bits, neither `kid` nor
+    /// `x5t`).
+    fn usable(&self) -> Option<Jwk> {
+        if self.kty != "RSA" || self.use_.is_some_and(|u| u != "sig") {
+            return None;
+        }
+        let n = lenient_b64(self.n?)?;
+        let e = lenient_b64(self.e?)?;
+        if n.len() < 128 || e.is_empty() || (self.kid.is_none() && self.x5t.is_none()) {
+            return None;
+        }
+        Some(Jwk {
+            kid: self.kid.map(String::from),
+            x5t: self.x5t.map(String::from),
+            issuer: self.issuer.map(String::from),
+            key: DecodingKey::from_rsa_raw_components(&n, &e),
+            rs256: aws_lc_rs::signature::RsaPublicKeyComponents {
+                n: &n[..],
+                e: &e[..],
+            }
+            .to_parsed_public_key(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)
+            .ok(),
+            fingerprint: key_fingerprint(&n, &e),
+        })
+    }
+}
+
+/// Why a JWKS document gave no key set. A failed fetch, or an unusable `cache_file` /
+/// `explain --jwks` document.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The document is not JSON at all.
+    #[error("JWKS is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The document is JSON, but not an object with a `keys` array.
+    #[error("JWKS has no `keys` array")]
+    NoKeysArray,
+    /// Every key was skipped (none is an RSA signing key the gateway can use).
+    #[error("JWKS has no usable RSA signing key")]
+    NoUsableKey,
+}
+
 impl KeySet {
-    /// Parses a JWKS document. Keys that are not RSA signing keys, or lack both `kid` and `x5t`,
-    /// are skipped; a document with no usable key is an error.
-    pub fn parse(raw: &[u8], source: KeySource) -> Result<KeySet, String> {
-        let doc: Value =
-            serde_json::from_slice(raw).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let keys = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or("JWKS has no `keys` array")?;
+    /// Parses a JWKS document. Keys that are not RSA signing keys, lack both `kid` and `x5t`, or
+    /// have a member of the wrong JSON type are skipped; a document with no usable key is an
+    /// error.
+    pub fn parse(raw: &[u8], source: KeySource) -> Result<KeySet, JwksError> {
+        let doc: JwksDocument = serde_json::from_slice(raw).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => JwksError::NoKeysArray,
+            _ => JwksError::NotJson(e),
+        })?;
         let mut by_kid = HashMap::new();
         let mut by_x5t = HashMap::new();
         let mut count = 0;
-        for k in keys {
-            let s = |name: &str| k.get(name).and_then(Value::as_str);
-            if s("kty") != Some("RSA") || s("use").is_some_and(|u| u != "sig") {
-                continue;
-            }
-            let (Some(n), Some(e)) = (s("n").and_then(lenient_b64), s("e").and_then(lenient_b64))
+        for k in &doc.keys {
+            let Some(jwk) = JwkMembers::deserialize(k)
+                .ok()
+                .and_then(|m| m.usable())
+                .map(Arc::new)
             else {
                 continue;
             };
-            if n.len() < 128 || e.is_empty() {
-                continue;
+            if let Some(kid) = &jwk.kid {
+                by_kid.insert(kid.clone(), jwk.clone());
             }
-            let kid = s("kid").map(String::from);
-            let x5t = s("x5t").map(String::from);
-            if kid.is_none() && x5t.is_none() {
-                continue;
-            }
-            let jwk = Arc::new(Jwk {
-                kid: kid.clone(),
-                x5t: x5t.clone(),
-                issuer: s("issuer").map(String::from),
-                key: DecodingKey::from_rsa_raw_components(&n, &e),
-                rs256: aws_lc_rs::signature::RsaPublicKeyComponents {
-                    n: &n[..],
-                    e: &e[..],
-                }
-                .to_parsed_public_key(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)
-                .ok(),
-                fingerprint: key_fingerprint(&n, &e),
-            });
-            if let Some(kid) = kid {
-                by_kid.insert(kid, jwk.clone());
-            }
-            if let Some(x5t) = x5t {
-                by_x5t.insert(x5t, jwk);
+            if let Some(x5t) = &jwk.x5t {
+                by_x5t.insert(x5t.clone(), jwk);
             }
             count += 1;
         }
         if count == 0 {
-            return Err("JWKS has no usable RSA signing key".into());
+            return Err(JwksError::NoUsableKey);
         }
         Ok(KeySet {
             by_kid,
@@ -244,12 +299,87 @@ pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// Redirects followed for one metadata or JWKS request (each to the same host).
 pub const MAX_REDIRECTS: usize = 5;
 
+/// Why a fetch gave no key set. The text of each variant is what the `JWKS fetch failed` warning
+/// logs; it includes the cause, which is therefore not also returned by `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Neither `metadata_url` nor `jwks_uri` is configured.
+    #[error("no metadata_url or jwks_uri")]
+    NoSource,
+    /// The request failed in transport: DNS, connect, TLS, reset, a timeout of the request.
+    #[error("GET {url}: {}", error_chain(.error))]
+    Transport { url: String, error: reqwest::Error },
+    /// A redirect was not followed (see [`redirect_allowed`]).
+    #[error("GET {url}: redirect refused: {reason}")]
+    RedirectRefused { url: String, reason: RedirectError },
+    /// The answer has a status other than 2xx.
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { url: String },
+    /// The OpenID metadata document is not JSON.
+    #[error("metadata at {url} is not JSON: {error}")]
+    MetadataNotJson {
+        url: String,
+        error: serde_json::Error,
+    },
+    /// The OpenID metadata document has no `jwks_uri` string (or is not a JSON object).
+    #[error("metadata at {url} has no jwks_uri")]
+    NoJwksUri { url: String },
+    /// The `jwks_uri` the metadata names is refused (see [`check_jwks_uri`]).
+    #[error(transparent)]
+    BadJwksUri(#[from] JwksUriError),
+    /// The JWKS document was received but gives no key set.
+    #[error(transparent)]
+    BadJwks(#[from] JwksError),
+    /// The whole fetch took longer than [`FETCH_TIMEOUT`].
+    #[error("no answer within {} s", FETCH_TIMEOUT.as_secs())]
+    Timeout,
+    /// A failure of a [`JwksFetch`] implemented outside this crate.
+    #[error("{}", error_chain(.0.as_ref()))]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl FetchError {
+    /// The error of a request to `url` that reqwest gave up on: a refused redirect, or transport.
+    fn request(url: &str, error: reqwest::Error) -> Self {
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            if let Some(reason) = c.downcast_ref::<RedirectError>() {
+                return FetchError::RedirectRefused {
+                    url: url.to_string(),
+                    reason: reason.clone(),
+                };
+            }
+            cause = c.source();
+        }
+        FetchError::Transport {
+            url: url.to_string(),
+            error,
+        }
+    }
+}
+
+/// The OpenID metadata document: only `jwks_uri` is read, other members are ignored.
+#[derive(Deserialize)]
+struct OpenIdMetadata {
+    jwks_uri: String,
+    /// The other members; being flattened, they also make serde read the document as an object
+    /// only.
+    #[serde(flatten)]
+    _other: IgnoredAny,
+}
+
 /// Where a fetch gets the JWKS document from: [`HttpJwks`] (metadata, then JWKS, over HTTP) in
 /// production, a double in tests. The [`KeyStore`]'s background task is its only caller.
 #[async_trait]
 pub trait JwksFetch: Send + Sync + 'static {
     /// One fetch of the JWKS document as received. An error is a failed fetch.
-    async fn fetch(&self) -> Result<Vec<u8>, String>;
+    async fn fetch(&self) -> Result<Vec<u8>, FetchError>;
 }
 
 /// Fetches the JWKS over HTTP: from `jwks_uri` when configured, else from the `jwks_uri` the
@@ -280,24 +410,27 @@ impl HttpJwks {
         }
     }
 
-    async fn discover(&self) -> Result<String, String> {
+    async fn discover(&self) -> Result<String, FetchError> {
         let Some(metadata_url) = &self.metadata_url else {
-            return Err("no metadata_url or jwks_uri".into());
+            return Err(FetchError::NoSource);
         };
         let body = self.get(metadata_url).await?;
-        let doc: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("metadata at {metadata_url} is not JSON: {e}"))?;
-        let uri = doc
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("metadata at {metadata_url} has no jwks_uri"))?;
-        check_jwks_uri(metadata_url, uri)?;
-        Ok(uri.to_string())
+        let url = || metadata_url.clone();
+        let doc: OpenIdMetadata =
+            serde_json::from_slice(&body).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => FetchError::NoJwksUri { url: url() },
+                _ => FetchError::MetadataNotJson {
+                    url: url(),
+                    error: e,
+                },
+            })?;
+        check_jwks_uri(metadata_url, &doc.jwks_uri)?;
+        Ok(doc.jwks_uri)
     }
 
     /// GET `url`: a success status and a body of at most [`MAX_DOCUMENT_BYTES`], read in chunks
     /// so a larger one is never buffered whole.
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let client = self.client.get_or_init(|| {
             reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
@@ -311,12 +444,16 @@ impl HttpJwks {
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+            .map_err(|e| FetchError::request(url, e))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: resp.status(),
+            });
         }
-        let too_large =
-            || format!("GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes");
+        let too_large = || FetchError::TooLarge {
+            url: url.to_string(),
+        };
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
@@ -327,7 +464,7 @@ impl HttpJwks {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
+            .map_err(|e| FetchError::request(url, e))?
         {
             if body.len().saturating_add(chunk.len()) > MAX_DOCUMENT_BYTES {
                 return Err(too_large());
@@ -340,7 +477,7 @@ impl HttpJwks {
 
 #[async_trait]
 impl JwksFetch for HttpJwks {
-    async fn fetch(&self) -> Result<Vec<u8>, String> {
+    async fn fetch(&self) -> Result<Vec<u8>, FetchError> {
         let uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
             None => self.discover().await?,
@@ -349,43 +486,100 @@ impl JwksFetch for HttpJwks {
     }
 }
 
+/// The error of parsing a URL (`url::ParseError`, named through `reqwest::Url`).
+pub type UrlParseError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why the `jwks_uri` a metadata document names is not fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksUriError {
+    /// It is not an absolute URL.
+    #[error("metadata at {metadata_url} names jwks_uri {jwks_uri:?}, which is not a URL: {error}")]
+    NotUrl {
+        metadata_url: String,
+        jwks_uri: String,
+        error: UrlParseError,
+    },
+    /// The metadata came over https, the keys would come over plain http.
+    #[error(
+        "metadata at {metadata_url} (https) names a jwks_uri over plain http ({jwks_uri}); refused"
+    )]
+    Downgrade {
+        metadata_url: String,
+        jwks_uri: String,
+    },
+    /// Neither http nor https.
+    #[error(
+        "metadata at {metadata_url} names a jwks_uri with scheme {scheme:?}; only http(s) is fetched"
+    )]
+    Scheme {
+        metadata_url: String,
+        scheme: String,
+    },
+}
+
 /// The `jwks_uri` a metadata document names must be an http(s) URL, and https when the metadata
 /// came over https (a downgrade would let a network attacker supply the keys).
-pub fn check_jwks_uri(metadata_url: &str, jwks_uri: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(jwks_uri).map_err(|e| {
-        format!("metadata at {metadata_url} names jwks_uri {jwks_uri:?}, which is not a URL: {e}")
+pub fn check_jwks_uri(metadata_url: &str, jwks_uri: &str) -> Result<(), JwksUriError> {
+    let parsed = reqwest::Url::parse(jwks_uri).map_err(|error| JwksUriError::NotUrl {
+        metadata_url: metadata_url.to_string(),
+        jwks_uri: jwks_uri.to_string(),
+        error,
     })?;
     let metadata_https = reqwest::Url::parse(metadata_url).is_ok_and(|u| u.scheme() == "https");
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if !metadata_https => Ok(()),
-        "http" => Err(format!(
-            "metadata at {metadata_url} (https) names a jwks_uri over plain http ({jwks_uri}); refused"
-        )),
-        other => Err(format!(
-            "metadata at {metadata_url} names a jwks_uri with scheme {other:?}; only http(s) is fetched"
-        )),
+        "http" => Err(JwksUriError::Downgrade {
+            metadata_url: metadata_url.to_string(),
+            jwks_uri: jwks_uri.to_string(),
+        }),
+        other => Err(JwksUriError::Scheme {
+            metadata_url: metadata_url.to_string(),
+            scheme: other.to_string(),
+        }),
     }
+}
+
+/// Why a redirect of a metadata or JWKS request is not followed. The URLs are kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    /// More than [`MAX_REDIRECTS`] hops.
+    #[error("more than {MAX_REDIRECTS} redirects from {first}")]
+    TooMany { first: String },
+    /// To a host other than the one asked for (`to` is `-` for a URL without a host).
+    #[error("{first} redirects to another host ({to}); only same-host redirects are followed")]
+    OtherHost { first: String, to: String },
+    /// From https to anything else.
+    #[error("{from} redirects from https to {to}; refused")]
+    Downgrade { from: String, to: String },
 }
 
 /// Whether a redirect from the chain `previous` (first = the URL asked for) to `next` is
 /// followed: only to the same host, never from https to http, at most [`MAX_REDIRECTS`].
-pub fn redirect_allowed(next: &reqwest::Url, previous: &[reqwest::Url]) -> Result<(), String> {
+pub fn redirect_allowed(
+    next: &reqwest::Url,
+    previous: &[reqwest::Url],
+) -> Result<(), RedirectError> {
     let Some(first) = previous.first() else {
         return Ok(());
     };
     if previous.len() > MAX_REDIRECTS {
-        return Err(format!("more than {MAX_REDIRECTS} redirects from {first}"));
+        return Err(RedirectError::TooMany {
+            first: first.to_string(),
+        });
     }
     if next.host_str() != first.host_str() {
-        return Err(format!(
-            "{first} redirects to another host ({}); only same-host redirects are followed",
-            next.host_str().unwrap_or("-")
-        ));
+        return Err(RedirectError::OtherHost {
+            first: first.to_string(),
+            to: next.host_str().unwrap_or("-").to_string(),
+        });
     }
     let last = previous.last().unwrap_or(first);
     if last.scheme() == "https" && next.scheme() != "https" {
-        return Err(format!("{last} redirects from https to {next}; refused"));
+        return Err(RedirectError::Downgrade {
+            from: last.to_string(),
+            to: next.to_string(),
+        });
     }
     Ok(())
 }
@@ -710,8 +904,8 @@ impl KeyStore {
     /// installed.
     async fn fetch_once(&self) -> bool {
         let result = match tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch()).await {
-            Ok(raw) => raw.and_then(|raw| KeySet::parse(&raw, KeySource::Fetched)),
-            Err(_) => Err(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())),
+            Ok(raw) => raw.and_then(|raw| Ok(KeySet::parse(&raw, KeySource::Fetched)?)),
+            Err(_) => Err(FetchError::Timeout),
         };
         match result {
             Ok(set) => {
@@ -735,7 +929,11 @@ impl KeyStore {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e`'s text followed by the text of each error in its `source()` chain, joined by `: `. The
+/// one place that formats a chain: for errors of other crates (reqwest, hyper, io) whose
+/// `Display` leaves out the cause. The errors of this crate include their cause in their own
+/// text and do not return it again from `source()`, so this never repeats a cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

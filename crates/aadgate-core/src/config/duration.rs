@@ -22,21 +22,35 @@ impl fmt::Debug for Duration {
     }
 }
 
+/// Why a configuration duration was refused; the text names the value as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Only digits, or nothing at all: the unit must be written.
+    #[error("duration {text:?} has no unit; write e.g. \"30s\", \"5m\" or \"300ms\"")]
+    NoUnit { text: String },
+    /// Starts with something other than a digit (a sign, a unit, a space).
+    #[error("duration {text:?} must start with a whole number, e.g. \"30s\"")]
+    NoNumber { text: String },
+    /// More milliseconds than a `u64` holds.
+    #[error("duration {text:?} is too large")]
+    TooLarge { text: String },
+    /// A unit other than `ms`, `s`, `m`, `h`, `d` (or a fraction: `1.5s`).
+    #[error("duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// Parses `"<digits><unit>"` where unit is one of `ms`, `s`, `m`, `h`, `d`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
-        format!("duration {text:?} has no unit; write e.g. \"30s\", \"5m\" or \"300ms\"")
-    })?;
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| DurationError::NoUnit { text: text.into() })?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "duration {text:?} must start with a whole number, e.g. \"30s\""
-        ));
+        return Err(DurationError::NoNumber { text: text.into() });
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("duration {text:?} is too large"))?;
+    let too_large = || DurationError::TooLarge { text: text.into() };
+    let n: u64 = digits.parse().map_err(|_| too_large())?;
     let millis_per_unit: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -44,14 +58,15 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => {
-            return Err(format!(
-                "duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
-            ))
+            return Err(DurationError::UnknownUnit {
+                text: text.into(),
+                unit: unit.into(),
+            })
         }
     };
     n.checked_mul(millis_per_unit)
         .map(std::time::Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+        .ok_or_else(too_large)
 }
 
 impl<'de> Deserialize<'de> for Duration {
@@ -85,16 +100,26 @@ mod tests {
 
     #[test]
     fn durations_without_unit_or_with_unknown_unit_are_refused() {
-        for text in [
-            "30",
-            "",
-            "s",
-            "5 minutes",
-            "1.5s",
-            "-1s",
-            "99999999999999999999s",
-        ] {
-            assert!(parse_duration(text).is_err(), "{text}");
+        type Want = fn(&DurationError) -> bool;
+        let no_unit: Want = |e| matches!(e, DurationError::NoUnit { .. });
+        let no_number: Want = |e| matches!(e, DurationError::NoNumber { .. });
+        let unknown_unit: Want = |e| matches!(e, DurationError::UnknownUnit { .. });
+        let too_large: Want = |e| matches!(e, DurationError::TooLarge { .. });
+        let table = [
+            ("30", no_unit),
+            ("", no_unit),
+            ("s", no_number),
+            ("-1s", no_number),
+            ("5 minutes", unknown_unit),
+            ("1.5s", unknown_unit),
+            ("99999999999999999999s", too_large),
+            ("18446744073709551615d", too_large),
+        ];
+        for (text, want) in table {
+            match parse_duration(text) {
+                Ok(d) => panic!("{text}: {d:?}"),
+                Err(e) => assert!(want(&e), "{text}: {e:?}"),
+            }
         }
     }
 }

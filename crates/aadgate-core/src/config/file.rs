@@ -39,15 +39,22 @@ impl<T> Raw<T> {
     }
 }
 
+/// Why a value kept as written ([`Raw`]) does not convert to its type: the deserializer's
+/// message (e.g. a [`DurationError`](super::duration::DurationError)'s text, or "invalid type:
+/// string, expected u8"). The position is the value's [`Raw::span`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.message().trim_end())]
+pub struct ValueError(toml::de::Error);
+
 impl<T: DeserializeOwned> Raw<T> {
     /// The value converted to `T`, or the reason it cannot be (e.g. a duration without unit,
     /// a string where a number belongs).
-    pub fn parse(&self) -> Result<T, String> {
+    pub fn parse(&self) -> Result<T, ValueError> {
         self.value
             .get_ref()
             .clone()
             .try_into::<T>()
-            .map_err(|e| e.message().trim_end().to_string())
+            .map_err(ValueError)
     }
 }
 

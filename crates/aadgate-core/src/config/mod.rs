@@ -8,10 +8,10 @@ pub mod file;
 mod model;
 
 pub use compile::{
-    is_guid, load, load_str, load_tenant_file, DEFAULT_CLOCK_SKEW, DEFAULT_ISSUERS,
-    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_TOKEN_CACHE_SIZE,
+    is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_CLOCK_SKEW,
+    DEFAULT_ISSUERS, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_SIZE,
 };
-pub use duration::{parse_duration, Duration};
+pub use duration::{parse_duration, Duration, DurationError};
 pub use error::{ConfigError, ConfigErrors, Reporter};
 pub use model::*;

@@ -2,7 +2,7 @@
 //! (tenant, scope or resource), with single-flight fetching.
 //!
 //! Entries carry their own timestamps (`fresh_until`, `expires_at`, `failed_until`) and are
-//! checked against the exchanger's [`Clock`](crate::auth::Clock), so tests can move time without
+//! checked against the exchanger's [`Clock`](crate::clock::Clock), so tests can move time without
 //! sleeping. moka bounds the number of entries (`max_tenants`) and evicts an entry once its
 //! token expired or its failure window ended on the wall clock; that eviction only frees memory,
 //! it never decides whether an entry may be used.
@@ -324,7 +324,7 @@ impl AppTokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Reason;
+    use crate::reason::Reason;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const MIN: u64 = 60;

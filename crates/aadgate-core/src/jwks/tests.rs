@@ -62,17 +62,78 @@ fn key_sets_index_by_kid_and_x5t_and_skip_unusable_keys() {
 
 #[test]
 fn a_document_without_usable_keys_is_a_failed_fetch() {
-    for doc in [
-        r#"{"keys": []}"#,
-        r#"{"nokeys": 1}"#,
-        "not json",
-        r#"{"keys":[{"kty":"EC"}]}"#,
-    ] {
-        assert!(
-            KeySet::parse(doc.as_bytes(), KeySource::Fetched).is_err(),
-            "{doc}"
-        );
+    type Want = fn(&JwksError) -> bool;
+    let table: [(&str, Want); 10] = [
+        (r#"{"keys": []}"#, |e| matches!(e, JwksError::NoUsableKey)),
+        (r#"{"keys":[{"kty":"EC"}]}"#, |e| {
+            matches!(e, JwksError::NoUsableKey)
+        }),
+        (r#"{"keys":[1, "a", null, []]}"#, |e| {
+            matches!(e, JwksError::NoUsableKey)
+        }),
+        (r#"{"nokeys": 1}"#, |e| matches!(e, JwksError::NoKeysArray)),
+        (r#"{"keys": {"kty": "RSA"}}"#, |e| {
+            matches!(e, JwksError::NoKeysArray)
+        }),
+        (r#"{"keys": null}"#, |e| matches!(e, JwksError::NoKeysArray)),
+        (r#"[[{"kty": "RSA"}]]"#, |e| {
+            matches!(e, JwksError::NoKeysArray)
+        }),
+        ("42", |e| matches!(e, JwksError::NoKeysArray)),
+        ("not json", |e| matches!(e, JwksError::NotJson(_))),
+        (r#"{"keys": ["#, |e| matches!(e, JwksError::NotJson(_))),
+    ];
+    for (doc, want) in table {
+        match KeySet::parse(doc.as_bytes(), KeySource::Fetched) {
+            Ok(set) => panic!("{doc}: parsed {} keys", set.len()),
+            Err(e) => assert!(want(&e), "{doc}: {e:?}"),
+        }
     }
+}
+
+#[test]
+fn a_key_with_a_member_of_the_wrong_type_is_skipped_and_the_others_load() {
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
+    let wrong = |member: &str, value: Value| {
+        let mut k = jwk(Some(&format!("wrong-{member}")), Some("x"), &n);
+        k[member] = value;
+        k
+    };
+    let doc = serde_json::json!({"keys": [
+        jwk(Some("good"), None, &n),
+        wrong("kty", serde_json::json!(["RSA"])),
+        wrong("use", serde_json::json!(1)),
+        wrong("n", serde_json::json!({"v": n})),
+        wrong("e", serde_json::json!(65537)),
+        wrong("x5t", serde_json::json!(true)),
+        wrong("issuer", serde_json::json!(["https://login.microsoftonline.com/{tenantid}/v2.0"])),
+        {"kty": "RSA", "use": "sig", "kid": 7, "x5t": "x7", "n": n, "e": "AQAB"},
+        jwk(Some("also-good"), None, &n),
+    ]});
+    let set = KeySet::parse(doc.to_string().as_bytes(), KeySource::Fetched).expect("parses");
+    assert_eq!(set.len(), 2);
+    assert!(set.by_kid("good").is_some() && set.by_kid("also-good").is_some());
+    assert!(set.by_x5t("x").is_none() && set.by_x5t("x7").is_none());
+}
+
+#[test]
+fn unknown_members_of_the_document_and_of_keys_are_ignored() {
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
+    let mut key = jwk(Some("k"), Some("xk"), &n);
+    key["alg"] = "RS256".into();
+    key["x5c"] = serde_json::json!(["MIIC..."]);
+    key["x5t#S256"] = "abc".into();
+    key["key_ops"] = serde_json::json!(["verify"]);
+    key["cloud_instance_name"] = serde_json::json!({"nested": [1, 2]});
+    key["issuer"] = "https://login.microsoftonline.com/{tenantid}/v2.0".into();
+    let doc = serde_json::json!({"meta": {"a": 1}, "keys": [key], "version": 2});
+    let set = KeySet::parse(doc.to_string().as_bytes(), KeySource::Fetched).expect("parses");
+    let k = set.by_kid("k").expect("the key");
+    assert_eq!(k.x5t.as_deref(), Some("xk"));
+    assert_eq!(
+        k.issuer.as_deref(),
+        Some("https://login.microsoftonline.com/{tenantid}/v2.0")
+    );
 }
 
 #[test]
@@ -106,62 +167,81 @@ fn the_fingerprint_follows_the_key_material_only() {
 
 #[test]
 fn an_https_metadata_document_may_only_name_an_https_jwks_uri() {
+    type Want = fn(&Result<(), JwksUriError>) -> bool;
+    let ok: Want = |r| r.is_ok();
+    let downgrade: Want = |r| matches!(r, Err(JwksUriError::Downgrade { .. }));
+    let scheme: Want = |r| matches!(r, Err(JwksUriError::Scheme { .. }));
+    let not_url: Want = |r| matches!(r, Err(JwksUriError::NotUrl { .. }));
     let table = [
         (
             "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
             "https://login.microsoftonline.com/common/discovery/v2.0/keys",
-            true,
-        ),
-        ("https://idp/meta", "http://idp/keys", false),
-        ("HTTPS://idp/meta", "http://idp/keys", false),
-        ("https://idp/meta", "ftp://idp/keys", false),
-        ("https://idp/meta", "file:///etc/passwd", false),
-        ("https://idp/meta", "/relative/keys", false),
-        ("http://127.0.0.1:1/meta", "http://127.0.0.1:1/keys", true),
-        ("http://127.0.0.1:1/meta", "https://idp/keys", true),
-    ];
-    for (metadata, jwks, ok) in table {
-        assert_eq!(
-            check_jwks_uri(metadata, jwks).is_ok(),
             ok,
-            "{metadata} -> {jwks}"
-        );
+        ),
+        ("https://idp/meta", "http://idp/keys", downgrade),
+        ("HTTPS://idp/meta", "http://idp/keys", downgrade),
+        ("https://idp/meta", "ftp://idp/keys", scheme),
+        ("https://idp/meta", "file:///etc/passwd", scheme),
+        ("https://idp/meta", "/relative/keys", not_url),
+        ("http://127.0.0.1:1/meta", "http://127.0.0.1:1/keys", ok),
+        ("http://127.0.0.1:1/meta", "https://idp/keys", ok),
+    ];
+    for (metadata, jwks, want) in table {
+        let got = check_jwks_uri(metadata, jwks);
+        assert!(want(&got), "{metadata} -> {jwks}: {got:?}");
     }
 }
 
 #[test]
 fn redirects_stay_on_the_host_asked_for_and_never_downgrade() {
+    type Want = fn(&Result<(), RedirectError>) -> bool;
+    let followed: Want = |r| r.is_ok();
+    let other_host: Want = |r| matches!(r, Err(RedirectError::OtherHost { .. }));
+    let downgrade: Want = |r| matches!(r, Err(RedirectError::Downgrade { .. }));
+    let too_many: Want = |r| matches!(r, Err(RedirectError::TooMany { .. }));
     let u = |s: &str| reqwest::Url::parse(s).expect("url");
     let first = u("https://login.example/keys");
     let table = [
         (
             u("https://login.example/v2/keys"),
             vec![first.clone()],
-            true,
+            followed,
         ),
         (
             u("https://LOGIN.example:8443/keys"),
             vec![first.clone()],
-            true,
+            followed,
         ),
-        (u("https://evil.example/keys"), vec![first.clone()], false),
+        (
+            u("https://evil.example/keys"),
+            vec![first.clone()],
+            other_host,
+        ),
         (
             u("https://login.example.evil/keys"),
             vec![first.clone()],
-            false,
+            other_host,
         ),
-        (u("http://login.example/keys"), vec![first.clone()], false),
-        (u("https://127.0.0.1/keys"), vec![first.clone()], false),
-        (u("https://login.example/6"), vec![first.clone(); 6], false),
-        (u("https://login.example/5"), vec![first.clone(); 5], true),
+        (
+            u("http://login.example/keys"),
+            vec![first.clone()],
+            downgrade,
+        ),
+        (u("https://127.0.0.1/keys"), vec![first.clone()], other_host),
+        (
+            u("https://login.example/6"),
+            vec![first.clone(); 6],
+            too_many,
+        ),
+        (
+            u("https://login.example/5"),
+            vec![first.clone(); 5],
+            followed,
+        ),
     ];
-    for (next, previous, ok) in table {
-        assert_eq!(
-            redirect_allowed(&next, &previous).is_ok(),
-            ok,
-            "{next} after {} hops",
-            previous.len()
-        );
+    for (next, previous, want) in table {
+        let got = redirect_allowed(&next, &previous);
+        assert!(want(&got), "{next} after {} hops: {got:?}", previous.len());
     }
 }
 
@@ -189,7 +269,7 @@ fn jwks_doc(kids: &[&str]) -> Vec<u8> {
 /// scripted answer.
 struct Scripted {
     gate: tokio::sync::Semaphore,
-    answers: std::sync::Mutex<std::collections::VecDeque<Result<Vec<u8>, String>>>,
+    answers: std::sync::Mutex<std::collections::VecDeque<Result<Vec<u8>, FetchError>>>,
     calls: std::sync::atomic::AtomicU64,
 }
 
@@ -197,7 +277,7 @@ struct Double(Arc<Scripted>);
 
 #[async_trait]
 impl JwksFetch for Double {
-    async fn fetch(&self) -> Result<Vec<u8>, String> {
+    async fn fetch(&self) -> Result<Vec<u8>, FetchError> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
         if let Ok(permit) = self.0.gate.acquire().await {
             permit.forget();
@@ -207,7 +287,7 @@ impl JwksFetch for Double {
             .lock()
             .ok()
             .and_then(|mut a| a.pop_front())
-            .unwrap_or_else(|| Err("no answer scripted".into()))
+            .unwrap_or_else(|| Err(FetchError::Other("no answer scripted".into())))
     }
 }
 
@@ -229,7 +309,7 @@ impl Scripted {
 
 /// A running store over a scripted source whose first fetch loads `old`.
 async fn scripted_store(
-    then: Result<Vec<u8>, String>,
+    then: Result<Vec<u8>, FetchError>,
 ) -> (Arc<KeyStore>, Arc<Scripted>, Arc<KeySet>) {
     let script = Arc::new(Scripted::default());
     if let Ok(mut a) = script.answers.lock() {
@@ -280,7 +360,7 @@ async fn twenty_misses(store: &Arc<KeyStore>, script: &Scripted, set: &Arc<KeySe
 
 #[tokio::test(start_paused = true)]
 async fn kid_miss_waiters_are_answered_when_the_refetch_fails() {
-    let (store, script, set) = scripted_store(Err("IdP down".into())).await;
+    let (store, script, set) = scripted_store(Err(FetchError::Other("IdP down".into()))).await;
     let started = tokio::time::Instant::now();
     let found = twenty_misses(&store, &script, &set).await;
     assert_eq!(found, vec![false; 20]);
@@ -460,7 +540,7 @@ async fn documents_over_one_mib_are_failed_fetches() {
         let got = http_source(None, url(path)).fetch().await;
         assert_eq!(got.is_ok(), fits, "{path}: {:?}", got.as_ref().err());
         if let Err(e) = got {
-            assert!(e.contains("larger than"), "{path}: {e}");
+            assert!(matches!(e, FetchError::TooLarge { .. }), "{path}: {e}");
         }
     }
     for (path, fits) in [("/meta", true), ("/meta-over", false), ("/big-meta", false)] {
@@ -518,10 +598,95 @@ async fn jwks_redirects_are_followed_only_to_the_same_host() {
     ] {
         let got = http_source(None, url(path)).fetch().await;
         assert_eq!(got.is_ok(), followed, "{path}: {:?}", got.as_ref().err());
+        if let Err(e) = got {
+            assert!(
+                matches!(e, FetchError::RedirectRefused { .. }),
+                "{path}: {e}"
+            );
+        }
     }
     assert!(http_source(url("/meta"), None).fetch().await.is_ok());
     assert!(http_source(url("/meta-elsewhere"), None)
         .fetch()
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fetches_say_which_step_failed() {
+    let addr = raw_server(|addr| {
+        let meta = |doc: Value| ok(doc.to_string().as_bytes());
+        vec![
+            ("/keys".into(), ok(&jwks_doc(&["k"]))),
+            ("/meta".into(), meta(serde_json::json!({"jwks_uri": format!("http://{addr}/keys"), "issuer": "x", "extra": [1]}))),
+            ("/meta-not-json".into(), ok(b"<html>")),
+            ("/meta-no-uri".into(), meta(serde_json::json!({"issuer": "x"}))),
+            ("/meta-uri-number".into(), meta(serde_json::json!({"jwks_uri": 1}))),
+            ("/meta-array".into(), meta(serde_json::json!([format!("http://{addr}/keys")]))),
+            ("/meta-ftp".into(), meta(serde_json::json!({"jwks_uri": "ftp://idp/keys"}))),
+            ("/meta-missing-keys".into(), meta(serde_json::json!({"jwks_uri": format!("http://{addr}/missing")}))),
+            ("/no-keys".into(), ok(br#"{"keys": "none"}"#)),
+        ]
+    })
+    .await;
+    let url = |p: &str| Some(format!("http://{addr}{p}"));
+    type Want = fn(&FetchError) -> bool;
+    let table: [(Option<String>, Option<String>, Want); 9] = [
+        (None, None, |e| matches!(e, FetchError::NoSource)),
+        (url("/meta-not-json"), None, |e| {
+            matches!(e, FetchError::MetadataNotJson { .. })
+        }),
+        (url("/meta-no-uri"), None, |e| {
+            matches!(e, FetchError::NoJwksUri { .. })
+        }),
+        (url("/meta-uri-number"), None, |e| {
+            matches!(e, FetchError::NoJwksUri { .. })
+        }),
+        (url("/meta-array"), None, |e| {
+            matches!(e, FetchError::NoJwksUri { .. })
+        }),
+        (url("/meta-ftp"), None, |e| {
+            matches!(e, FetchError::BadJwksUri(JwksUriError::Scheme { .. }))
+        }),
+        (
+            url("/meta-missing-keys"),
+            None,
+            |e| matches!(e, FetchError::Status { status, .. } if status.as_u16() == 404),
+        ),
+        (
+            None,
+            url("/missing"),
+            |e| matches!(e, FetchError::Status { status, .. } if status.as_u16() == 404),
+        ),
+        (
+            None,
+            Some(format!("http://127.0.0.1:{}/keys", closed_port())),
+            |e| matches!(e, FetchError::Transport { .. }),
+        ),
+    ];
+    for (metadata_url, jwks_uri, want) in table {
+        let what = format!("{metadata_url:?} {jwks_uri:?}");
+        match http_source(metadata_url, jwks_uri).fetch().await {
+            Ok(_) => panic!("{what}: fetched"),
+            Err(e) => assert!(want(&e), "{what}: {e:?}"),
+        }
+    }
+    assert!(http_source(url("/meta"), None).fetch().await.is_ok());
+    // A document that arrives but gives no key set is a failed fetch of its own kind.
+    let metrics = Arc::new(Metrics::new());
+    let store = KeyStore::with_fetcher(
+        &identity(Duration::from_secs(30)),
+        metrics.clone(),
+        Box::new(http_source(None, url("/no-keys"))),
+    );
+    assert!(!store.fetch_once().await);
+    assert_eq!(metrics.jwks_fetch.with_label_values(&["error"]).get(), 1);
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -585,19 +585,14 @@ impl HttpHook {
     }
 }
 
-/// A reqwest error's text without the URL (which may carry credentials in its query).
+/// A reqwest error's text with its causes, without the URL (which may carry credentials in its
+/// query).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<hook url>");
+    let s = crate::jwks::error_chain(e);
+    match e.url() {
+        Some(u) => s.replace(u.as_str(), "<hook url>"),
+        None => s,
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

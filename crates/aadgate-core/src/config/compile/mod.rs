@@ -11,7 +11,7 @@ mod server;
 mod tenants;
 mod validators;
 
-pub use tenants::load_tenant_file;
+pub use tenants::{load_tenant_file, TenantFileError};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -106,7 +106,7 @@ impl Compiler<'_> {
         match v.parse() {
             Ok(t) => Some(t),
             Err(m) => {
-                self.r.error(v.span(), m);
+                self.r.error(v.span(), m.to_string());
                 None
             }
         }

@@ -1,12 +1,12 @@
 //! `[tenants]`: the tenant mode, allow/deny lists, the tenant file and issuer templates.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
 
 use super::{is_guid, Compiler, DEFAULT_ISSUERS};
-use crate::config::error::Reporter;
+use crate::config::error::{ConfigError, Reporter};
 use crate::config::file::{self, ConfigFile};
 use crate::config::model::{TenantMode, TenantSettings};
 
@@ -80,7 +80,7 @@ impl Compiler<'_> {
             let path = self.path(p.get_ref());
             match load_tenant_file(&path) {
                 Ok(extra) => allow.extend(extra),
-                Err(e) => self.r.error(p.span(), e),
+                Err(e) => self.r.error(p.span(), e.to_string()),
             }
             path
         });
@@ -114,16 +114,33 @@ impl Compiler<'_> {
     }
 }
 
+/// Why the tenant allow-list file gave no list.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantFileError {
+    /// The file cannot be read (missing, no permission, not UTF-8).
+    #[error("tenant file {} cannot be read: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The file is read, but a line of it is wrong (TOML syntax, an entry that is not a GUID):
+    /// the first such problem, at its line and column in the tenant file.
+    #[error("in tenant file: {0}")]
+    Invalid(ConfigError),
+}
+
 /// Reads the tenant allow-list file (`allow = ["GUID", …]`); errors name the file's own line.
-pub fn load_tenant_file(path: &Path) -> Result<HashSet<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("tenant file {} cannot be read: {e}", path.display()))?;
+pub fn load_tenant_file(path: &Path) -> Result<HashSet<String>, TenantFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| TenantFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let mut r = Reporter::new(path, &text);
     let parsed: file::TenantListFile = match toml::from_str(&text) {
         Ok(p) => p,
         Err(e) => {
             let err = r.at(e.span().unwrap_or(0..0), e.message().trim_end().to_string());
-            return Err(format!("in tenant file: {err}"));
+            return Err(TenantFileError::Invalid(err));
         }
     };
     let mut out = HashSet::new();
@@ -137,8 +154,62 @@ pub fn load_tenant_file(path: &Path) -> Result<HashSet<String>, String> {
             );
         }
     }
-    match r.errors.first() {
-        Some(e) => Err(format!("in tenant file: {e}")),
+    match r.errors.into_iter().next() {
+        Some(e) => Err(TenantFileError::Invalid(e)),
         None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    #[derive(Debug)]
+    enum Want {
+        Loads,
+        Unreadable,
+        BadLine(usize),
+    }
+
+    #[test]
+    fn a_tenant_file_error_names_the_file_or_the_line_at_fault() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let table = [
+            (
+                write("good.toml", &format!("allow = [\n  \"{GUID}\",\n]\n")),
+                Want::Loads,
+            ),
+            (dir.path().join("missing.toml"), Want::Unreadable),
+            (
+                write("syntax.toml", "allow = [\n  \"a\"\n  \"b\"\n]\n"),
+                Want::BadLine(3),
+            ),
+            (
+                write(
+                    "domain.toml",
+                    &format!("allow = [\n  \"{GUID}\",\n  \"contoso.com\",\n]\n"),
+                ),
+                Want::BadLine(3),
+            ),
+        ];
+        for (path, want) in table {
+            match (want, load_tenant_file(&path)) {
+                (Want::Loads, Ok(set)) => assert!(set.contains(GUID), "{}", path.display()),
+                (Want::Unreadable, Err(TenantFileError::Read { path: p, .. })) => {
+                    assert_eq!(p, path)
+                }
+                (Want::BadLine(line), Err(TenantFileError::Invalid(e))) => {
+                    assert_eq!((e.file.as_path(), e.line), (path.as_path(), line))
+                }
+                (want, got) => panic!("{}: want {want:?}, got {got:?}", path.display()),
+            }
+        }
     }
 }
