@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Text,
     Json,
@@ -17,7 +17,7 @@ pub enum LogFormat {
 /// aadgate: an authentication gateway for APIs protected by Azure AD / Microsoft Entra ID.
 #[derive(Debug, Parser)]
 #[command(name = "aadgate", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format on stderr (levels from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -30,7 +30,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve until SIGTERM/SIGINT (then drain in-flight requests).
     Run(RunArgs),
     /// Validate a configuration: exit 0 when valid, 2 with FILE:LINE:COL: reason lines otherwise.
@@ -48,7 +48,7 @@ pub enum Command {
 
 /// `run`
 #[derive(Debug, Args, Default)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Take over the listening sockets of a running aadgate (graceful upgrade; send the old
     /// process SIGQUIT).
     #[arg(long)]
@@ -57,7 +57,7 @@ pub struct RunArgs {
 
 /// `explain`
 #[derive(Debug, Args)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     /// Route by name.
     #[arg(long, conflicts_with_all = ["method", "path", "host"])]
     pub route: Option<String>,
@@ -85,7 +85,7 @@ pub struct ExplainArgs {
 
 /// `demo`
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Run every scenario, print the table and exit (0 when all got their expected outcome).
     #[arg(long)]
     pub once: bool,
@@ -181,7 +181,7 @@ impl From<DevTokenArgs> for DevTokenOptions {
 /// requests and answers. Their lines are capped at [`DEPENDENCY_CAP`] whatever `RUST_LOG` says,
 /// so no token, assertion or app-only token reaches a log (SPEC section 8, "Logs"). Each entry
 /// is a target prefix (`hyper` covers `hyper_util`).
-pub const CAPPED_DEPENDENCIES: [&str; 7] = [
+pub(crate) const CAPPED_DEPENDENCIES: [&str; 7] = [
     "pingora",
     "reqwest",
     "hyper",
@@ -192,11 +192,11 @@ pub const CAPPED_DEPENDENCIES: [&str; 7] = [
 ];
 
 /// The most verbose level [`CAPPED_DEPENDENCIES`] may log at.
-pub const DEPENDENCY_CAP: tracing::Level = tracing::Level::INFO;
+pub(crate) const DEPENDENCY_CAP: tracing::Level = tracing::Level::INFO;
 
 /// The filter that enforces [`DEPENDENCY_CAP`]: everything else passes (to `RUST_LOG`'s
 /// filter, which still applies).
-pub fn dependency_caps() -> tracing_subscriber::filter::Targets {
+pub(crate) fn dependency_caps() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new()
         .with_default(tracing::Level::TRACE)
         .with_targets(CAPPED_DEPENDENCIES.map(|t| (t, DEPENDENCY_CAP)))
@@ -204,7 +204,7 @@ pub fn dependency_caps() -> tracing_subscriber::filter::Targets {
 
 /// Installs the tracing subscriber on stderr: levels from `RUST_LOG` (default `info`), with
 /// [`dependency_caps`] on top, in text or JSON.
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

@@ -22,13 +22,13 @@ use aadgate_emulator::{
 
 /// The demo's second tenant: allowed by the gateway, but it never consented to the gateway's
 /// application, so exchange routes refuse its callers.
-pub const FABRIKAM: &str = "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b";
+pub(crate) const FABRIKAM: &str = "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b";
 /// A tenant the gateway does not allow.
-pub const WOODGROVE: &str = "a9b8c7d6-e5f4-4a3b-9c2d-1e0f9a8b7c6d";
+pub(crate) const WOODGROVE: &str = "a9b8c7d6-e5f4-4a3b-9c2d-1e0f9a8b7c6d";
 
 /// Why `aadgate demo` could not start, or `--once` could not run its scenarios.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// The demo configuration has errors (usually: not run from the repository root).
     #[error("{0}\n(run the demo from the repository root, or pass --demo-config)")]
     Config(config::ConfigErrors),
@@ -81,7 +81,7 @@ pub enum DemoError {
 /// `metadata_url`'s host and port, the echo upstream at the first plain route's upstream, the
 /// mock Outlook API at the first exchange route's upstream.
 #[derive(Debug, Clone, Copy)]
-pub struct Addresses {
+pub(crate) struct Addresses {
     pub emulator: SocketAddr,
     pub echo: SocketAddr,
     pub outlook: SocketAddr,
@@ -89,7 +89,7 @@ pub struct Addresses {
 
 impl Addresses {
     /// Reads the addresses from `config`.
-    pub fn from_config(config: &Config) -> Result<Addresses, DemoError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Addresses, DemoError> {
         let url = config
             .identity
             .metadata_url
@@ -121,7 +121,7 @@ impl Addresses {
 
 /// One demo request and the outcome it should get.
 #[derive(Debug, Clone)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub name: &'static str,
     pub path: &'static str,
     pub token: Option<String>,
@@ -147,7 +147,7 @@ fn tamper(token: &str) -> String {
 }
 
 /// The scenario table, with tokens freshly minted by the emulator.
-pub fn scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
+pub(crate) fn scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
     let app = |tid: &str, roles: &[&str]| idp.mint(&TokenSpec::app(tid, aud, roles));
     let user = idp.mint(
         &TokenSpec::user(DEFAULT_TENANT, aud, "profile.read Mail.Read").with_upn("ada@contoso.com"),
@@ -326,7 +326,7 @@ async fn wait_ready(admin: SocketAddr, listen: SocketAddr) -> Result<(), DemoErr
 }
 
 /// Runs every scenario against the gateway at `base`; returns the table and whether all matched.
-pub async fn run_scenarios(base: &str, scenarios: &[Scenario]) -> (String, bool) {
+pub(crate) async fn run_scenarios(base: &str, scenarios: &[Scenario]) -> (String, bool) {
     let client = reqwest::Client::new();
     let mut all = true;
     let mut rows = vec![(
@@ -414,7 +414,7 @@ fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) 
 }
 
 /// `aadgate demo [--once]`.
-pub fn main(args: &DemoArgs) -> ExitCode {
+pub(crate) fn main(args: &DemoArgs) -> ExitCode {
     let fail = |e: DemoError| {
         eprintln!("aadgate demo: {e}");
         ExitCode::FAILURE

@@ -21,7 +21,7 @@ use aadgate_core::metrics::Metrics;
 use aadgate_core::runtime::Runtime;
 
 /// The report as JSON.
-pub fn to_json(report: &Report) -> Value {
+pub(crate) fn to_json(report: &Report) -> Value {
     let checks: Vec<Value> = report
         .trace
         .steps
@@ -48,7 +48,7 @@ pub fn to_json(report: &Report) -> Value {
 }
 
 /// The report as text.
-pub fn to_text(report: &Report) -> String {
+pub(crate) fn to_text(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!("route: {}\n", report.route));
     match &report.header {
@@ -122,7 +122,7 @@ fn http_date(t: i64) -> String {
 }
 
 /// Picks the route by name, or by method/path/host.
-pub fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, String> {
+pub(crate) fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, String> {
     if let Some(name) = &args.route {
         return config
             .routes
@@ -161,7 +161,7 @@ fn request_for(route: &Route, args: &ExplainArgs) -> Request {
 }
 
 /// `aadgate explain`: exit 0 accepted, 1 rejected, 2 usage or configuration error.
-pub fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
+pub(crate) fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("aadgate explain: {msg}");
         ExitCode::from(2)

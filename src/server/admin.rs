@@ -11,7 +11,7 @@ use axum::Router;
 use super::state::SharedState;
 
 /// Serves the admin endpoints on `listener` until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<SharedState>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<SharedState>) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))

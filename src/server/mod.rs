@@ -1,9 +1,9 @@
 //! `aadgate run`: the pingora server, the admin listener and the reload triggers.
 
-pub mod admin;
-pub mod proxy;
-pub mod reload;
-pub mod state;
+pub(crate) mod admin;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub(crate) mod state;
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -43,7 +43,10 @@ impl ShutdownSignalWatch for Signals {
 /// `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`; the first entry when it lists
 /// several), else `$XDG_RUNTIME_DIR/aadgate`, else `/run/aadgate`. Empty and relative values
 /// are ignored, so the result is never relative and never `/tmp`.
-pub fn runtime_dir(runtime_directory: Option<&OsStr>, xdg_runtime_dir: Option<&OsStr>) -> PathBuf {
+pub(crate) fn runtime_dir(
+    runtime_directory: Option<&OsStr>,
+    xdg_runtime_dir: Option<&OsStr>,
+) -> PathBuf {
     let absolute = |p: &Path| p.is_absolute() && p != Path::new("/tmp");
     if let Some(first) = runtime_directory
         .and_then(|v| std::env::split_paths(v).next())
@@ -60,7 +63,7 @@ pub fn runtime_dir(runtime_directory: Option<&OsStr>, xdg_runtime_dir: Option<&O
 /// Why `aadgate run` could not start serving. Each text names what failed and includes the
 /// cause.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     /// The configuration file has errors (each with its file:line:col).
     #[error("{0}")]
     Config(aadgate_core::config::ConfigErrors),
@@ -101,7 +104,7 @@ pub enum ServerError {
 
 /// Creates `dir` (with its missing parents) mode 0700, or makes an existing one 0700 when
 /// group or others can reach it. Runs once at start when `upgrade_sock` is not set.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -133,7 +136,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
 
 /// Serves with the configuration at `path` until a shutdown signal. Returns only on a start-up
 /// error; a normal shutdown exits the process with status 0.
-pub fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
+pub(crate) fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
     let runtime = Runtime::load(&path, None).map_err(ServerError::Config)?;
     for w in &runtime.config().warnings {
         tracing::warn!("{w}");

@@ -24,12 +24,12 @@ use aadgate_core::request_id::request_id;
 use aadgate_core::runtime::Runtime;
 
 /// The gateway's proxy logic; shared by all worker threads.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub state: Arc<SharedState>,
 }
 
 /// Per-request state.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     started: Instant,
     request_id: String,
     runtime: Option<Arc<Runtime>>,

@@ -12,10 +12,10 @@ use notify::{RecursiveMode, Watcher};
 use super::state::{fingerprint, SharedState};
 
 /// Events arriving within this window are handled as one reload.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Reloads on SIGHUP. Runs until the process exits.
-pub async fn on_sighup(state: Arc<SharedState>) {
+pub(crate) async fn on_sighup(state: Arc<SharedState>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -31,7 +31,7 @@ pub async fn on_sighup(state: Arc<SharedState>) {
 }
 
 /// Reloads when a watched file's content changes. Runs until the process exits.
-pub async fn on_file_change(state: Arc<SharedState>) {
+pub(crate) async fn on_file_change(state: Arc<SharedState>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
     let mut watcher = match notify::recommended_watcher(move |event| {
         let _ = tx.send(event);

@@ -11,7 +11,7 @@ use aadgate_core::metrics::Metrics;
 use aadgate_core::runtime::Runtime;
 
 /// The gateway's shared state.
-pub struct SharedState {
+pub(crate) struct SharedState {
     current: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     /// The config path as given on the command line (not canonicalised).
@@ -24,7 +24,7 @@ pub struct SharedState {
 impl SharedState {
     /// The state for a runtime built from an already-validated configuration; starts it (its
     /// key store's refresh task) on `control`.
-    pub fn new(
+    pub(crate) fn new(
         runtime: Runtime,
         config_path: PathBuf,
         control: tokio::runtime::Handle,
@@ -44,14 +44,14 @@ impl SharedState {
     }
 
     /// The runtime for a new request.
-    pub fn current(&self) -> Arc<Runtime> {
+    pub(crate) fn current(&self) -> Arc<Runtime> {
         self.current.load_full()
     }
 
     /// Loads the configuration file again and swaps it in if valid. A config that fails to load
     /// is refused whole: the running one stays, the failure is logged and counted. What the new
     /// runtime carries over from the running one is decided by [`Runtime::load`].
-    pub fn reload(&self, why: &str) -> Result<(), ConfigErrors> {
+    pub(crate) fn reload(&self, why: &str) -> Result<(), ConfigErrors> {
         let _serial = self.reload_lock.lock();
         let old = self.current();
         let new = match Runtime::load(&self.config_path, Some(&old)) {
@@ -102,7 +102,7 @@ impl SharedState {
     }
 
     /// Files whose change triggers a reload: the config and the tenants file.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
         let mut v = vec![self.config_path.clone()];
         if let Some(f) = &self.current().config().tenants.file {
             v.push(f.clone());
@@ -111,7 +111,7 @@ impl SharedState {
     }
 
     /// Readiness: `Ok(detail)` when keys are loaded (the config is valid by construction).
-    pub fn readiness(&self) -> Result<String, String> {
+    pub(crate) fn readiness(&self) -> Result<String, String> {
         match self.current().keys().current() {
             Some(set) => Ok(match set.source {
                 aadgate_core::jwks::KeySource::CacheFile => format!(
@@ -126,7 +126,7 @@ impl SharedState {
 }
 
 /// A cheap fingerprint of the watched files' contents, to ignore events that change nothing.
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+pub(crate) fn fingerprint(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
     paths.iter().map(|p| read_through_links(p)).collect()
 }
 

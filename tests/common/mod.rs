@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use aadgate_emulator::{EchoHandle, EchoServer, Emulator, EmulatorHandle, EmulatorOptions};
 
-pub const TENANT_A: &str = "11111111-1111-4111-8111-111111111111";
-pub const TENANT_B: &str = "22222222-2222-4222-8222-222222222222";
-pub const TENANT_C: &str = "33333333-3333-4333-8333-333333333333";
-pub const AUD: &str = "api://orders";
-pub const AUD_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
-pub const CLIENT: &str = "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11";
+pub(crate) const TENANT_A: &str = "11111111-1111-4111-8111-111111111111";
+pub(crate) const TENANT_B: &str = "22222222-2222-4222-8222-222222222222";
+pub(crate) const TENANT_C: &str = "33333333-3333-4333-8333-333333333333";
+pub(crate) const AUD: &str = "api://orders";
+pub(crate) const AUD_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+pub(crate) const CLIENT: &str = "0f8a6a48-2c1b-4c57-9d4a-8f0c2b8c1d11";
 
 /// A port that was free a moment ago.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -27,13 +27,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The emulator and an echo upstream, in this test's runtime.
-pub struct World {
+pub(crate) struct World {
     pub idp: EmulatorHandle,
     pub echo: EchoHandle,
 }
 
 impl World {
-    pub async fn start() -> World {
+    pub(crate) async fn start() -> World {
         let idp = Emulator::start(
             "127.0.0.1:0".parse().expect("addr"),
             EmulatorOptions::default(),
@@ -48,7 +48,7 @@ impl World {
 }
 
 /// A running gateway process.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub child: Option<Child>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -59,7 +59,7 @@ pub struct Gateway {
 }
 
 /// Replaces `{port}`, `{admin}`, `{idp}`, `{echo}`, `{dir}` in a config template.
-pub fn render(
+pub(crate) fn render(
     template: &str,
     port: u16,
     admin: u16,
@@ -75,7 +75,7 @@ pub fn render(
 }
 
 /// A minimal valid config; tests append routes and sections.
-pub fn base_config(extra_identity: &str, tenants: &str) -> String {
+pub(crate) fn base_config(extra_identity: &str, tenants: &str) -> String {
     format!(
         r#"
 [server]
@@ -99,11 +99,11 @@ audiences = ["{AUD}", "{AUD_ID}"]
 impl Gateway {
     /// Writes the config (a template, see [`render`]) and starts `aadgate run` on it; returns
     /// once the data-plane port accepts connections.
-    pub async fn start(template: &str, world: &World) -> Gateway {
+    pub(crate) async fn start(template: &str, world: &World) -> Gateway {
         Self::start_with(template, world, &[]).await
     }
 
-    pub async fn start_with(template: &str, world: &World, args: &[&str]) -> Gateway {
+    pub(crate) async fn start_with(template: &str, world: &World, args: &[&str]) -> Gateway {
         let p = Prepared::new(template, world);
         let path = p.dir.path().join("aadgate.toml");
         std::fs::write(&path, &p.rendered).expect("write config");
@@ -113,7 +113,7 @@ impl Gateway {
 
 /// A rendered config with its ports and folder, before the process starts (for tests that lay
 /// the config out themselves, e.g. as a Kubernetes ConfigMap mount).
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub admin: u16,
@@ -121,7 +121,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(template: &str, world: &World) -> Prepared {
+    pub(crate) fn new(template: &str, world: &World) -> Prepared {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin = free_port();
@@ -135,13 +135,13 @@ impl Prepared {
     }
 
     /// Starts `aadgate [args] run -c config_path`.
-    pub async fn launch(self, config_path: PathBuf, args: &[&str]) -> Gateway {
+    pub(crate) async fn launch(self, config_path: PathBuf, args: &[&str]) -> Gateway {
         self.launch_with_env(config_path, args, &[]).await
     }
 
     /// As [`Prepared::launch`], with environment changes applied after the default
     /// `RUST_LOG`: `(name, Some(value))` sets, `(name, None)` removes.
-    pub async fn launch_with_env(
+    pub(crate) async fn launch_with_env(
         self,
         config_path: PathBuf,
         args: &[&str],
@@ -205,7 +205,7 @@ impl Gateway {
     }
 
     /// Waits (bounded) until `/readyz` answers 200.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();
         loop {
@@ -221,24 +221,24 @@ impl Gateway {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Sends a signal by name (TERM, HUP, INT, QUIT).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.pid().to_string())
@@ -248,7 +248,7 @@ impl Gateway {
     }
 
     /// Waits for the process to exit and returns its status code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let status = child.wait().ok()?;
         if let Some(r) = self.log_reader.take() {
@@ -258,7 +258,7 @@ impl Gateway {
     }
 
     /// The metrics text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))
             .await
             .expect("metrics")
@@ -278,7 +278,7 @@ impl Drop for Gateway {
 }
 
 /// A client that never pools connections across tests and follows no redirects.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -287,7 +287,7 @@ pub fn client() -> reqwest::Client {
 
 /// Reads one counter/gauge sample from Prometheus text: the value of the first line that starts
 /// with `name` and contains every `label` fragment.
-pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -299,7 +299,7 @@ pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 /// Sends a raw HTTP/1.1 request (no client-side path normalisation) and returns the status code
 /// and the `x-aadgate-reason` header.
-pub async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
+pub(crate) async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
@@ -323,7 +323,7 @@ pub async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Option<String>) {
 /// Sends raw bytes as one HTTP/1.1 request (no client-side normalisation of the target or the
 /// header names) and returns the status code, the `x-aadgate-reason` header and the whole
 /// response as text.
-pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, Option<String>, String) {
+pub(crate) async fn raw_request(addr: SocketAddr, request: &str) -> (u16, Option<String>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
@@ -346,13 +346,13 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, Option<String
 /// An upstream that records the head of every request exactly as it arrived on the wire
 /// (request line and headers, names in the case sent) and answers `200 ok`, closing the
 /// connection.
-pub struct WireUpstream {
+pub(crate) struct WireUpstream {
     pub addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl WireUpstream {
-    pub async fn start() -> WireUpstream {
+    pub(crate) async fn start() -> WireUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -389,17 +389,17 @@ impl WireUpstream {
         WireUpstream { addr, heads }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Every request head received so far.
-    pub fn heads(&self) -> Vec<String> {
+    pub(crate) fn heads(&self) -> Vec<String> {
         self.heads.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// The request line of the last request received.
-    pub fn last_request_line(&self) -> Option<String> {
+    pub(crate) fn last_request_line(&self) -> Option<String> {
         self.heads()
             .last()
             .and_then(|h| h.lines().next().map(String::from))

@@ -27,7 +27,7 @@ use super::model::*;
 /// Default `[server] max_token_bytes`.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Default `[server] max_uri_bytes`.
-pub const DEFAULT_MAX_URI_BYTES: usize = 8192;
+pub(super) const DEFAULT_MAX_URI_BYTES: usize = 8192;
 /// Default `[identity] refresh_interval`.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default `[identity] min_refetch_interval`.
@@ -37,7 +37,7 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Default `[identity] token_cache_size`.
 pub const DEFAULT_TOKEN_CACHE_SIZE: u64 = 100_000;
 /// Default `[exchange.NAME] purge_interval`.
-pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
 /// The AAD issuer templates used when `[tenants] issuers` is absent.
 pub const DEFAULT_ISSUERS: [&str; 2] = [
     "https://sts.windows.net/{tenantid}/",
