@@ -146,134 +146,143 @@ fn tamper(token: &str) -> String {
     )
 }
 
-/// The scenario table, with tokens freshly minted by the emulator.
+/// One row of the scenario table: name, path, token, expected status and reason.
+type Row = (
+    &'static str,
+    &'static str,
+    Option<String>,
+    u16,
+    Option<&'static str>,
+);
+
+/// The scenario table, with tokens freshly minted by the emulator: first the token checks,
+/// then the route checks (token kind, client strength, validator, exchange, anonymous).
 pub(crate) fn scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
-    let app = |tid: &str, roles: &[&str]| idp.mint(&TokenSpec::app(tid, aud, roles));
+    token_rows(idp, aud)
+        .into_iter()
+        .chain(route_rows(idp, aud))
+        .map(|(name, path, token, status, reason)| Scenario {
+            name,
+            path,
+            token,
+            status,
+            reason,
+        })
+        .collect()
+}
+
+/// The caller's tokens the demo mints: a daemon of the default tenant with `Orders.Read`, and
+/// a user (ada@contoso.com) with `profile.read Mail.Read`.
+fn daemon_and_user(idp: &EmulatorHandle, aud: &str) -> (String, String) {
+    let daemon = idp.mint(&TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]));
     let user = idp.mint(
         &TokenSpec::user(DEFAULT_TENANT, aud, "profile.read Mail.Read").with_upn("ada@contoso.com"),
     );
-    let daemon = app(DEFAULT_TENANT, &["Orders.Read"]);
-    let s = |name, path, token: Option<String>, status, reason| Scenario {
-        name,
-        path,
-        token,
-        status,
-        reason,
-    };
+    (daemon, user)
+}
+
+fn token_rows(idp: &EmulatorHandle, aud: &str) -> Vec<Row> {
+    let app = |tid: &str, roles: &[&str]| Some(idp.mint(&TokenSpec::app(tid, aud, roles)));
+    let (daemon, user) = daemon_and_user(idp, aud);
+    let other_api = idp.mint(&TokenSpec::app(
+        DEFAULT_TENANT,
+        "api://someone-else",
+        &["Orders.Read"],
+    ));
+    let expired =
+        idp.mint(&TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_lifetime(-7200));
+    let orders = "/api/orders/42";
     vec![
-        s(
+        (
             "valid app-only token",
-            "/api/orders/42",
+            orders,
             Some(daemon.clone()),
             200,
             None,
         ),
-        s(
-            "valid user token",
-            "/api/profile/me",
-            Some(user.clone()),
-            200,
-            None,
-        ),
-        s(
-            "no token",
-            "/api/orders/42",
-            None,
-            401,
-            Some("missing_token"),
-        ),
-        s(
+        ("valid user token", "/api/profile/me", Some(user), 200, None),
+        ("no token", orders, None, 401, Some("missing_token")),
+        (
             "tenant not on the allow-list",
-            "/api/orders/42",
-            Some(app(WOODGROVE, &["Orders.Read"])),
+            orders,
+            app(WOODGROVE, &["Orders.Read"]),
             401,
             Some("tenant_not_allowed"),
         ),
-        s(
+        (
             "missing app role",
-            "/api/orders/42",
-            Some(app(DEFAULT_TENANT, &["Orders.Write"])),
+            orders,
+            app(DEFAULT_TENANT, &["Orders.Write"]),
             403,
             Some("missing_role"),
         ),
-        s(
+        (
             "token for another API",
-            "/api/orders/42",
-            Some(idp.mint(&TokenSpec::app(
-                DEFAULT_TENANT,
-                "api://someone-else",
-                &["Orders.Read"],
-            ))),
+            orders,
+            Some(other_api),
             401,
             Some("bad_audience"),
         ),
-        s(
-            "expired token",
-            "/api/orders/42",
-            Some(
-                idp.mint(
-                    &TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_lifetime(-7200),
-                ),
-            ),
-            401,
-            Some("expired"),
-        ),
-        s(
+        ("expired token", orders, Some(expired), 401, Some("expired")),
+        (
             "forged claims",
-            "/api/orders/42",
+            orders,
             Some(tamper(&daemon)),
             401,
             Some("bad_signature"),
         ),
-        s(
+    ]
+}
+
+fn route_rows(idp: &EmulatorHandle, aud: &str) -> Vec<Row> {
+    let (daemon, user) = daemon_and_user(idp, aud);
+    let secret_client = TokenSpec::app(DEFAULT_TENANT, aud, &["Jobs.Run"]).with_auth_strength("1");
+    let guest = TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_claim("acct", json!(1));
+    let unconsented = idp.mint(&TokenSpec::app(FABRIKAM, aud, &["Orders.Read"]));
+    vec![
+        (
             "app-only token on a user route",
             "/api/profile/me",
             Some(daemon.clone()),
             403,
             Some("wrong_token_kind"),
         ),
-        s(
+        (
             "client secret instead of certificate",
             "/api/jobs/run",
-            Some(
-                idp.mint(
-                    &TokenSpec::app(DEFAULT_TENANT, aud, &["Jobs.Run"]).with_auth_strength("1"),
-                ),
-            ),
+            Some(idp.mint(&secret_client)),
             403,
             Some("weak_client_auth"),
         ),
-        s(
+        (
             "guest account (CEL validator)",
             "/api/orders/42",
-            Some(idp.mint(
-                &TokenSpec::app(DEFAULT_TENANT, aud, &["Orders.Read"]).with_claim("acct", json!(1)),
-            )),
+            Some(idp.mint(&guest)),
             403,
             Some("hook_denied"),
         ),
-        s(
+        (
             "app-only mail call through the exchange",
             "/api/v2.0/users/ada@contoso.com/messages",
-            Some(daemon.clone()),
+            Some(daemon),
             200,
             None,
         ),
-        s(
+        (
             "user /me mail call through the exchange",
             "/api/v2.0/me/messages",
             Some(user),
             200,
             None,
         ),
-        s(
+        (
             "mail call from an unconsented tenant",
             "/api/v2.0/users/bob@fabrikam.com/messages",
-            Some(app(FABRIKAM, &["Orders.Read"])),
+            Some(unconsented),
             403,
             Some("tenant_not_consented"),
         ),
-        s("public health check", "/health", None, 200, None),
+        ("public health check", "/health", None, 200, None),
     ]
 }
 

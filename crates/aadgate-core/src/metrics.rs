@@ -24,22 +24,37 @@ pub const AUTH_BUCKETS: &[f64] = &[
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "-";
 
-/// Every metric the gateway exports.
+/// Every metric the gateway exports (the list, with labels, is in `docs/operations.md`).
 pub struct Metrics {
+    /// The registry all of them are in; [`Metrics::render`] writes it out.
     pub registry: Registry,
+    /// `aadgate_requests_total{route, status, reason}`.
     pub requests: IntCounterVec,
+    /// `aadgate_request_duration_seconds{route}`: the whole request.
     pub request_duration: HistogramVec,
+    /// `aadgate_auth_duration_seconds{route}`: token validation, checks and hooks.
     pub auth_duration: HistogramVec,
+    /// `aadgate_upstream_duration_seconds{route}`: upstream request to end of its response.
     pub upstream_duration: HistogramVec,
+    /// `aadgate_jwks_fetch_total{result}`: `ok` or `error`.
     pub jwks_fetch: IntCounterVec,
+    /// `aadgate_jwks_keys`: signing keys in the current key set.
     pub jwks_keys: IntGauge,
+    /// `aadgate_jwks_last_success_timestamp_seconds` (0 = never).
     pub jwks_last_success: Gauge,
+    /// `aadgate_token_cache_hits_total`.
     pub token_cache_hits: IntCounter,
+    /// `aadgate_token_cache_misses_total`.
     pub token_cache_misses: IntCounter,
+    /// `aadgate_validator_requests_total{validator, result}`.
     pub validator_requests: IntCounterVec,
+    /// `aadgate_exchange_requests_total{exchange, result}`.
     pub exchange_requests: IntCounterVec,
+    /// `aadgate_config_reloads_total{result}`: `ok` or `error`.
     pub config_reloads: IntCounterVec,
+    /// `aadgate_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `aadgate_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
 }
 
@@ -49,86 +64,67 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(c.clone()))
+/// Registers `metric` in `r` and gives it back. Definitions are constants of this file, so a
+/// bad one or a name registered twice is a programming error found by every test.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.expect("valid metric definition");
+    r.register(Box::new(m.clone()))
         .expect("metric registered once");
-    c
+    m
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        &["route"],
-    )
-    .expect("valid metric definition");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(r, HistogramVec::new(opts, &["route"]))
+}
+
+/// The per-request metrics: the count by route, status and reason, and the three durations.
+fn request_metrics(r: &Registry) -> (IntCounterVec, HistogramVec, HistogramVec, HistogramVec) {
+    let requests = counter_vec(
+        r,
+        "aadgate_requests_total",
+        "Requests by route, response status and reason code (ok for proxied responses).",
+        &["route", "status", "reason"],
+    );
+    let request_duration = histogram_vec(
+        r,
+        "aadgate_request_duration_seconds",
+        "Whole request time, from the request head to the end of the response.",
+        REQUEST_BUCKETS,
+    );
+    let auth_duration = histogram_vec(
+        r,
+        "aadgate_auth_duration_seconds",
+        "Time spent validating the token and running the route's checks and hooks.",
+        AUTH_BUCKETS,
+    );
+    let upstream_duration = histogram_vec(
+        r,
+        "aadgate_upstream_duration_seconds",
+        "Time from sending the request upstream to the end of the upstream response.",
+        REQUEST_BUCKETS,
+    );
+    (requests, request_duration, auth_duration, upstream_duration)
 }
 
 impl Metrics {
     /// Creates and registers every metric, with the closed-set series present from the start.
     pub fn new() -> Self {
         let r = Registry::new();
-        let requests = counter_vec(
-            &r,
-            "aadgate_requests_total",
-            "Requests by route, response status and reason code (ok for proxied responses).",
-            &["route", "status", "reason"],
-        );
-        let request_duration = histogram_vec(
-            &r,
-            "aadgate_request_duration_seconds",
-            "Whole request time, from the request head to the end of the response.",
-            REQUEST_BUCKETS,
-        );
-        let auth_duration = histogram_vec(
-            &r,
-            "aadgate_auth_duration_seconds",
-            "Time spent validating the token and running the route's checks and hooks.",
-            AUTH_BUCKETS,
-        );
-        let upstream_duration = histogram_vec(
-            &r,
-            "aadgate_upstream_duration_seconds",
-            "Time from sending the request upstream to the end of the upstream response.",
-            REQUEST_BUCKETS,
-        );
+        let (requests, request_duration, auth_duration, upstream_duration) = request_metrics(&r);
         let jwks_fetch = counter_vec(
             &r,
             "aadgate_jwks_fetch_total",
             "JWKS fetches by result.",
             &["result"],
         );
-        for result in ["ok", "error"] {
-            jwks_fetch.with_label_values(&[result]);
-        }
-        let jwks_keys = IntGauge::new("aadgate_jwks_keys", "Signing keys in the current key set.")
-            .expect("valid metric definition");
-        r.register(Box::new(jwks_keys.clone()))
-            .expect("metric registered once");
-        let jwks_last_success = Gauge::new(
-            "aadgate_jwks_last_success_timestamp_seconds",
-            "Unix time of the last successful JWKS fetch (0 = never).",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(jwks_last_success.clone()))
-            .expect("metric registered once");
-        let token_cache_hits = IntCounter::new(
-            "aadgate_token_cache_hits_total",
-            "Requests whose token was found in the verified-token cache.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(token_cache_hits.clone()))
-            .expect("metric registered once");
-        let token_cache_misses = IntCounter::new(
-            "aadgate_token_cache_misses_total",
-            "Requests whose token had to be verified.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(token_cache_misses.clone()))
-            .expect("metric registered once");
         let validator_requests = counter_vec(
             &r,
             "aadgate_validator_requests_total",
@@ -148,25 +144,19 @@ impl Metrics {
             &["result"],
         );
         for result in ["ok", "error"] {
+            jwks_fetch.with_label_values(&[result]);
             config_reloads.with_label_values(&[result]);
         }
-        let config_last_reload_success = Gauge::new(
-            "aadgate_config_last_reload_success_timestamp_seconds",
-            "Unix time the running configuration was loaded.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(config_last_reload_success.clone()))
-            .expect("metric registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "aadgate_build_info",
-                "Always 1; the version label names the build.",
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "aadgate_build_info",
+                    "Always 1; the version label names the build.",
+                ),
+                &["version"],
             ),
-            &["version"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric registered once");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -177,20 +167,47 @@ impl Metrics {
             let _ = r.register(Box::new(pc));
         }
         Metrics {
+            jwks_keys: register(
+                &r,
+                IntGauge::new("aadgate_jwks_keys", "Signing keys in the current key set."),
+            ),
+            jwks_last_success: register(
+                &r,
+                Gauge::new(
+                    "aadgate_jwks_last_success_timestamp_seconds",
+                    "Unix time of the last successful JWKS fetch (0 = never).",
+                ),
+            ),
+            token_cache_hits: register(
+                &r,
+                IntCounter::new(
+                    "aadgate_token_cache_hits_total",
+                    "Requests whose token was found in the verified-token cache.",
+                ),
+            ),
+            token_cache_misses: register(
+                &r,
+                IntCounter::new(
+                    "aadgate_token_cache_misses_total",
+                    "Requests whose token had to be verified.",
+                ),
+            ),
+            config_last_reload_success: register(
+                &r,
+                Gauge::new(
+                    "aadgate_config_last_reload_success_timestamp_seconds",
+                    "Unix time the running configuration was loaded.",
+                ),
+            ),
             registry: r,
             requests,
             request_duration,
             auth_duration,
             upstream_duration,
             jwks_fetch,
-            jwks_keys,
-            jwks_last_success,
-            token_cache_hits,
-            token_cache_misses,
             validator_requests,
             exchange_requests,
             config_reloads,
-            config_last_reload_success,
             build_info,
         }
     }
