@@ -121,25 +121,42 @@ fn http_date(t: i64) -> String {
     }
 }
 
+/// Why `explain` found no route to explain the token against.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RouteChoiceError {
+    /// `--route NAME` names no route.
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    /// `--method` is not an HTTP method.
+    #[error("{0:?} is not a method")]
+    BadMethod(String),
+    /// The gateway would refuse the request before routing, or no route matches it.
+    #[error("{}", .0.message)]
+    Refused(aadgate_core::reason::Rejection),
+}
+
 /// Picks the route by name, or by method/path/host.
-pub(crate) fn pick_route(config: &Config, args: &ExplainArgs) -> Result<Arc<Route>, String> {
+pub(crate) fn pick_route(
+    config: &Config,
+    args: &ExplainArgs,
+) -> Result<Arc<Route>, RouteChoiceError> {
     if let Some(name) = &args.route {
         return config
             .routes
             .iter()
             .find(|r| &*r.name == name)
             .cloned()
-            .ok_or_else(|| format!("no route named {name:?}"));
+            .ok_or_else(|| RouteChoiceError::UnknownRoute(name.clone()));
     }
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("{:?} is not a method", args.method))?;
+        .map_err(|_| RouteChoiceError::BadMethod(args.method.clone()))?;
     let path = args.path.clone().unwrap_or_else(|| "/".into());
     let edge = aadgate_core::routing::edge(&config.server, &method, path.as_bytes())
-        .map_err(|r| r.message)?;
+        .map_err(RouteChoiceError::Refused)?;
     let host = aadgate_core::routing::normalize_host(args.host.as_deref().unwrap_or(""));
     aadgate_core::routing::select(&config.routes, &method, &host, &edge.normalized)
         .cloned()
-        .map_err(|r| r.message)
+        .map_err(RouteChoiceError::Refused)
 }
 
 /// The request `explain` pretends to make: the route's own ([`Request::for_route`]), with
@@ -181,7 +198,7 @@ pub(crate) fn main(config_path: &Path, args: &ExplainArgs) -> ExitCode {
     };
     let route = match pick_route(&config, args) {
         Ok(r) => r,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
