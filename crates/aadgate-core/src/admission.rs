@@ -8,9 +8,10 @@
 //!    the headers a caller must not set removed ([`Config::spoofable_headers`]);
 //! 2. **target and path checks** ([`routing::edge`]): `414 uri_too_long`, `400 bad_request`;
 //! 3. **route**: selected by host, method and normalized path ([`routing::select`]), or the one
-//!    the layer was built for; the origin-form target for the upstream ([`routing::upstream_target`]);
-//! 4. **authenticate** ([`Authenticator::authenticate`], SPEC section 1 steps 2–8), unless the
-//!    route is anonymous;
+//!    the layer was built for; the origin-form target for the upstream
+//!    ([`routing::upstream_target`]);
+//! 4. **authenticate** ([`Authenticator::authenticate`](crate::auth::Authenticator::authenticate),
+//!    SPEC section 1 steps 2–8), unless the route is anonymous;
 //! 5. **`/me` rewrite** of the upstream target on exchange routes with `rewrite_me` (gateway
 //!    only: behind the layer the application's router owns its paths);
 //! 6. **exchange**: the app-only token of the caller's tenant ([`Exchanger::token`]).

@@ -13,24 +13,36 @@ use jsonwebtoken::EncodingKey;
 /// Which half of a pair a loading error is about (so the error points at the right key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertError {
+    /// The certificate file cannot be read or parsed; the message names the file and the cause.
     Cert(String),
+    /// The key file cannot be read or parsed, is not RSA, is under 2048 bits or does not match the
+    /// certificate; the message names the file and the cause.
     Key(String),
 }
 
 /// A certificate and its private key, ready to sign assertions.
 #[derive(Clone)]
 pub struct LoadedCertificate {
+    /// The certificate file, as configured (resolved against the config file's folder).
     pub cert_path: PathBuf,
+    /// The private key file, as configured (resolved against the config file's folder).
     pub key_path: PathBuf,
+    /// The DER of the certificate (the first `CERTIFICATE` block of the file); `x5t` and
+    /// `x5t_s256` are computed from it.
     pub cert_der: Vec<u8>,
     /// base64url SHA-1 of the certificate DER (AAD's certificate thumbprint, `x5t`).
     pub x5t: String,
     /// base64url SHA-256 of the certificate DER (`x5t#S256`).
     pub x5t_s256: String,
+    /// The RSA private key that signs client assertions (RS256). Redacted in `Debug`.
     pub encoding_key: EncodingKey,
+    /// The certificate's `notBefore`, Unix seconds.
     pub not_before: i64,
+    /// The certificate's `notAfter`, Unix seconds.
     pub not_after: i64,
+    /// The certificate's subject, for log and `aadgate check` messages.
     pub subject: String,
+    /// The RSA modulus length, in bits (at least 2048).
     pub key_bits: usize,
 }
 

@@ -34,10 +34,15 @@ use crate::metrics::Metrics;
 
 /// One usable RSA signing key.
 pub struct Jwk {
+    /// The JWK's `kid`, matched against the token header's `kid`; `None` when the key has none.
     pub kid: Option<String>,
+    /// The JWK's `x5t` (base64url SHA-1 of its certificate), used to find the key only for a
+    /// token without `kid`; `None` when the key has none.
     pub x5t: Option<String>,
     /// AAD's v2 keys carry the issuer (template) they sign for.
     pub issuer: Option<String>,
+    /// The public key (`n`, `e`) for algorithms other than RS256, and for RS256 keys that
+    /// `rs256` does not hold.
     pub key: DecodingKey,
     /// The key parsed once for RS256 (Azure AD's algorithm), so a verification does not rebuild
     /// it from `n`/`e`; `None` for keys aws-lc will not take for RS256 (under 2048 bits).
@@ -71,8 +76,11 @@ impl std::fmt::Debug for Jwk {
 /// Where the current key set came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySource {
+    /// Fetched from `jwks_uri` (or the one the metadata names) by the key store.
     Fetched,
+    /// Read at start from `identity.cache_file` because the first fetch failed.
     CacheFile,
+    /// Given by the caller, not fetched (`aadgate explain --jwks FILE`, tests).
     Static,
 }
 
@@ -82,6 +90,7 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<Jwk>>,
     by_x5t: HashMap<String, Arc<Jwk>>,
     count: usize,
+    /// Where the set came from; `/readyz` says so when it is the cache file.
     pub source: KeySource,
     /// Unix time the set was fetched or loaded.
     pub loaded_at: i64,
@@ -308,28 +317,48 @@ pub enum FetchError {
     NoSource,
     /// The request failed in transport: DNS, connect, TLS, reset, a timeout of the request.
     #[error("GET {url}: {}", error_chain(.error))]
-    Transport { url: String, error: reqwest::Error },
+    Transport {
+        /// The URL requested (the metadata or the JWKS).
+        url: String,
+        /// reqwest's error; its source chain is part of the message.
+        error: reqwest::Error,
+    },
     /// A redirect was not followed (see [`redirect_allowed`]).
     #[error("GET {url}: redirect refused: {reason}")]
-    RedirectRefused { url: String, reason: RedirectError },
+    RedirectRefused {
+        /// The URL requested (the metadata or the JWKS).
+        url: String,
+        /// Which rule the redirect broke.
+        reason: RedirectError,
+    },
     /// The answer has a status other than 2xx.
     #[error("GET {url}: HTTP {status}")]
     Status {
+        /// The URL requested (the metadata or the JWKS).
         url: String,
+        /// The status received.
         status: reqwest::StatusCode,
     },
     /// The document is larger than [`MAX_DOCUMENT_BYTES`].
     #[error("GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes")]
-    TooLarge { url: String },
+    TooLarge {
+        /// The URL requested (the metadata or the JWKS).
+        url: String,
+    },
     /// The OpenID metadata document is not JSON.
     #[error("metadata at {url} is not JSON: {error}")]
     MetadataNotJson {
+        /// The metadata URL.
         url: String,
+        /// Where and why parsing stopped.
         error: serde_json::Error,
     },
     /// The OpenID metadata document has no `jwks_uri` string (or is not a JSON object).
     #[error("metadata at {url} has no jwks_uri")]
-    NoJwksUri { url: String },
+    NoJwksUri {
+        /// The metadata URL.
+        url: String,
+    },
     /// The `jwks_uri` the metadata names is refused (see [`check_jwks_uri`]).
     #[error(transparent)]
     BadJwksUri(#[from] JwksUriError),
@@ -495,8 +524,11 @@ pub enum JwksUriError {
     /// It is not an absolute URL.
     #[error("metadata at {metadata_url} names jwks_uri {jwks_uri:?}, which is not a URL: {error}")]
     NotUrl {
+        /// The metadata document's URL.
         metadata_url: String,
+        /// The `jwks_uri` value as the metadata wrote it.
         jwks_uri: String,
+        /// Why it does not parse as an absolute URL.
         error: UrlParseError,
     },
     /// The metadata came over https, the keys would come over plain http.
@@ -504,7 +536,9 @@ pub enum JwksUriError {
         "metadata at {metadata_url} (https) names a jwks_uri over plain http ({jwks_uri}); refused"
     )]
     Downgrade {
+        /// The metadata document's URL (https).
         metadata_url: String,
+        /// The `jwks_uri` it names (http).
         jwks_uri: String,
     },
     /// Neither http nor https.
@@ -512,7 +546,9 @@ pub enum JwksUriError {
         "metadata at {metadata_url} names a jwks_uri with scheme {scheme:?}; only http(s) is fetched"
     )]
     Scheme {
+        /// The metadata document's URL.
         metadata_url: String,
+        /// The scheme of the `jwks_uri` it names (e.g. `ftp`, `file`).
         scheme: String,
     },
 }
@@ -545,13 +581,26 @@ pub fn check_jwks_uri(metadata_url: &str, jwks_uri: &str) -> Result<(), JwksUriE
 pub enum RedirectError {
     /// More than [`MAX_REDIRECTS`] hops.
     #[error("more than {MAX_REDIRECTS} redirects from {first}")]
-    TooMany { first: String },
+    TooMany {
+        /// The URL asked for first.
+        first: String,
+    },
     /// To a host other than the one asked for (`to` is `-` for a URL without a host).
     #[error("{first} redirects to another host ({to}); only same-host redirects are followed")]
-    OtherHost { first: String, to: String },
+    OtherHost {
+        /// The URL asked for first.
+        first: String,
+        /// The host the redirect points at.
+        to: String,
+    },
     /// From https to anything else.
     #[error("{from} redirects from https to {to}; refused")]
-    Downgrade { from: String, to: String },
+    Downgrade {
+        /// The https URL that redirected.
+        from: String,
+        /// Where it redirected to.
+        to: String,
+    },
 }
 
 /// Whether a redirect from the chain `previous` (first = the URL asked for) to `next` is

@@ -3,7 +3,7 @@
 //!
 //! The layer admits every request for one route of the configuration (chosen by name: the
 //! application's own router decides which requests reach it) with the gateway's own
-//! [`admission`](crate::admission) step, puts the verified [`Principal`] into the request
+//! [`admission`] step, puts the verified [`Principal`] into the request
 //! extensions — and on a route with `exchange`, the [`ExchangeGrant`] whose app-only token of
 //! the caller's tenant replaces the caller's `Authorization` — and answers failures exactly as
 //! the gateway does (SPEC section 4: status, JSON body, `x-aadgate-reason`,

@@ -11,31 +11,73 @@ use http::StatusCode;
 /// appears in bodies, headers, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// `bad_request`, 400: a request target in neither origin nor absolute form, or a path with a
+    /// `.`/`..` segment, an encoded `/` or `\`, a NUL or a malformed escape; before routing.
     BadRequest,
+    /// `uri_too_long`, 414: the request target is longer than `server.max_uri_bytes`; checked
+    /// first.
     UriTooLong,
+    /// `route_not_found`, 404: no route's host, methods and path prefix match the request.
     RouteNotFound,
+    /// `missing_token`, 401: no bearer token on an `auth = "required"` route; its
+    /// `WWW-Authenticate` has no `error` attribute (RFC 6750).
     MissingToken,
+    /// `malformed_token`, 401: not a JWS compact token, bad base64url or JSON, duplicate keys, a
+    /// `crit` header, a non-numeric time claim, two `Authorization` headers, or longer than
+    /// `server.max_token_bytes`.
     MalformedToken,
+    /// `unsupported_alg`, 401: the header's `alg` is not in `identity.algorithms` (`none` and `HS*`
+    /// never are).
     UnsupportedAlg,
+    /// `unknown_kid`, 401: no key with the token's `kid` (or `x5t`), even after an allowed refetch;
+    /// or the token names neither.
     UnknownKid,
+    /// `bad_signature`, 401: the signature does not verify (or is empty); a token with a `nonce`
+    /// header (a Microsoft Graph token) is told it was not issued for this API.
     BadSignature,
+    /// `expired`, 401: `exp` is missing, or `exp` + `clock_skew` is not after now.
     Expired,
+    /// `not_yet_valid`, 401: `nbf` or `iat` is more than `clock_skew` in the future.
     NotYetValid,
+    /// `bad_audience`, 401: no `aud` entry is in `identity.audiences`.
     BadAudience,
+    /// `not_access_token`, 401: neither `appid` nor `azp` (an ID token or another kind of token);
+    /// checked after the audience, before the issuer.
     NotAccessToken,
+    /// `bad_issuer`, 401: `tid` missing or not a GUID, `iss` matching no issuer template for that
+    /// `tid`, or the signing key's `issuer` not matching.
     BadIssuer,
+    /// `tenant_not_allowed`, 401: the tenant is not in the allow-list, or the tenant hook said no.
     TenantNotAllowed,
+    /// `tenant_denied`, 401: the tenant is in `tenants.deny` (checked before every mode).
     TenantDenied,
+    /// `client_not_allowed`, 403: the client (`appid`/`azp`) is not in the route's or the global
+    /// client allow-list.
     ClientNotAllowed,
+    /// `weak_client_auth`, 403: `appidacr`/`azpacr` is below the route's `min_auth_strength`.
     WeakClientAuth,
+    /// `wrong_token_kind`, 403: an app-only token on a `token_kind = "user"` route, or the other
+    /// way round (or a token of neither kind); also a `/me` rewrite for an app-only caller.
     WrongTokenKind,
+    /// `missing_role`, 403: the route's `roles_any`/`roles_all` are not met; `WWW-Authenticate`
+    /// carries `error="insufficient_scope"`.
     MissingRole,
+    /// `missing_scope`, 403: the route's `scopes_any`/`scopes_all` are not met; `WWW-Authenticate`
+    /// carries `error="insufficient_scope"`.
     MissingScope,
+    /// `hook_denied`, 403: a validator (HTTP or CEL) said no; the message is the validator's.
     HookDenied,
+    /// `hook_unavailable`, 503: a validator failed or timed out and its `on_error` is `"deny"`.
     HookUnavailable,
+    /// `keys_unavailable`, 503: no JWKS has been loaded yet (nor read from `cache_file`).
     KeysUnavailable,
+    /// `tenant_not_consented`, 403: the token endpoint says the exchange app is not consented to,
+    /// or not found in, the caller's tenant (AADSTS700016, 65001, 7000112, 500011, …).
     TenantNotConsented,
+    /// `exchange_unavailable`, 503: the token endpoint is unreachable or erroring; has
+    /// `Retry-After`.
     ExchangeUnavailable,
+    /// `upstream_unavailable`, 502: the upstream refused, reset or timed out before answering.
     UpstreamUnavailable,
 }
 
@@ -188,7 +230,10 @@ impl fmt::Display for Reason {
 /// contains the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// Decides the status, the body's `reason` and `error` fields and the challenge.
     pub reason: Reason,
+    /// Human text for the body's `message` and the challenge's `error_description`; never the
+    /// token.
     pub message: String,
     /// For 503s: how long the caller should wait (`Retry-After`, whole seconds, rounded up).
     pub retry_after: Option<Duration>,

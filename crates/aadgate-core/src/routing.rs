@@ -17,6 +17,7 @@ use crate::reason::{Reason, Rejection};
 /// normalized path routes are matched on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge<'a> {
+    /// The request target as received, with its form, path and query.
     pub target: Target<'a>,
     /// The normalized path ([`normalize_path`]); `/` for `OPTIONS *`.
     pub normalized: Cow<'a, str>,

@@ -36,6 +36,7 @@ pub enum TargetForm {
 /// A request target that passed [`parse_target`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
+    /// Origin, absolute or asterisk form.
     pub form: TargetForm,
     /// The path as received (for absolute form, the part after the authority, `/` when
     /// empty; for asterisk form, `*`).

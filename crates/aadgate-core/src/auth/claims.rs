@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 /// `ver` of an AAD token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenVersion {
+    /// v1 (`ver = "1.0"`, or no `ver` and an `https://sts.windows.net/` issuer): `appid` names the
+    /// client.
     V1,
+    /// v2 (`ver = "2.0"`, or no `ver` and any other issuer): `azp` names the client.
     V2,
 }
 
@@ -37,7 +40,9 @@ impl TokenKind {
 /// Which claim named the client application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientClaim {
+    /// `appid` (v1 tokens; strength in `appidacr`).
     Appid,
+    /// `azp` (v2 tokens; strength in `azpacr`).
     Azp,
 }
 
@@ -71,22 +76,33 @@ pub struct VerifiedToken {
     raw_claims: Box<str>,
     /// The `kid` (or `x5t`) of the key that verified the signature.
     pub kid: Arc<str>,
+    /// `exp`, Unix seconds (fractions dropped, saturating); always present once verified (a token
+    /// without `exp` is `expired`).
     pub exp: i64,
+    /// `nbf`, Unix seconds; `None` when absent (no not-before limit).
     pub nbf: Option<i64>,
+    /// `iat`, Unix seconds; `None` when absent (not checked).
     pub iat: Option<i64>,
     /// `aud`, as a list (a string audience is a list of one).
     pub aud: Box<[Box<str>]>,
+    /// v1 or v2, from `ver` or, without it, from the issuer.
     pub version: TokenVersion,
     /// Lower-case tenant GUID (empty when the token had none).
     pub tid: String,
     /// `tid` exactly as the token spelled it (for issuer comparison).
     pub raw_tid: Box<str>,
+    /// `iss` exactly as the token carried it (empty when absent, which fails the issuer check).
     pub iss: String,
+    /// The client application: `appid` for v1, `azp` for v2, the other claim when the expected one
+    /// is absent or empty; `None` when the token has neither (`not_access_token`).
     pub client: Option<(ClientClaim, String)>,
     /// `appidacr`/`azpacr` of the claim that named the client; `None` when absent.
     pub auth_strength: Option<u8>,
+    /// App-only, user or neither, from `idtyp`, `roles` and `scp` (SPEC section 8).
     pub kind: TokenKind,
+    /// `roles` (app roles, v1 and v2; a single string is a list of one); empty when absent.
     pub roles: Vec<String>,
+    /// `scp` split on spaces (delegated scopes, user tokens only); empty when absent.
     pub scopes: Vec<String>,
     oid: Option<Box<str>>,
     sub: Option<Box<str>>,

@@ -12,7 +12,10 @@ use crate::reason::{Reason, Rejection};
 /// The key that will verify the token and the id it was found by.
 #[derive(Debug, Clone)]
 pub struct FoundKey {
+    /// The `kid`, or the `x5t` when the token had no `kid`, that found the key; kept with a
+    /// verified token so a cache hit can check it still names the same key.
     pub id: Arc<str>,
+    /// The key from the current key set.
     pub jwk: Arc<Jwk>,
 }
 

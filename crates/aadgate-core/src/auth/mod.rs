@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 /// The parts of a request the pipeline reads.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestParts<'a> {
+    /// The request method.
     pub method: &'a Method,
     /// As received (before `strip_prefix`).
     pub path: &'a str,
@@ -46,6 +47,8 @@ pub struct RequestParts<'a> {
     pub normalized_path: &'a str,
     /// Lower case, without port.
     pub host: &'a str,
+    /// The request headers (CEL sees them as `request.headers`); [`crate::admission`] has removed
+    /// the headers a caller must not set before the pipeline reads them.
     pub headers: &'a HeaderMap,
 }
 
@@ -118,13 +121,16 @@ impl Principal {
 /// One step of a traced run (for `aadgate explain`).
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// The check's name as `aadgate explain` prints it (`"decode"`, `"signing key"`, …).
     pub check: &'static str,
+    /// What the check found when it passed, or the rejection that ended the run.
     pub result: Result<String, Rejection>,
 }
 
 /// The steps of a traced run, in order.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
+    /// One step per check that ran, in pipeline order; the last one failed if any did.
     pub steps: Vec<Step>,
 }
 

@@ -6,6 +6,7 @@ use crate::reason::{Reason, Rejection};
 /// What the pure part of the tenant policy decided.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TenantDecision {
+    /// The tenant passes: not denied, and in the allow-list or admitted by `mode = "any"`.
     Allowed,
     /// Ask the named tenant hook.
     AskHook(String),

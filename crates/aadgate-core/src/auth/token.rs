@@ -98,8 +98,12 @@ fn is_token_text(token: &[u8]) -> bool {
 /// The JOSE header fields the gateway uses. `jku`, `x5u`, `jwk` and `x5c` are never read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoseHeader {
+    /// `alg`, required and a string (else `malformed_token`); must be in `identity.algorithms`.
     pub alg: String,
+    /// `kid`: the key to look up; `None` when the header has none.
     pub kid: Option<String>,
+    /// `x5t`: the certificate thumbprint, looked up only when there is no `kid`; `None` when
+    /// absent.
     pub x5t: Option<String>,
     /// Microsoft Graph tokens carry a `nonce` in the header and can only be validated by Graph.
     pub has_nonce: bool,
@@ -108,7 +112,9 @@ pub struct JoseHeader {
 /// A structurally valid token, not yet verified.
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
+    /// The decoded JOSE header.
     pub header: JoseHeader,
+    /// The decoded payload; no key appears twice and `exp`, `nbf`, `iat` are numbers when present.
     pub claims: Map<String, Value>,
     /// The claims as the JSON text the token carried.
     pub claims_json: String,

@@ -27,16 +27,30 @@ impl fmt::Debug for Duration {
 pub enum DurationError {
     /// Only digits, or nothing at all: the unit must be written.
     #[error("duration {text:?} has no unit; write e.g. \"30s\", \"5m\" or \"300ms\"")]
-    NoUnit { text: String },
+    NoUnit {
+        /// The value as written, trimmed.
+        text: String,
+    },
     /// Starts with something other than a digit (a sign, a unit, a space).
     #[error("duration {text:?} must start with a whole number, e.g. \"30s\"")]
-    NoNumber { text: String },
+    NoNumber {
+        /// The value as written, trimmed.
+        text: String,
+    },
     /// More milliseconds than a `u64` holds.
     #[error("duration {text:?} is too large")]
-    TooLarge { text: String },
+    TooLarge {
+        /// The value as written, trimmed.
+        text: String,
+    },
     /// A unit other than `ms`, `s`, `m`, `h`, `d` (or a fraction: `1.5s`).
     #[error("duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d")]
-    UnknownUnit { text: String, unit: String },
+    UnknownUnit {
+        /// The value as written, trimmed.
+        text: String,
+        /// What follows the number (`"sec"`, `".5s"`, `" s"`).
+        unit: String,
+    },
 }
 
 /// Parses `"<digits><unit>"` where unit is one of `ms`, `s`, `m`, `h`, `d`.

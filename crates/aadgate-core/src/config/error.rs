@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 /// One configuration problem at a position in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file the problem is in, as given on the command line (or the tenants file).
     pub file: PathBuf,
+    /// 1-based line; `1` for a missing required table.
     pub line: usize,
+    /// 1-based column, in characters.
     pub col: usize,
+    /// What is wrong and, where possible, how to fix it; no position prefix.
     pub message: String,
 }
 
@@ -49,7 +53,9 @@ impl std::error::Error for ConfigErrors {}
 pub struct Reporter<'a> {
     file: &'a Path,
     source: &'a str,
+    /// The errors recorded so far, in the order they were found (sorted by position later).
     pub errors: Vec<ConfigError>,
+    /// Non-fatal findings (e.g. an expired exchange certificate); they do not fail the load.
     pub warnings: Vec<ConfigError>,
 }
 

@@ -79,14 +79,23 @@ impl<T> fmt::Debug for Raw<T> {
 /// to them are not reported a second time.
 #[derive(Debug, Default)]
 pub struct ConfigFile {
+    /// `[server]`; required (`None` when missing or unreadable, already reported).
     pub server: Option<Spanned<ServerFile>>,
+    /// `[identity]`; required (`None` when missing or unreadable, already reported).
     pub identity: Option<Spanned<IdentityFile>>,
+    /// `[tenants]`; required, may be empty (`None` when missing or unreadable, already reported).
     pub tenants: Option<Spanned<TenantsFile>>,
+    /// `[clients]`; optional: absent means any client at strength 0.
     pub clients: Option<Spanned<ClientsFile>>,
+    /// The `[validators.NAME]` tables that could be read, by `NAME`.
     pub validators: BTreeMap<String, Spanned<ValidatorFile>>,
+    /// Every `NAME` of a `[validators.NAME]` table, also those that could not be read.
     pub declared_validators: BTreeSet<String>,
+    /// The `[[routes]]` entries that could be read, in file order (the order breaks prefix ties).
     pub routes: Vec<Spanned<RouteFile>>,
+    /// The `[exchange.NAME]` tables that could be read, by `NAME`.
     pub exchange: BTreeMap<String, Spanned<ExchangeFile>>,
+    /// Every `NAME` of an `[exchange.NAME]` table, also those that could not be read.
     pub declared_exchanges: BTreeSet<String>,
 }
 
@@ -215,16 +224,33 @@ fn named_tables<'i>(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
+    /// `listen`: data-plane listeners, `"IP:PORT"`; required, non-empty; restart to change.
     pub listen: Spanned<Vec<Spanned<String>>>,
+    /// `admin_listen`: `"IP:PORT"` for `/metrics`, `/healthz`, `/readyz`; absent = no admin
+    /// listener.
     pub admin_listen: Option<Spanned<String>>,
+    /// `workers`: proxy worker threads, ≥ 1; default the number of CPU cores; read at start.
     pub workers: Option<Spanned<usize>>,
+    /// `max_token_bytes`: longest bearer token, in bytes, ≥ 64; default 16384; longer →
+    /// `401 malformed_token`.
     pub max_token_bytes: Option<Spanned<usize>>,
+    /// `max_uri_bytes`: longest request target, in bytes, ≥ 64; default 8192; longer →
+    /// `414 uri_too_long`.
     pub max_uri_bytes: Option<Spanned<usize>>,
+    /// `path_case`: `"insensitive"` (default, route prefixes fold ASCII case) or `"sensitive"`.
     pub path_case: Option<Spanned<String>>,
+    /// `upstream_connect_timeout`: TCP (and TLS) connect to the upstream; default `"5s"`.
     pub upstream_connect_timeout: Option<Raw<Duration>>,
+    /// `upstream_read_timeout`: longest wait between bytes of the upstream's answer; default
+    /// `"60s"`.
     pub upstream_read_timeout: Option<Raw<Duration>>,
+    /// `shutdown_grace`: how long in-flight requests may finish after SIGTERM/SIGINT; default
+    /// `"30s"`.
     pub shutdown_grace: Option<Raw<Duration>>,
+    /// `upgrade_sock`: Unix socket for the graceful upgrade; default `upgrade.sock` in the runtime
+    /// folder; relative to the config file's folder.
     pub upgrade_sock: Option<Spanned<String>>,
+    /// `tls`: PEM certificate chain and key for every `listen` address; absent = plain HTTP.
     pub tls: Option<Spanned<TlsFile>>,
 }
 
@@ -232,7 +258,9 @@ pub struct ServerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
+    /// `cert`: path of the PEM certificate chain, relative to the config file's folder.
     pub cert: Spanned<String>,
+    /// `key`: path of the PEM private key, relative to the config file's folder.
     pub key: Spanned<String>,
 }
 
@@ -240,14 +268,27 @@ pub struct TlsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
+    /// `metadata_url`: OpenID Connect metadata document whose `jwks_uri` is used; optional when
+    /// `jwks_uri` is set (one of the two is required).
     pub metadata_url: Option<Spanned<String>>,
+    /// `jwks_uri`: the JWKS itself; wins over `metadata_url` (the metadata is then not fetched).
     pub jwks_uri: Option<Spanned<String>>,
+    /// `refresh_interval`: background JWKS refresh period, at least `"1s"`; default `"1h"`.
     pub refresh_interval: Option<Raw<Duration>>,
+    /// `min_refetch_interval`: least time between two JWKS fetches (bounds kid-miss refetches), at
+    /// least `"1s"`; default `"30s"`.
     pub min_refetch_interval: Option<Raw<Duration>>,
+    /// `cache_file`: last-known-good JWKS, written after each good fetch, read at start when the
+    /// endpoints are unreachable; absent = none; relative to the config file's folder.
     pub cache_file: Option<Spanned<String>>,
+    /// `token_cache_size`: verified-token cache, in entries; `0` turns it off; default 100000.
     pub token_cache_size: Option<Raw<u64>>,
+    /// `clock_skew`: tolerance for `exp`, `nbf` and `iat`; default `"5m"`.
     pub clock_skew: Option<Raw<Duration>>,
+    /// `algorithms`: accepted JWS `alg` values (`RS256`…`RS512`, `PS256`…`PS512`); default
+    /// `["RS256"]`.
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `audiences`: accepted `aud` values; required, non-empty.
     pub audiences: Spanned<Vec<Spanned<String>>>,
 }
 
@@ -255,13 +296,20 @@ pub struct IdentityFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsFile {
+    /// `mode`: `"allow_list"` (default), `"any"` or `"hook"`.
     pub mode: Option<Spanned<String>>,
+    /// `allow`: tenant GUIDs admitted in `allow_list` mode; default `[]`.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// `deny`: tenant GUIDs always refused (`401 tenant_denied`), in every mode; default `[]`.
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    /// `issuers`: accepted `iss` templates, `{tenantid}` replaced by the token's `tid`; default the
+    /// v1 and v2 Entra ID forms.
     pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `file`: extra allow-list file ([`TenantListFile`]), reloaded when it changes; absent = none.
     pub file: Option<Spanned<String>>,
+    /// `hook`: with `mode = "hook"`, the `[validators.NAME]` that decides per tenant.
     pub hook: Option<Spanned<String>>,
 }
 
@@ -269,6 +317,7 @@ pub struct TenantsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantListFile {
+    /// `allow`: tenant GUIDs added to `[tenants] allow`; default `[]`.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
 }
@@ -277,8 +326,11 @@ pub struct TenantListFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientsFile {
+    /// `allow`: client ids (`appid`/`azp`) allowed on routes without their own `clients`; default
+    /// `[]` = any client.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// `min_auth_strength`: lowest client authentication strength, `0`, `1` or `2`; default `0`.
     pub min_auth_strength: Option<Raw<u8>>,
 }
 
@@ -287,13 +339,21 @@ pub struct ClientsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorFile {
+    /// `kind`: `"http"` or `"cel"`; required; decides which of the other keys are allowed.
     pub kind: Spanned<String>,
+    /// `url` (`http`): where the decision request is POSTed; required for `http`.
     pub url: Option<Spanned<String>>,
+    /// `timeout` (`http`): bound on one call; default `"500ms"`.
     pub timeout: Option<Raw<Duration>>,
+    /// `cache_ttl` (`http`): how long a decision is reused; `"0s"` = no cache; default `"60s"`.
     pub cache_ttl: Option<Raw<Duration>>,
+    /// `on_error` (`http`): `"deny"` (default, `503 hook_unavailable`) or `"allow"`.
     pub on_error: Option<Spanned<String>>,
+    /// `expr` (`cel`): the CEL expression; required for `cel`.
     pub expr: Option<Spanned<String>>,
+    /// `message` (`cel`): the `403 hook_denied` message; default names the validator.
     pub message: Option<Spanned<String>>,
+    /// `headers` (`http`): the only headers an allow answer may add upstream; default `[]`.
     pub headers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -301,28 +361,46 @@ pub struct ValidatorFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
+    /// `name`: unique, non-empty; the route's metrics label and log field; required.
     pub name: Spanned<String>,
+    /// `path_prefix`: starts with `/`, matched against the normalized path; required.
     pub path_prefix: Spanned<String>,
+    /// `host`: exact host match, case-insensitive, port ignored; absent = any host.
     pub host: Option<Spanned<String>>,
+    /// `methods`: case-insensitive method names; absent = all methods.
     pub methods: Option<Vec<Spanned<String>>>,
+    /// `upstream`: `scheme://host[:port]`, `http` or `https`, no path; required.
     pub upstream: Spanned<String>,
+    /// `strip_prefix`: removed from the front of the path before forwarding; absent = none.
     pub strip_prefix: Option<Spanned<String>>,
+    /// `auth`: `"required"` (default) or `"anonymous"`.
     pub auth: Option<Spanned<String>>,
+    /// `token_kind`: `"any"` (default), `"app"` or `"user"`.
     pub token_kind: Option<Spanned<String>>,
+    /// `roles_any`: the token's `roles` must contain at least one; default `[]` (no requirement).
     #[serde(default)]
     pub roles_any: Vec<Spanned<String>>,
+    /// `roles_all`: the token's `roles` must contain all; default `[]`.
     #[serde(default)]
     pub roles_all: Vec<Spanned<String>>,
+    /// `scopes_any`: the token's `scp` must contain at least one; default `[]` (no requirement).
     #[serde(default)]
     pub scopes_any: Vec<Spanned<String>>,
+    /// `scopes_all`: the token's `scp` must contain all; default `[]`.
     #[serde(default)]
     pub scopes_all: Vec<Spanned<String>>,
+    /// `clients`: replaces `[clients] allow` for this route; absent = the global list.
     pub clients: Option<Vec<Spanned<String>>>,
+    /// `min_auth_strength`: `0`, `1` or `2`; raises (never lowers) `[clients] min_auth_strength`.
     pub min_auth_strength: Option<Raw<u8>>,
+    /// `validators`: names of `[validators.NAME]` to run, in order; default `[]`.
     #[serde(default)]
     pub validators: Vec<Spanned<String>>,
+    /// `pass_authorization`: forward the caller's `Authorization` unchanged; default `true`.
     pub pass_authorization: Option<Raw<bool>>,
+    /// `exchange`: name of the `[exchange.NAME]` whose app-only token replaces `Authorization`.
     pub exchange: Option<Spanned<String>>,
+    /// `[routes.claim_headers]`: header name = claim; replaces the default set; absent = defaults.
     pub claim_headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
@@ -330,17 +408,31 @@ pub struct RouteFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeFile {
+    /// `client_id`: the gateway's application (client) id; required.
     pub client_id: Spanned<String>,
+    /// `token_endpoint`: URL containing `{tenantid}`; required.
     pub token_endpoint: Spanned<String>,
+    /// `scope`: for a v2 endpoint; exactly one of `scope` and `resource`.
     pub scope: Option<Spanned<String>>,
+    /// `resource`: for a v1 endpoint; exactly one of `scope` and `resource`.
     pub resource: Option<Spanned<String>>,
+    /// `certificates`: PEM certificate and RSA key pairs; the first signs; required, non-empty.
     pub certificates: Spanned<Vec<Spanned<CertificateFile>>>,
+    /// `timeout`: one token request; default `"10s"`.
     pub timeout: Option<Raw<Duration>>,
+    /// `refresh_before_expiry`: renew a cached token this long before it expires; default `"5m"`.
     pub refresh_before_expiry: Option<Raw<Duration>>,
+    /// `failure_cache`: how long a failed token request is answered from the cache; default
+    /// `"30s"`.
     pub failure_cache: Option<Raw<Duration>>,
+    /// `purge_interval`: at most one purge per (tenant, scope) after upstream 401s in this long;
+    /// default `"30s"`.
     pub purge_interval: Option<Raw<Duration>>,
+    /// `max_tenants`: bound on cached (tenant, scope) tokens, in entries, ≥ 1; default 10000.
     pub max_tenants: Option<Raw<u64>>,
+    /// `rewrite_me`: rewrite a `/me` path segment to `/users/<user>`; default `false`.
     pub rewrite_me: Option<Raw<bool>>,
+    /// `user_claim`: `"oid"` (default) or `"upn"`: the claim naming the user in that rewrite.
     pub user_claim: Option<Spanned<String>>,
 }
 
@@ -348,6 +440,9 @@ pub struct ExchangeFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFile {
+    /// `cert`: path of the PEM certificate, relative to the config file's folder.
     pub cert: Spanned<String>,
+    /// `key`: path of the unencrypted PEM RSA key (≥ 2048 bits), relative to the config file's
+    /// folder.
     pub key: Spanned<String>,
 }

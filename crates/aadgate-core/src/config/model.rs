@@ -20,12 +20,18 @@ pub struct Config {
     /// The path the configuration was loaded from, as given (not canonicalised), so relative
     /// paths resolve against the folder a Kubernetes ConfigMap is mounted at.
     pub path: PathBuf,
+    /// `[server]`: listeners, limits, timeouts, TLS.
     pub server: ServerSettings,
+    /// `[identity]`: key source, audiences, algorithms, clock skew, token cache.
     pub identity: IdentitySettings,
+    /// `[tenants]`: issuer templates and which tenants are admitted.
     pub tenants: TenantSettings,
+    /// `[clients]`: the global client allow-list and minimum strength; defaults when the table is
+    /// absent.
     pub clients: ClientSettings,
     /// `[validators.NAME]` by NAME.
     pub validators: HashMap<String, ValidatorSettings>,
+    /// The `[[routes]]` entries in file order (ties between equal prefixes go to the first).
     pub routes: Vec<Arc<Route>>,
     /// `[exchange.NAME]` by NAME.
     pub exchanges: HashMap<String, ExchangeSettings>,
@@ -91,20 +97,31 @@ fn same_header_name(a: &[u8], b: &[u8]) -> bool {
 /// `[server]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
+    /// `listen`: the data-plane listeners; never empty. A change needs a restart.
     pub listen: Vec<SocketAddr>,
+    /// `admin_listen`: the `/metrics`, `/healthz`, `/readyz` listener; `None` = none.
     pub admin_listen: Option<SocketAddr>,
+    /// `workers`: proxy worker threads; default the number of CPU cores.
     pub workers: usize,
+    /// `max_token_bytes`: longest bearer token, in bytes (default 16384); longer tokens are
+    /// `401 malformed_token`.
     pub max_token_bytes: usize,
     /// Longer request targets are answered `414 uri_too_long`.
     pub max_uri_bytes: usize,
     /// Whether route matching folds ASCII case (`path_case`).
     pub path_case: PathCase,
+    /// `upstream_connect_timeout`: TCP (and TLS) connect to an upstream (default 5 s); exceeded →
+    /// `502 upstream_unavailable`.
     pub upstream_connect_timeout: Duration,
+    /// `upstream_read_timeout`: longest wait between bytes of an upstream answer (default 60 s).
     pub upstream_read_timeout: Duration,
+    /// `shutdown_grace`: how long in-flight requests may finish after SIGTERM/SIGINT
+    /// (default 30 s).
     pub shutdown_grace: Duration,
     /// An explicit `upgrade_sock`; `None` = `upgrade.sock` in the private runtime folder
     /// (the binary's `server::runtime_dir`).
     pub upgrade_sock: Option<PathBuf>,
+    /// `tls`: TLS on every `listen` address; `None` = plain HTTP.
     pub tls: Option<TlsSettings>,
 }
 
@@ -131,21 +148,33 @@ impl ServerSettings {
 /// TLS on the data-plane listeners.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsSettings {
+    /// `cert`: the PEM certificate chain, resolved against the config file's folder.
     pub cert: PathBuf,
+    /// `key`: the PEM private key, resolved against the config file's folder.
     pub key: PathBuf,
 }
 
 /// Where the signing keys come from and how tokens are checked against them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentitySettings {
+    /// `metadata_url`: the OpenID Connect metadata document; not fetched when `jwks_uri` is set.
     pub metadata_url: Option<String>,
+    /// `jwks_uri`: the JWKS; `None` = the one the metadata names. At least one of the two is set.
     pub jwks_uri: Option<String>,
+    /// `refresh_interval`: background JWKS refresh period (default 1 h).
     pub refresh_interval: Duration,
+    /// `min_refetch_interval`: least time between two JWKS fetches of any kind (default 30 s).
     pub min_refetch_interval: Duration,
+    /// `cache_file`: the last-known-good JWKS file, resolved against the config file's folder;
+    /// `None` when not configured.
     pub cache_file: Option<PathBuf>,
+    /// `token_cache_size`: verified-token cache, in entries (default 100000); 0 = off.
     pub token_cache_size: u64,
+    /// `clock_skew`: tolerance for `exp`, `nbf` and `iat` (default 5 min).
     pub clock_skew: Duration,
+    /// `algorithms`: accepted JWS `alg` values, RSA only; never empty (default `RS256`).
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `audiences`: accepted `aud` values, compared exactly; never empty.
     pub audiences: Vec<String>,
 }
 
@@ -173,6 +202,7 @@ pub enum TenantMode {
 /// `[tenants]`
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
+    /// `mode`: allow-list (default), any, or a tenant hook; `deny` applies in every mode.
     pub mode: TenantMode,
     /// Lower-case tenant GUIDs (from `allow` and `file`).
     pub allow: HashSet<String>,
@@ -189,21 +219,28 @@ pub struct TenantSettings {
 pub struct ClientSettings {
     /// Lower-case client ids; empty = any client.
     pub allow: HashSet<String>,
+    /// `min_auth_strength`: lowest accepted `appidacr`/`azpacr`: 0 public, 1 secret, 2 certificate
+    /// (default 0).
     pub min_auth_strength: u8,
 }
 
 /// `auth = …`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
+    /// `"required"` (default): a valid bearer token is needed.
     Required,
+    /// `"anonymous"`: no token is looked at; no claim headers, hooks or exchange.
     Anonymous,
 }
 
 /// `token_kind = …`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKindRequirement {
+    /// `"any"` (default): app-only tokens, user tokens and tokens of neither kind.
     Any,
+    /// `"app"`: only app-only tokens; others are `403 wrong_token_kind`.
     App,
+    /// `"user"`: only delegated (user) tokens; others are `403 wrong_token_kind`.
     User,
 }
 
@@ -223,8 +260,11 @@ pub enum ClaimSource {
 /// Where requests of a route go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    /// `https` (TLS verified, SNI = `host`) rather than `http`.
     pub tls: bool,
+    /// The host as written, without IPv6 brackets; resolved when a request is forwarded.
     pub host: String,
+    /// The port as written, else 443 for `https` and 80 for `http`.
     pub port: u16,
     /// Set when `host` is an IP literal, so no resolution is needed.
     pub addr: Option<SocketAddr>,
@@ -235,18 +275,30 @@ pub struct Upstream {
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug)]
 pub struct Route {
+    /// `name`: unique; the `route` label of metrics and the route field of logs and hooks.
     pub name: Arc<str>,
     /// Lower-case, without port.
     pub host: Option<String>,
+    /// `path_prefix`: in normalized form (ASCII case folded unless `path_case = "sensitive"`); the
+    /// longest one the request's normalized path starts with wins.
     pub path_prefix: String,
+    /// `methods`: upper-cased; `None` = all methods.
     pub methods: Option<Vec<Method>>,
+    /// Where matching requests are forwarded.
     pub upstream: Upstream,
+    /// `strip_prefix`: normalized like `path_prefix` and a prefix of it; removed before forwarding.
     pub strip_prefix: Option<String>,
+    /// `auth`: whether a token is needed at all.
     pub auth: AuthMode,
+    /// `token_kind`: which kind of token the route accepts.
     pub token_kind: TokenKindRequirement,
+    /// `roles_any`: the token's `roles` must contain at least one; empty = no requirement.
     pub roles_any: Vec<String>,
+    /// `roles_all`: the token's `roles` must contain every one.
     pub roles_all: Vec<String>,
+    /// `scopes_any`: the token's `scp` must contain at least one; empty = no requirement.
     pub scopes_any: Vec<String>,
+    /// `scopes_all`: the token's `scp` must contain every one.
     pub scopes_all: Vec<String>,
     /// Lower-case client ids that replace `[clients].allow`; `None` = use the global list.
     pub clients: Option<HashSet<String>>,
@@ -254,10 +306,14 @@ pub struct Route {
     pub min_auth_strength: u8,
     /// The names of the validators to run, in order (each is a key of `Config::validators`).
     pub validators: Vec<String>,
+    /// `pass_authorization`: forward the caller's `Authorization` unchanged (default true); on an
+    /// `exchange` route the header is replaced whatever this says.
     pub pass_authorization: bool,
     /// The `[exchange.NAME]` whose app-only token replaces the caller's (a key of
     /// `Config::exchanges`).
     pub exchange: Option<String>,
+    /// The headers sent upstream after the checks passed and their sources: the route's
+    /// `[routes.claim_headers]`, else [`default_claim_headers`]; empty = no identity headers.
     pub claim_headers: Vec<(HeaderName, ClaimSource)>,
 }
 

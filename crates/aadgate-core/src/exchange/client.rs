@@ -27,6 +27,7 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// A token the endpoint issued. `Debug` redacts the token.
 pub struct Issued {
+    /// The app-only token. Redacted in `Debug`; never logged.
     pub access_token: String,
     /// Seconds.
     pub expires_in: i64,
@@ -45,14 +46,21 @@ impl fmt::Debug for Issued {
 /// "correlation_id", …}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct AadError {
+    /// `error`: the OAuth error code (`invalid_client`, `unauthorized_client`, …); empty when
+    /// absent.
     #[serde(default)]
     pub error: String,
+    /// `error_description`: `AADSTSnnnn: text`, with trace and correlation ids on later lines;
+    /// empty when absent.
     #[serde(default)]
     pub error_description: String,
+    /// `error_codes`: the AADSTS numbers (numbers or numeric strings); empty when absent.
     #[serde(default, deserialize_with = "codes")]
     pub error_codes: Vec<u32>,
+    /// `trace_id`, for a support request to Microsoft; `None` when absent.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// `correlation_id`, logged with `trace_id`; `None` when absent.
     #[serde(default)]
     pub correlation_id: Option<String>,
 }
@@ -106,9 +114,19 @@ pub enum Failure {
     /// The request did not complete: connection refused, TLS error, timeout.
     Transport(String),
     /// The endpoint answered with an AAD error body.
-    Aad { status: u16, body: AadError },
+    Aad {
+        /// The HTTP status of the answer (usually 400 or 401).
+        status: u16,
+        /// The error body; [`AadError::codes`] decides the [`Class`].
+        body: AadError,
+    },
     /// Anything else: an answer that is neither a token nor an AAD error.
-    BadResponse { status: u16, detail: String },
+    BadResponse {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// What was wrong with it (e.g. "no access_token", "a body that is too large").
+        detail: String,
+    },
 }
 
 /// What a failure means for the caller and the gateway.

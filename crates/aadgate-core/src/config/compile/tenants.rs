@@ -120,7 +120,9 @@ pub enum TenantFileError {
     /// The file cannot be read (missing, no permission, not UTF-8).
     #[error("tenant file {} cannot be read: {error}", path.display())]
     Read {
+        /// The tenant file, as named by `[tenants] file` and resolved against the config folder.
         path: PathBuf,
+        /// The I/O error reading it (`NotFound`, `PermissionDenied`, `InvalidData` for non-UTF-8).
         error: std::io::Error,
     },
     /// The file is read, but a line of it is wrong (TOML syntax, an entry that is not a GUID):
