@@ -1,6 +1,15 @@
 use super::schedule::*;
 use super::*;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use std::sync::atomic::Ordering;
+
+use crate::config::IdentitySettings;
+use crate::metrics::Metrics;
+
 #[test]
 fn startup_backoff_doubles_from_one_second_up_to_the_refetch_interval() {
     let cap = Duration::from_secs(30);
