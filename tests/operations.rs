@@ -529,3 +529,45 @@ async fn a_graceful_upgrade_hands_the_listeners_to_a_new_process() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_token_was_verified_names_the_caller_in_the_access_log() {
+    let w = World::start().await;
+    let gw = Gateway::start_with(&config(&[TENANT_A]), &w, &["--log-format", "json"]).await;
+    gw.wait_ready().await;
+    let client_id = aadgate_emulator::DEFAULT_CLIENT_ID;
+    let no_role = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Write"]));
+    assert_eq!(status(&gw, "/orders/1", Some(&no_role)).await, 403);
+    assert_eq!(status(&gw, "/orders/1", None).await, 401);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = gw
+            .logs()
+            .lines()
+            .filter(|l| l.contains("\"request_id\""))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "access log lines missing:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let refused = lines
+        .iter()
+        .find(|l| l["reason"] == "missing_role")
+        .expect("the missing_role line");
+    assert_eq!(refused["tenant_id"], TENANT_A, "{refused}");
+    assert_eq!(refused["client_id"], client_id, "{refused}");
+    let anonymous = lines
+        .iter()
+        .find(|l| l["reason"] == "missing_token")
+        .expect("the missing_token line");
+    assert_eq!(anonymous["tenant_id"], "-", "no token, no caller: {anonymous}");
+    for l in &lines {
+        // Rounded to the microsecond: at most three decimals.
+        let latency = l["latency_ms"].to_string();
+        let decimals = latency.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "latency_ms {latency} in {l}");
+    }
+}

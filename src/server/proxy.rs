@@ -20,6 +20,7 @@ use aadgate_core::auth::{Principal, Reason, Rejection};
 use aadgate_core::config::Route;
 use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
 use aadgate_core::metrics::NO_ROUTE;
+use aadgate_core::reason::Caller;
 use aadgate_core::request_id::request_id;
 use aadgate_core::runtime::Runtime;
 
@@ -41,6 +42,8 @@ pub(crate) struct RequestCtx {
     /// What admission decided: the upstream request is built from it.
     admitted: Option<Admitted>,
     client_request_id: Option<String>,
+    /// The verified caller of a request refused after its token was verified.
+    caller: Option<Box<Caller>>,
 }
 
 /// pingora's request header as admission sees it. Header changes go through pingora's own
@@ -140,6 +143,7 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             admitted: None,
             client_request_id: None,
+            caller: None,
         }
     }
 
@@ -164,7 +168,8 @@ impl ProxyHttp for Gateway {
             Err(refused) => {
                 ctx.route = refused.route;
                 ctx.auth_time = refused.auth_time;
-                let rejection = refused.rejection;
+                let mut rejection = refused.rejection;
+                ctx.caller = rejection.caller.take();
                 ctx.rejection = Some(rejection.reason);
                 tracing::debug!(request_id = %ctx.request_id, reason = %rejection.reason, message = %rejection.message, "rejected");
                 respond(session, &rejection, &ctx.request_id).await?;
@@ -367,6 +372,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let principal: Option<&Principal> =
             ctx.admitted.as_ref().and_then(|a| a.principal.as_ref());
+        let caller = ctx.caller.as_deref();
         let client_addr = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -380,16 +386,27 @@ impl ProxyHttp for Gateway {
             status,
             reason = reason.map_or("ok", Reason::as_str),
             upstream_status = ctx.upstream_status.unwrap_or(0),
-            latency_ms = total.as_secs_f64() * 1000.0,
+            latency_ms = millis(total),
             auth_us = ctx.auth_time.map_or(0, |d| d.as_micros() as u64),
-            upstream_ms = upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-            tenant_id = principal.map_or("-", |p| p.tenant_id()),
-            client_id = principal.and_then(|p| p.client_id()).unwrap_or("-"),
+            upstream_ms = upstream_time.map_or(0.0, millis),
+            tenant_id = principal
+                .map(|p| p.tenant_id())
+                .or(caller.map(|c| c.tenant_id.as_str()))
+                .unwrap_or("-"),
+            client_id = principal
+                .and_then(|p| p.client_id())
+                .or(caller.and_then(|c| c.client_id.as_deref()))
+                .unwrap_or("-"),
             client_addr = client_addr.as_deref().unwrap_or("-"),
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
             "request"
         );
     }
+}
+
+/// A duration in milliseconds, rounded to the microsecond (`0.278`, not `0.27840200000000004`).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Resolves an upstream host name (without blocking a worker thread).
@@ -404,7 +421,15 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::logged_path;
+    use super::{logged_path, millis};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_in_the_access_log_are_rounded_to_the_microsecond() {
+        assert_eq!(millis(Duration::from_nanos(278_402)), 0.278);
+        assert_eq!(millis(Duration::from_nanos(278_600)), 0.279);
+        assert_eq!(millis(Duration::from_secs(2)), 2000.0);
+    }
 
     #[test]
     fn the_access_log_shows_the_target_as_received_without_its_query() {

@@ -237,6 +237,20 @@ pub struct Rejection {
     pub message: String,
     /// For 503s: how long the caller should wait (`Retry-After`, whole seconds, rounded up).
     pub retry_after: Option<Duration>,
+    /// Who the verified token says the caller is, when the request was refused after the token
+    /// was verified (tenant not allowed, missing role, hook denied…), for the access log. Never
+    /// part of the response.
+    pub caller: Option<Box<Caller>>,
+}
+
+/// The verified caller of a refused request: tenant (`tid`) and client application
+/// (`appid`/`azp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The lower-case tenant id.
+    pub tenant_id: String,
+    /// The client application id, when the token names one.
+    pub client_id: Option<String>,
 }
 
 impl Rejection {
@@ -246,7 +260,17 @@ impl Rejection {
             reason,
             message: message.into(),
             retry_after: None,
+            caller: None,
         }
+    }
+
+    /// Names the verified caller (see [`Rejection::caller`]).
+    pub fn from_caller(mut self, tenant_id: &str, client_id: Option<&str>) -> Self {
+        self.caller = Some(Box::new(Caller {
+            tenant_id: tenant_id.to_string(),
+            client_id: client_id.map(str::to_string),
+        }));
+        self
     }
 
     /// Adds a `Retry-After`.

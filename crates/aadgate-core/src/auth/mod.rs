@@ -360,6 +360,23 @@ impl Authenticator {
             Some(v) => v,
             None => self.verify(raw, hash, &mut t).await?,
         };
+        // From here on the caller is known: a refusal names it (for the access log).
+        self.admit_verified(route, req, verified.clone(), hash, t)
+            .await
+            .map_err(|r| r.from_caller(&verified.tid, verified.client_id()))
+    }
+
+    /// Steps 6–8 for a verified token: tenant (and tenant hook), client application, route
+    /// policy, validators.
+    async fn admit_verified(
+        &self,
+        route: &Arc<Route>,
+        req: &RequestParts<'_>,
+        verified: Arc<VerifiedToken>,
+        hash: [u8; 32],
+        mut t: Option<&mut Trace>,
+    ) -> Result<Principal, Rejection> {
+        let cfg = &*self.config;
         let tenant = record(
             &mut t,
             "tenant",
