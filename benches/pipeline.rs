@@ -305,9 +305,97 @@ fn bench_stages(c: &mut Criterion) {
     g.finish();
 }
 
+/// The configuration text with `tenants` allowed tenants (the benchmark's own first) and
+/// `routes` routes spread over 100 hosts.
+fn scale_config(tenants: usize, routes: usize) -> String {
+    let mut allow = vec![format!("\"{TID}\"")];
+    allow.extend((1..tenants).map(|i| format!("\"{:08x}-0000-4000-8000-{:012x}\"", i, i)));
+    let mut s = config_text(0).replace(
+        &format!("allow = [\"{TID}\"]"),
+        &format!("allow = [{}]", allow.join(", ")),
+    );
+    for i in 0..routes {
+        s.push_str(&format!(
+            "\n[[routes]]\nname = \"s{i}\"\nhost = \"h{}.example\"\npath_prefix = \"/svc{}/v1/\"\nupstream = \"http://127.0.0.1:2\"\n",
+            i % 100,
+            i / 100
+        ));
+    }
+    s
+}
+
+/// Per-request cost against the size of the configuration: a cached token through the whole
+/// pipeline with 1, 1,000 and 100,000 allowed tenants, and route selection among 1, 100 and
+/// 10,000 routes (the route table, and the one-route-at-a-time rule it replaces).
+fn bench_scale(c: &mut Criterion) {
+    let fx = Fixture::new();
+    let rt = runtime();
+    let method = Method::GET;
+    let headers = headers_for(&fx.mint(0));
+    let mut g = c.benchmark_group("scale");
+    g.throughput(Throughput::Elements(1));
+    for tenants in [1, 1_000, 100_000] {
+        let config = config::load_str(Path::new("bench.toml"), &scale_config(tenants, 0))
+            .expect("scale config loads");
+        let auth = Runtime::builder(config)
+            .key_store(fx.keys.clone())
+            .metrics(fx.metrics.clone())
+            .build()
+            .expect("runtime builds")
+            .authenticator()
+            .clone();
+        let route = auth.config().routes[0].clone();
+        let parts = RequestParts {
+            method: &method,
+            path: "/api/orders",
+            normalized_path: "/api/orders",
+            host: "localhost",
+            headers: &headers,
+        };
+        rt.block_on(auth.authenticate(&route, &parts))
+            .expect("token accepted");
+        g.bench_function(format!("warm_cache_{tenants}_tenants"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(auth.authenticate(&route, &parts).await.is_ok()) })
+        });
+    }
+    for routes in [1, 100, 10_000] {
+        let config = config::load_str(Path::new("bench.toml"), &scale_config(1, routes))
+            .expect("scale config loads");
+        let table = routing::RouteTable::new(&config.routes);
+        // A request for the last host's last service: the far end of the list.
+        let host = format!("h{}.example", (routes - 1) % 100);
+        let path = format!("/svc{}/v1/orders", (routes - 1) / 100);
+        assert!(table.select(&method, &host, &path).is_ok());
+        g.bench_function(format!("route_table_{routes}_routes"), |b| {
+            b.iter(|| {
+                black_box(
+                    table
+                        .select(&method, black_box(&host), black_box(&path))
+                        .is_ok(),
+                )
+            })
+        });
+        g.bench_function(format!("route_linear_{routes}_routes"), |b| {
+            b.iter(|| {
+                black_box(
+                    routing::select(&config.routes, &method, black_box(&host), black_box(&path))
+                        .is_ok(),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The benchmark group `criterion_main!` runs (in a module of its own, because
 /// `criterion_group!` defines a `pub fn` that cannot carry a doc comment).
 mod groups {
-    criterion::criterion_group!(benches, super::bench_pipeline, super::bench_stages);
+    criterion::criterion_group!(
+        benches,
+        super::bench_pipeline,
+        super::bench_stages,
+        super::bench_scale
+    );
 }
 criterion_main!(groups::benches);

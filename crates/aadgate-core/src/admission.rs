@@ -7,7 +7,7 @@
 //! 1. **header hygiene**: `Authorization` values marked sensitive (never printed by `Debug`);
 //!    the headers a caller must not set removed ([`Config::spoofable_headers`]);
 //! 2. **target and path checks** ([`routing::edge`]): `414 uri_too_long`, `400 bad_request`;
-//! 3. **route**: selected by host, method and normalized path ([`routing::select`]), or the one
+//! 3. **route**: selected by host, method and normalized path ([`RouteTable::select`](routing::RouteTable::select)), or the one
 //!    the layer was built for; the origin-form target for the upstream
 //!    ([`routing::upstream_target`]);
 //! 4. **authenticate** ([`Authenticator::authenticate`](crate::auth::Authenticator::authenticate),
@@ -231,7 +231,9 @@ pub async fn admit<R: RequestHead + ?Sized>(
     let host = routing::normalize_host(req.host().unwrap_or(""));
     let route = match choice {
         RouteChoice::Fixed(route) => route.clone(),
-        RouteChoice::Select => routing::select(&cfg.routes, req.method(), &host, &edge.normalized)
+        RouteChoice::Select => runtime
+            .route_table()
+            .select(req.method(), &host, &edge.normalized)
             .map_err(|r| refused(None, None, r))?
             .clone(),
     };

@@ -3,12 +3,15 @@
 //! ties). The pingora adapter and the tower layer both call [`edge`] and the header rule
 //! [`crate::config::Config::spoofable_headers`], so they refuse and strip the same requests.
 
+mod table;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::Method;
 
 pub use crate::target::{normalize_path, parse_target, strip_prefix, PathCase, Target, TargetForm};
+pub use table::RouteTable;
 
 use crate::config::{Route, ServerSettings};
 use crate::reason::{Reason, Rejection};
@@ -96,6 +99,9 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Picks the route for a request. `path` is the normalized path ([`Edge::normalized`]); the
 /// routes' prefixes were normalized the same way when the configuration was compiled.
+///
+/// This is the rule, one route at a time; the request path uses [`RouteTable::select`], which
+/// gives the same answer in time independent of the number of routes.
 pub fn select<'r>(
     routes: &'r [Arc<Route>],
     method: &Method,

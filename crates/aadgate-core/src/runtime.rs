@@ -28,6 +28,7 @@ use crate::config::{self, Config, ConfigErrors, ValidatorKind, ValidatorSettings
 use crate::exchange::Exchanger;
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
+use crate::routing::RouteTable;
 
 /// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
 /// runtime.
@@ -47,6 +48,7 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     auth: Authenticator,
+    routes: Arc<RouteTable>,
     exchangers: Arc<HashMap<String, Arc<Exchanger>>>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
 }
@@ -172,6 +174,7 @@ impl<'a> Builder<'a> {
             clock,
         });
         Ok(Runtime {
+            routes: Arc::new(RouteTable::new(&auth.config().routes)),
             auth,
             exchangers: Arc::new(exchangers),
             start: Arc::new(std::sync::Mutex::new(Some(start))),
@@ -298,6 +301,11 @@ impl Runtime {
     /// The configuration.
     pub fn config(&self) -> &Arc<Config> {
         self.auth.config()
+    }
+
+    /// The routes, indexed for selection.
+    pub fn route_table(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// The token validation pipeline.
