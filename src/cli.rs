@@ -203,7 +203,8 @@ pub(crate) fn dependency_caps() -> tracing_subscriber::filter::Targets {
 }
 
 /// Installs the tracing subscriber on stderr: levels from `RUST_LOG` (default `info`), with
-/// [`dependency_caps`] on top, in text or JSON.
+/// [`dependency_caps`] on top, in text or JSON. The access log is written in batches
+/// ([`crate::log_writer`]).
 pub(crate) fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
@@ -214,7 +215,7 @@ pub(crate) fn init_logging(format: LogFormat) {
         .with(filter)
         .with(dependency_caps());
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_writer::stderr())
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),

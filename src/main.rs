@@ -6,6 +6,7 @@
 mod cli;
 mod demo;
 mod explain;
+mod log_writer;
 mod server;
 
 use std::process::ExitCode;
@@ -22,6 +23,13 @@ use cli::{Cli, Command, RunArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
+    let code = dispatch(cli);
+    log_writer::flush();
+    code
+}
+
+/// Runs the command.
+fn dispatch(cli: Cli) -> ExitCode {
     let need_config = || {
         cli.config.clone().ok_or_else(|| {
             eprintln!("aadgate: a configuration file is needed: -c FILE (or AADGATE_CONFIG)");

@@ -536,7 +536,9 @@ async fn a_refusal_after_the_token_was_verified_names_the_caller_in_the_access_l
     let gw = Gateway::start_with(&config(&[TENANT_A]), &w, &["--log-format", "json"]).await;
     gw.wait_ready().await;
     let client_id = aadgate_emulator::DEFAULT_CLIENT_ID;
-    let no_role = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Write"]));
+    let no_role = w
+        .idp
+        .mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Write"]));
     assert_eq!(status(&gw, "/orders/1", Some(&no_role)).await, 403);
     assert_eq!(status(&gw, "/orders/1", None).await, 401);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -550,7 +552,11 @@ async fn a_refusal_after_the_token_was_verified_names_the_caller_in_the_access_l
         if lines.len() >= 2 {
             break lines;
         }
-        assert!(Instant::now() < deadline, "access log lines missing:\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "access log lines missing:\n{}",
+            gw.logs()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let refused = lines
@@ -563,7 +569,10 @@ async fn a_refusal_after_the_token_was_verified_names_the_caller_in_the_access_l
         .iter()
         .find(|l| l["reason"] == "missing_token")
         .expect("the missing_token line");
-    assert_eq!(anonymous["tenant_id"], "-", "no token, no caller: {anonymous}");
+    assert_eq!(
+        anonymous["tenant_id"], "-",
+        "no token, no caller: {anonymous}"
+    );
     for l in &lines {
         // Rounded to the microsecond: at most three decimals.
         let latency = l["latency_ms"].to_string();

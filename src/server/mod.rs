@@ -234,6 +234,7 @@ pub(crate) fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
         shutdown_signal: Box::new(Signals),
     });
     tracing::info!("shutdown complete");
+    crate::log_writer::flush();
     std::process::exit(0)
 }
 
