@@ -4,17 +4,21 @@
 # 2-core machine moves by tens of percent between runs; these counts repeat to within ~1 %.
 #
 # Starts on 127.0.0.1, on ports chosen at run time: the fast upstream (examples/bench_support.rs),
-# the AAD emulator (`aadgate dev-idp`) and the gateway under callgrind (`workers = 1`). Sends N
-# requests on one keep-alive connection (curl) per scenario, and prints the instructions the
-# gateway executed per request:
+# the AAD emulator (`aadgate dev-idp`), the gateway under callgrind (`workers = 1`, access log on
+# at its default level as users run it; LOG=warn turns it off) and, as the ceiling, the smallest
+# pingora proxy under callgrind (examples/bare_pingora.rs, one worker). Sends N requests on one
+# keep-alive connection (curl) per scenario, and prints the instructions the server executed per
+# request:
 #
+#   bare_pingora          the smallest pingora proxy (a `ProxyHttp` with only `upstream_peer`)
 #   anonymous             anonymous route, no Authorization header
 #   anonymous_same_header anonymous route, the ~1 KB Authorization header of the token scenarios
 #   cached_token          authenticated route, one token (verified once, then cache hits)
 #   unique_tokens         authenticated route, a different valid token per request (RS256 each)
 #   bad_signature         authenticated route, tokens with a wrong signature (401)
 #
-# Environment: N=2000 requests per scenario; BUILD=1 (0: use target/dist as it is);
+# Environment: N=2000 requests per scenario; LOG (the gateway's RUST_LOG; unset: the default,
+# info, with the access log); BUILD=1 (0: use target/dist as it is);
 # KEEP=0 (1: keep the callgrind files for callgrind_annotate); GW_BIN and SUPPORT to measure
 # other builds of `aadgate` and `bench_support` (e.g. two commits side by side, with BUILD=0).
 # Note: valgrind reports the CPU without SHA extensions, so SHA-256 counts run the AVX code
@@ -38,10 +42,11 @@ command -v curl >/dev/null || die "curl is needed"
 
 if [[ ${BUILD:-1} == 1 ]]; then
     log "building (profile dist)"
-    (cd "$ROOT" && cargo build --profile dist --quiet --bin aadgate --example bench_support) || die "build failed"
+    (cd "$ROOT" && cargo build --profile dist --quiet --bin aadgate --example bench_support --example bare_pingora) || die "build failed"
 fi
 GW_BIN=${GW_BIN:-$TARGET_DIR/dist/aadgate}
 SUPPORT=${SUPPORT:-$TARGET_DIR/dist/examples/bench_support}
+BARE_BIN=${BARE_BIN:-$TARGET_DIR/dist/examples/bare_pingora}
 mkdir -p "$DATA"
 
 wait_http() { # url what
@@ -65,7 +70,7 @@ if [[ ! -s $KEY || ! -s $VALID || $(wc -l <"$VALID") -le $N || ! -s $BADSIG ]]; 
 fi
 ONE_TOKEN=$(head -n 1 "$VALID")
 
-UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port)
+UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port); BARE=$(free_port)
 "$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &
 PIDS+=($!)
 "$GW_BIN" dev-idp --listen "127.0.0.1:$IDP" --key "$KEY" >"$WORK/idp.log" 2>&1 &
@@ -75,18 +80,30 @@ mkdir -p "$WORK/conf"
 bench_gateway_config "$WORK/conf/aadgate.toml" "$GW" "$ADMIN" "$IDP" "$UP" 1 "$WORK/upgrade.sock"
 wait_http "http://127.0.0.1:$IDP/common/discovery/v2.0/keys" emulator
 
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+if [[ -n ${LOG:-} ]]; then export RUST_LOG=$LOG; else unset RUST_LOG; fi
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
     "$GW_BIN" run -c "$WORK/conf/aadgate.toml" >/dev/null 2>"$WORK/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+    "$BARE_BIN" --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP" --workers 1 >/dev/null 2>"$WORK/bare.log" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
 log "gateway under callgrind (pid $GW_PID), waiting until ready"
 wait_http "http://127.0.0.1:$ADMIN/readyz" gateway
+wait_http "http://127.0.0.1:$BARE/x" "bare pingora"
 
 # Warm-up: connections to the upstream, the first token verified, lazily built state.
 for _ in 1 2 3; do
     curl -fsS -o /dev/null "http://127.0.0.1:$GW/anon/x"
     curl -fsS -o /dev/null -H "Authorization: Bearer $ONE_TOKEN" "http://127.0.0.1:$GW/api/x"
+    curl -fsS -o /dev/null "http://127.0.0.1:$BARE/x"
 done
+# The server the next scenarios measure: its port, its pid, and a URL that wakes it (a
+# callgrind dump is taken when the process next runs code).
+PORT=$GW
+PID=$GW_PID
+WAKE=http://127.0.0.1:$ADMIN/healthz
 
 # One curl config per scenario: N transfers on one connection, each with its own header.
 transfers() { # path token-file|"" fixed-token|""
@@ -94,7 +111,7 @@ transfers() { # path token-file|"" fixed-token|""
     while ((i < N)); do
         if [[ -n $file ]]; then read -r tok || break; else tok=$fixed; fi
         ((i > 0)) && printf 'next\n'
-        printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' "$GW" "$path"
+        printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' "$PORT" "$path"
         [[ -z $tok ]] || printf 'header = "Authorization: Bearer %s"\n' "$tok"
         i=$((i + 1))
     done < <(if [[ -n $file ]]; then tail -n +2 "$file"; fi)
@@ -105,14 +122,14 @@ declare -A IR STATUS
 scenario() { # name expected-status path token-file fixed-token
     local name=$1 want=$2
     transfers "$3" "$4" "$5" >"$WORK/$name.curl"
-    callgrind_control -z "$GW_PID" >/dev/null 2>&1
+    callgrind_control -z "$PID" >/dev/null 2>&1
     curl -sS -K "$WORK/$name.curl" >"$WORK/$name.status"
-    callgrind_control -d "$name" "$GW_PID" >/dev/null 2>&1
+    callgrind_control -d "$name" "$PID" >/dev/null 2>&1
     DUMPS=$((DUMPS + 1))
     local i f=""
     for ((i = 0; i < 300; i++)); do
         # A dump is taken when the process next runs code: wake it.
-        curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/healthz" || true
+        curl -fsS -o /dev/null "$WAKE" || true
         f=$(grep -lx "desc: Trigger: dump $name" "$WORK"/callgrind.* 2>/dev/null | head -n 1 || true)
         [[ -n $f ]] && break
         sleep 0.2
@@ -131,12 +148,16 @@ scenario anonymous_same_header 200 /anon/x "" "$ONE_TOKEN"
 scenario cached_token 200 /api/x "" "$ONE_TOKEN"
 scenario unique_tokens 200 /api/x "$VALID" ""
 scenario bad_signature 401 /api/x "$BADSIG" ""
+PORT=$BARE
+PID=$BARE_PID
+WAKE=http://127.0.0.1:$BARE/x
+scenario bare_pingora 200 /x "" ""
 
 echo
-echo "aadgate instructions per request (callgrind) — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $N requests per scenario, workers = 1"
+echo "aadgate instructions per request (callgrind) — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $N requests per scenario, workers = 1, gateway RUST_LOG=${LOG:-(default: info, access log on)}"
 echo
-echo "| scenario | instructions/request | vs anonymous |"
-echo "|---|---|---|"
-for s in anonymous anonymous_same_header cached_token unique_tokens bad_signature; do
-    awk -v s="$s" -v v="${IR[$s]}" -v a="${IR[anonymous]}" 'BEGIN { printf "| %s | %d | %+d (%.2f×) |\n", s, v, v - a, v / a }'
+echo "| scenario | instructions/request | vs anonymous | vs bare pingora |"
+echo "|---|---|---|---|"
+for s in bare_pingora anonymous anonymous_same_header cached_token unique_tokens bad_signature; do
+    awk -v s="$s" -v v="${IR[$s]}" -v a="${IR[anonymous]}" -v b="${IR[bare_pingora]}" 'BEGIN { printf "| %s | %d | %+d (%.2f×) | %.2f× |\n", s, v, v - a, v / a, v / b }'
 done
