@@ -8,6 +8,7 @@ pub(crate) mod state;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -134,6 +135,40 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Binds the admin listener and serves it on the control runtime. During a graceful upgrade
+/// the old process still holds the port until it exits: then it keeps trying in the background
+/// instead of failing the hand-over.
+fn start_admin(
+    handle: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    upgrade: bool,
+    state: &Arc<state::SharedState>,
+) -> Result<(), ServerError> {
+    match handle.block_on(tokio::net::TcpListener::bind(addr)) {
+        Ok(listener) => {
+            handle.spawn(admin::serve(listener, state.clone()));
+        }
+        // During a graceful upgrade the old process still holds the admin port until it
+        // exits: keep trying in the background instead of failing the hand-over.
+        Err(e) if upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::info!(%addr, "admin_listen still held by the old process; will bind once it exits");
+            let state = state.clone();
+            handle.spawn(async move {
+                let listener = loop {
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => break l,
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    }
+                };
+                tracing::info!(%addr, "admin listener bound");
+                admin::serve(listener, state).await;
+            });
+        }
+        Err(error) => return Err(ServerError::AdminListen { addr, error }),
+    }
+    Ok(())
+}
+
 /// Serves with the configuration at `path` until a shutdown signal. Returns only on a start-up
 /// error; a normal shutdown exits the process with status 0.
 pub(crate) fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
@@ -156,30 +191,7 @@ pub(crate) fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
     let server_settings = runtime.config().server.clone();
     let state = state::SharedState::new(runtime, path, handle.clone());
     if let Some(addr) = server_settings.admin_listen {
-        match handle.block_on(tokio::net::TcpListener::bind(addr)) {
-            Ok(listener) => {
-                handle.spawn(admin::serve(listener, state.clone()));
-            }
-            // During a graceful upgrade the old process still holds the admin port until it
-            // exits: keep trying in the background instead of failing the hand-over.
-            Err(e) if upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
-                tracing::info!(%addr, "admin_listen still held by the old process; will bind once it exits");
-                let state = state.clone();
-                handle.spawn(async move {
-                    let listener = loop {
-                        match tokio::net::TcpListener::bind(addr).await {
-                            Ok(l) => break l,
-                            Err(_) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(200)).await
-                            }
-                        }
-                    };
-                    tracing::info!(%addr, "admin listener bound");
-                    admin::serve(listener, state).await;
-                });
-            }
-            Err(error) => return Err(ServerError::AdminListen { addr, error }),
-        }
+        start_admin(&handle, addr, upgrade, &state)?;
     }
     handle.spawn(reload::on_sighup(state.clone()));
     handle.spawn(reload::on_file_change(state.clone()));
