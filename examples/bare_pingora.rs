@@ -62,8 +62,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // No graceful period: the benchmark stops it with SIGTERM and waits for it.
     let conf = ServerConf {
         threads: workers,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
