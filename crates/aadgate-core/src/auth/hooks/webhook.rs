@@ -75,6 +75,17 @@ pub(crate) enum Decision {
     Deny(String),
 }
 
+impl Decision {
+    /// The metric outcome of this decision: `cached` when it came from the cache.
+    fn outcome(&self, from_cache: bool) -> Outcome {
+        match (self, from_cache) {
+            (_, true) => Outcome::Cached,
+            (Decision::Allow(_), false) => Outcome::Allow,
+            (Decision::Deny(_), false) => Outcome::Deny,
+        }
+    }
+}
+
 /// Why a call produced no decision. The text is for logs; callers see only the validator name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HookError {
@@ -513,12 +524,7 @@ impl HttpHook {
             .await;
         match result {
             Ok((decision, from_cache)) => {
-                let outcome = match (&decision, from_cache) {
-                    (_, true) => Outcome::Cached,
-                    (Decision::Allow(_), false) => Outcome::Allow,
-                    (Decision::Deny(_), false) => Outcome::Deny,
-                };
-                count(metrics, validator, outcome);
+                count(metrics, validator, decision.outcome(from_cache));
                 match decision {
                     Decision::Allow(headers) => Ok(headers),
                     Decision::Deny(message) => {
@@ -564,12 +570,7 @@ impl HttpHook {
             .await;
         match result {
             Ok((decision, from_cache)) => {
-                let outcome = match (&decision, from_cache) {
-                    (_, true) => Outcome::Cached,
-                    (Decision::Allow(_), false) => Outcome::Allow,
-                    (Decision::Deny(_), false) => Outcome::Deny,
-                };
-                count(metrics, validator, outcome);
+                count(metrics, validator, decision.outcome(from_cache));
                 match decision {
                     Decision::Allow(_) => Ok(()),
                     Decision::Deny(message) => {
