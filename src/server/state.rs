@@ -57,13 +57,14 @@ impl SharedState {
         let new = match Runtime::load(&self.config_path, Some(&old)) {
             Ok(r) => r,
             Err(errors) => {
+                // Logged before it is counted: whoever sees the count finds the reason logged.
+                for e in &errors.0 {
+                    tracing::error!(trigger = why, "configuration reload refused: {e}");
+                }
                 self.metrics
                     .config_reloads
                     .with_label_values(&["error"])
                     .inc();
-                for e in &errors.0 {
-                    tracing::error!(trigger = why, "configuration reload refused: {e}");
-                }
                 return Err(errors);
             }
         };
