@@ -211,21 +211,61 @@ pub(crate) fn init_logging(format: LogFormat) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let most_verbose =
+        tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(&filter);
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(dependency_caps());
+    let ansi = std::io::stderr().is_terminal();
+    crate::access_log::set_style(crate::access_log::Style {
+        json: format == LogFormat::Json,
+        ansi,
+    });
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(crate::log_writer::stderr())
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
         LogFormat::Text => registry.with(layer).try_init(),
     };
+    // Dependencies that use the `log` crate (pingora) check this level before anything else:
+    // without it every `debug!` of theirs would go through the filters on each request.
+    log::set_max_level(log_level(most_verbose));
+}
+
+/// The `log` crate's level for the most verbose level `RUST_LOG` lets through.
+fn log_level(most_verbose: Option<tracing_subscriber::filter::LevelFilter>) -> log::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match most_verbose {
+        None | Some(LevelFilter::TRACE) => log::LevelFilter::Trace,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(_) => log::LevelFilter::Off,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_crates_level_is_the_most_verbose_one_rust_log_lets_through() {
+        use tracing_subscriber::filter::LevelFilter;
+        let level = |spec: &str| {
+            let filter = tracing_subscriber::EnvFilter::new(spec);
+            log_level(
+                tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(&filter),
+            )
+        };
+        assert_eq!(level("info"), log::LevelFilter::Info);
+        assert_eq!(level("warn,aadgate=debug"), log::LevelFilter::Debug);
+        assert_eq!(level("off"), log::LevelFilter::Off);
+        assert_eq!(level("pingora_core=trace"), log::LevelFilter::Trace);
+        assert_eq!(log_level(None), log::LevelFilter::Trace);
+        assert_eq!(log_level(Some(LevelFilter::ERROR)), log::LevelFilter::Error);
+    }
     use tracing_subscriber::layer::SubscriberExt;
 
     fn parse(args: &[&str]) -> Result<Command, clap::Error> {

@@ -172,7 +172,7 @@ fn request_for(route: &Route, args: &ExplainArgs) -> Request {
         request.path = path.clone();
     }
     if let Some(host) = args.host.as_deref() {
-        request.host = aadgate_core::routing::normalize_host(host);
+        request.host = aadgate_core::routing::normalize_host(host).into_owned();
     }
     request
 }

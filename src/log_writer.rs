@@ -1,5 +1,5 @@
-//! Where log lines go: stderr, with the access log (target `aadgate::access`, one line per
-//! request) buffered and written in batches by a background thread, so a request costs a
+//! Where log lines go: stderr, with the access log (one line per request, formatted by
+//! [`crate::access_log`]) buffered and written in batches by a background thread, so a request costs a
 //! `memcpy` into a buffer instead of a `write` system call on the request path. Every other
 //! line (warnings, errors, reloads, shutdown) is written at once, as before.
 //!
@@ -54,6 +54,16 @@ pub(crate) fn stderr() -> LogWriter<std::io::Stderr> {
     STDERR
         .get_or_init(|| LogWriter::start(std::io::stderr()))
         .clone()
+}
+
+/// Queues one access log line (formatted by [`crate::access_log`]) for stderr.
+pub(crate) fn access(line: &[u8]) {
+    let w = STDERR.get_or_init(|| LogWriter::start(std::io::stderr()));
+    let _ = EventWriter {
+        owner: w,
+        buffered: w.buffering,
+    }
+    .write_all(line);
 }
 
 /// Writes whatever the access log buffer holds (before the process exits).

@@ -3,6 +3,7 @@
 //! (pingora), the CLI, `explain` and `demo`.
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod cli;
 mod demo;
 mod explain;

@@ -15,13 +15,15 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::state::SharedState;
+use crate::access_log::{self, AccessLine};
 use aadgate_core::admission::{self, Admitted, RequestHead, RouteChoice};
 use aadgate_core::auth::{Principal, Reason, Rejection};
 use aadgate_core::config::Route;
 use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
+use aadgate_core::metrics::RequestOutcome;
 use aadgate_core::metrics::NO_ROUTE;
 use aadgate_core::reason::Caller;
-use aadgate_core::request_id::request_id;
+use aadgate_core::request_id::{request_id, RequestId};
 use aadgate_core::runtime::Runtime;
 
 /// The gateway's proxy logic; shared by all worker threads.
@@ -32,7 +34,7 @@ pub(crate) struct Gateway {
 /// Per-request state.
 pub(crate) struct RequestCtx {
     started: Instant,
-    request_id: String,
+    request_id: RequestId,
     runtime: Option<Arc<Runtime>>,
     route: Option<Arc<Route>>,
     rejection: Option<Reason>,
@@ -91,14 +93,6 @@ impl RequestHead for Head<'_> {
     }
 }
 
-/// The request target as received, up to the query, for the access log: a refused target such
-/// as `x:/admin` is logged as sent, not as the `/` pingora maps it to. Never the query (it may
-/// carry codes or keys). Borrowed unless the target is not UTF-8.
-fn logged_path(raw: &[u8]) -> std::borrow::Cow<'_, str> {
-    let end = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end.min(2048)])
-}
-
 /// Writes a rejection as the gateway's own JSON response.
 async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
     let body = rejection.body(request_id);
@@ -134,7 +128,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             runtime: None,
             route: None,
             rejection: None,
@@ -172,7 +166,7 @@ impl ProxyHttp for Gateway {
                 ctx.caller = rejection.caller.take();
                 ctx.rejection = Some(rejection.reason);
                 tracing::debug!(request_id = %ctx.request_id, reason = %rejection.reason, message = %rejection.message, "rejected");
-                respond(session, &rejection, &ctx.request_id).await?;
+                respond(session, &rejection, ctx.request_id.as_str()).await?;
                 Ok(true)
             }
         }
@@ -215,36 +209,25 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &admitted.upstream_target {
             upstream.set_uri(uri.clone());
         }
+        // Header values are prepared ones (shared bytes) or built once; names are static.
         let original_host = session.req_header().headers.get(HOST).cloned();
-        upstream.insert_header(HOST, route.upstream.authority.as_str())?;
+        upstream.insert_header(HOST, route.upstream.host_header.clone())?;
         if let Some(h) = original_host {
-            upstream.insert_header("x-forwarded-host", h)?;
+            upstream.insert_header(X_FORWARDED_HOST, h)?;
         }
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
         upstream.insert_header(
-            "x-forwarded-proto",
-            if session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .is_some()
-            {
-                "https"
-            } else {
-                "http"
-            },
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
         )?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
+            let xff = forwarded_for(upstream.headers.get(&XFF_NAME), addr.ip());
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.header_value().clone())?;
         let caller_id = session
             .req_header()
             .headers
@@ -271,7 +254,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.header_value().clone())?;
         if let Some(x) = ctx.admitted.as_ref().and_then(|a| a.exchange.as_ref()) {
             if status == 401 {
                 x.upstream_refused();
@@ -321,7 +304,7 @@ impl ProxyHttp for Gateway {
                 format!("the upstream did not answer: {}", e.etype().as_str()),
             );
             ctx.rejection = Some(Reason::UpstreamUnavailable);
-            if let Err(err) = respond(session, &r, &ctx.request_id).await {
+            if let Err(err) = respond(session, &r, ctx.request_id.as_str()).await {
                 tracing::debug!(error = %err, "could not send the 502 response");
             }
             return FailToProxy {
@@ -345,26 +328,17 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let Some(runtime) = &ctx.runtime else { return };
-        let m = runtime.metrics();
-        let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let reason = ctx.rejection;
-        m.request_done(route, status, reason);
-        let total = ctx.started.elapsed();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(total.as_secs_f64());
-        if let Some(a) = ctx.auth_time {
-            m.auth_duration
-                .with_label_values(&[route])
-                .observe(a.as_secs_f64());
-        }
-        let upstream_time = ctx.upstream_started.map(|s| s.elapsed());
-        if let Some(u) = upstream_time {
-            m.upstream_duration
-                .with_label_values(&[route])
-                .observe(u.as_secs_f64());
-        }
+        let outcome = RequestOutcome {
+            status,
+            reason: ctx.rejection,
+            total: ctx.started.elapsed(),
+            auth: ctx.auth_time,
+            upstream: ctx.upstream_started.map(|s| s.elapsed()),
+        };
+        runtime
+            .route_metrics(ctx.route.as_deref())
+            .request_done(runtime.metrics(), &outcome);
         // The access log line is built only when it is written (RUST_LOG may filter it out).
         if !tracing::enabled!(target: "aadgate::access", tracing::Level::INFO) {
             return;
@@ -373,40 +347,57 @@ impl ProxyHttp for Gateway {
         let principal: Option<&Principal> =
             ctx.admitted.as_ref().and_then(|a| a.principal.as_ref());
         let caller = ctx.caller.as_deref();
-        let client_addr = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(SocketAddr::to_string);
-        tracing::info!(
-            target: "aadgate::access",
-            request_id = %ctx.request_id,
-            method = %req.method,
-            path = %logged_path(req.raw_path()),
-            route,
+        access_log::write(&AccessLine {
+            request_id: ctx.request_id.as_str(),
+            method: req.method.as_str(),
+            raw_target: req.raw_path(),
+            route: ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name),
             status,
-            reason = reason.map_or("ok", Reason::as_str),
-            upstream_status = ctx.upstream_status.unwrap_or(0),
-            latency_ms = millis(total),
-            auth_us = ctx.auth_time.map_or(0, |d| d.as_micros() as u64),
-            upstream_ms = upstream_time.map_or(0.0, millis),
-            tenant_id = principal
+            reason: outcome.reason.map_or("ok", Reason::as_str),
+            upstream_status: ctx.upstream_status.unwrap_or(0),
+            latency: outcome.total,
+            auth: outcome.auth,
+            upstream: outcome.upstream,
+            tenant_id: principal
                 .map(|p| p.tenant_id())
                 .or(caller.map(|c| c.tenant_id.as_str()))
                 .unwrap_or("-"),
-            client_id = principal
+            client_id: principal
                 .and_then(|p| p.client_id())
                 .or(caller.and_then(|c| c.client_id.as_deref()))
                 .unwrap_or("-"),
-            client_addr = client_addr.as_deref().unwrap_or("-"),
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-            "request"
-        );
+            client_addr: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            error: e.map_or("-", |e| e.etype().as_str()),
+        });
     }
 }
 
-/// A duration in milliseconds, rounded to the microsecond (`0.278`, not `0.27840200000000004`).
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
+/// Header names the gateway sets on every proxied request (made once, no parsing per request).
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_REQUEST_ID: &str = "x-request-id";
+/// `x-forwarded-for` for lookups (a parsed name is not parsed again).
+const XFF_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
+
+/// `x-forwarded-for`: the caller's value (when it is text) with the peer's address appended.
+fn forwarded_for(previous: Option<&HeaderValue>, ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let prev = previous.and_then(|v| v.to_str().ok());
+    let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => access_log::put_ipv4(&mut out, v4.octets()),
+        // Writing into a Vec cannot fail.
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    // Visible ASCII from a valid value and an address: always a valid header value.
+    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Resolves an upstream host name (without blocking a worker thread).
@@ -421,22 +412,22 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::{logged_path, millis};
-    use std::time::Duration;
+    use super::forwarded_for;
+    use http::HeaderValue;
 
     #[test]
-    fn durations_in_the_access_log_are_rounded_to_the_microsecond() {
-        assert_eq!(millis(Duration::from_nanos(278_402)), 0.278);
-        assert_eq!(millis(Duration::from_nanos(278_600)), 0.279);
-        assert_eq!(millis(Duration::from_secs(2)), 2000.0);
-    }
-
-    #[test]
-    fn the_access_log_shows_the_target_as_received_without_its_query() {
-        assert_eq!(logged_path(b"x:/admin/users"), "x:/admin/users");
-        assert_eq!(logged_path(b"/orders/1?code=secret"), "/orders/1");
-        assert_eq!(logged_path(b"http://h/a?q"), "http://h/a");
-        assert_eq!(logged_path(&[b'/', 0xff]), "/\u{fffd}");
-        assert_eq!(logged_path(&[b'a'; 5000]).len(), 2048);
+    fn the_peer_address_is_appended_to_the_callers_forwarded_for() {
+        let ip = "10.0.0.7".parse().expect("ip");
+        assert_eq!(forwarded_for(None, ip), "10.0.0.7");
+        let prev = HeaderValue::from_static("203.0.113.9");
+        assert_eq!(forwarded_for(Some(&prev), ip), "203.0.113.9, 10.0.0.7");
+        let v6 = "::1".parse().expect("ip");
+        assert_eq!(forwarded_for(Some(&prev), v6), "203.0.113.9, ::1");
+        let opaque = HeaderValue::from_bytes(&[b'a', 0xff]).expect("opaque value");
+        assert_eq!(
+            forwarded_for(Some(&opaque), ip),
+            "10.0.0.7",
+            "not text: replaced"
+        );
     }
 }

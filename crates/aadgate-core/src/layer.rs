@@ -266,7 +266,7 @@ fn reject<B, ResBody: From<Bytes>>(
     runtime
         .metrics()
         .request_done(route, rejection.status().as_u16(), Some(rejection.reason));
-    rejection_response(rejection, &id)
+    rejection_response(rejection, id.as_str())
 }
 
 /// A handler argument (`async fn h(principal: Principal)`) for routes behind [`AuthLayer`].

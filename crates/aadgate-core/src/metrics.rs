@@ -1,9 +1,11 @@
 //! Prometheus metrics: registered once, in one struct; labels only from configuration names and
 //! closed sets (reason codes, results). No label ever carries a tenant, user, client or token.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::reason::Reason;
@@ -61,6 +63,55 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+/// One route's per-request series (see [`Metrics::route`]).
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    route: Box<str>,
+    /// `aadgate_requests_total{route, "200", "ok"}`, the most common outcome by far.
+    ok: IntCounter,
+    request_duration: Histogram,
+    auth_duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+/// What [`RouteMetrics::request_done`] records about one finished request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOutcome {
+    /// The response status (0 when none was sent).
+    pub status: u16,
+    /// The refusal's reason; `None` for a proxied response (`ok`).
+    pub reason: Option<Reason>,
+    /// The whole request.
+    pub total: Duration,
+    /// Token validation, checks and hooks, when they ran.
+    pub auth: Option<Duration>,
+    /// Upstream request to the end of its response, when the request went upstream.
+    pub upstream: Option<Duration>,
+}
+
+impl RouteMetrics {
+    /// The route these handles count.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Counts one finished request of this route and observes its durations.
+    pub fn request_done(&self, metrics: &Metrics, o: &RequestOutcome) {
+        if o.status == 200 && o.reason.is_none() {
+            self.ok.inc();
+        } else {
+            metrics.request_done(&self.route, o.status, o.reason);
+        }
+        self.request_duration.observe(o.total.as_secs_f64());
+        if let Some(a) = o.auth {
+            self.auth_duration.observe(a.as_secs_f64());
+        }
+        if let Some(u) = o.upstream {
+            self.upstream_duration.observe(u.as_secs_f64());
+        }
     }
 }
 
@@ -220,6 +271,18 @@ impl Metrics {
         self.requests
             .with_label_values(&[route, status, reason])
             .inc();
+    }
+
+    /// One route's handles (`NO_ROUTE` for requests that matched none), resolved once per
+    /// route and runtime so a request does not look its series up by label values.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            ok: self.requests.with_label_values(&[route, "200", "ok"]),
+            request_duration: self.request_duration.with_label_values(&[route]),
+            auth_duration: self.auth_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -69,8 +69,8 @@ pub fn upstream_target(route: &Route, edge: &Edge<'_>, case: PathCase) -> Option
     Some(out)
 }
 
-/// The request host for matching: lower case, without port.
-pub fn normalize_host(host: &str) -> String {
+/// The request host for matching: lower case, without port (borrowed when already so).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let without_port = if let Some(rest) = h.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
@@ -84,7 +84,11 @@ pub fn normalize_host(host: &str) -> String {
             _ => h,
         }
     };
-    without_port.to_ascii_lowercase()
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    }
 }
 
 /// True when `path` falls under `prefix`. A prefix ending in `/` also covers the path without

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use crate::auth::hooks::Validator;
 use crate::auth::{self, Authenticator, TokenCache};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config, ConfigErrors, ValidatorKind, ValidatorSettings};
+use crate::config::{self, Config, ConfigErrors, Route, ValidatorKind, ValidatorSettings};
 use crate::exchange::Exchanger;
 use crate::jwks::KeyStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::routing::RouteTable;
 
 /// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
@@ -50,7 +50,15 @@ pub struct Runtime {
     auth: Authenticator,
     routes: Arc<RouteTable>,
     exchangers: Arc<HashMap<String, Arc<Exchanger>>>,
+    route_metrics: Arc<RouteMetricsTable>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
+}
+
+/// Every route's metric handles, by [`Route::index`], and those of requests that matched none.
+#[derive(Debug)]
+struct RouteMetricsTable {
+    routes: Vec<RouteMetrics>,
+    none: RouteMetrics,
 }
 
 /// What [`Runtime::start`] still has to do.
@@ -173,8 +181,15 @@ impl<'a> Builder<'a> {
             metrics,
             clock,
         });
+        let route_metrics = RouteMetricsTable {
+            routes: (auth.config().routes.iter())
+                .map(|r| auth.metrics().route(&r.name))
+                .collect(),
+            none: auth.metrics().route(NO_ROUTE),
+        };
         Ok(Runtime {
             routes: Arc::new(RouteTable::new(&auth.config().routes)),
+            route_metrics: Arc::new(route_metrics),
             auth,
             exchangers: Arc::new(exchangers),
             start: Arc::new(std::sync::Mutex::new(Some(start))),
@@ -306,6 +321,19 @@ impl Runtime {
     /// The routes, indexed for selection.
     pub fn route_table(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The metric handles of `route` (`None`: requests that matched no route). A route that is
+    /// not this runtime's gets handles looked up by its name.
+    pub fn route_metrics(&self, route: Option<&Route>) -> std::borrow::Cow<'_, RouteMetrics> {
+        let table = &self.route_metrics;
+        let Some(route) = route else {
+            return std::borrow::Cow::Borrowed(&table.none);
+        };
+        match table.routes.get(route.index) {
+            Some(m) if m.route() == &*route.name => std::borrow::Cow::Borrowed(m),
+            _ => std::borrow::Cow::Owned(self.metrics().route(&route.name)),
+        }
     }
 
     /// The token validation pipeline.

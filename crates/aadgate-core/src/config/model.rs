@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method};
+use http::{HeaderName, HeaderValue, Method};
 
 use super::ConfigError;
 pub use crate::target::PathCase;
@@ -43,6 +43,10 @@ pub struct Config {
     pub validator_header_names: HashSet<HeaderName>,
     /// Warnings found while loading (e.g. a certificate that has expired); logged by the loader.
     pub warnings: Vec<String>,
+    /// The configured names of the two sets above without the `x-auth-` prefix, in canonical
+    /// form (lower case, `_` as `-`): made from them on first use by
+    /// [`Config::spoofable_headers`].
+    pub(crate) unprefixed_names: std::sync::OnceLock<Vec<Box<[u8]>>>,
 }
 
 impl Config {
@@ -53,22 +57,29 @@ impl Config {
     /// `X-Auth-Roles`). The gateway and the tower layer remove them from every request, on
     /// every route, before anything else looks at the request.
     ///
-    /// Runs on every request: a name without `_` costs one hash lookup per set, and nothing
-    /// is allocated unless a header matches.
+    /// Runs on every request: a name is compared with the configured names that lack the
+    /// reserved prefix (usually none), and nothing is allocated unless a header matches.
     pub fn spoofable_headers(&self, headers: &http::HeaderMap) -> Vec<HeaderName> {
-        let sets = [&self.claim_header_names, &self.validator_header_names];
-        let configured = || sets.into_iter().flatten();
-        // Configured names with `_` are rare; only then must a name without `_` be scanned.
-        let mut configured_underscore = None;
+        let unprefixed = self.unprefixed_names.get_or_init(|| {
+            let sets = [&self.claim_header_names, &self.validator_header_names];
+            let mut names: Vec<Box<[u8]>> = sets
+                .into_iter()
+                .flatten()
+                .map(|h| h.as_str().as_bytes())
+                .filter(|n| !x_auth_prefixed(n))
+                .map(|n| n.iter().map(|c| canonical(*c)).collect())
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        });
         let mut found = Vec::new();
         for name in headers.keys() {
             let n = name.as_str().as_bytes();
-            let spoofed = x_auth_prefixed(n) || sets.iter().any(|s| s.contains(name)) || {
-                let scan = n.contains(&b'_')
-                    || *configured_underscore
-                        .get_or_insert_with(|| configured().any(|h| h.as_str().contains('_')));
-                scan && configured().any(|h| same_header_name(h.as_str().as_bytes(), n))
-            };
+            let spoofed = x_auth_prefixed(n)
+                || unprefixed
+                    .iter()
+                    .any(|c| c.len() == n.len() && same_header_name(c, n));
             if spoofed {
                 found.push(name.clone());
             }
@@ -84,14 +95,16 @@ fn x_auth_prefixed(n: &[u8]) -> bool {
 
 /// Header names equal with ASCII case ignored and `_` read as `-`.
 fn same_header_name(a: &[u8], b: &[u8]) -> bool {
-    let canon = |c: u8| {
-        if c == b'_' {
-            b'-'
-        } else {
-            c.to_ascii_lowercase()
-        }
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| canon(*x) == canon(*y))
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| canonical(*x) == canonical(*y))
+}
+
+/// A header name byte as compared: lower case, `_` read as `-`.
+fn canonical(c: u8) -> u8 {
+    if c == b'_' {
+        b'-'
+    } else {
+        c.to_ascii_lowercase()
+    }
 }
 
 /// `[server]`
@@ -270,11 +283,16 @@ pub struct Upstream {
     pub addr: Option<SocketAddr>,
     /// `host[:port]`, sent as the `Host` header.
     pub authority: String,
+    /// `authority` as a header value, made once.
+    pub host_header: HeaderValue,
 }
 
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug)]
 pub struct Route {
+    /// The route's position in `[[routes]]`: per-route state the runtime keeps (metric
+    /// handles) is found by it.
+    pub index: usize,
     /// `name`: unique; the `route` label of metrics and the route field of logs and hooks.
     pub name: Arc<str>,
     /// Lower-case, without port.
@@ -490,6 +508,7 @@ impl Route {
     /// A route to `http://127.0.0.1:1` with no requirements, for stage tests.
     pub(crate) fn for_test(name: &str, prefix: &str) -> Route {
         Route {
+            index: 0,
             name: Arc::from(name),
             host: None,
             path_prefix: prefix.into(),
@@ -500,6 +519,7 @@ impl Route {
                 port: 1,
                 addr: None,
                 authority: "127.0.0.1:1".into(),
+                host_header: HeaderValue::from_static("127.0.0.1:1"),
             },
             strip_prefix: None,
             auth: AuthMode::Required,

@@ -175,6 +175,7 @@ impl Compiler<'_> {
             claim_header_names,
             validator_header_names,
             warnings: Vec::new(),
+            unprefixed_names: std::sync::OnceLock::new(),
         })
     }
 

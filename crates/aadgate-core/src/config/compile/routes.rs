@@ -63,12 +63,19 @@ impl Compiler<'_> {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
             None => url.host_str().unwrap_or(&host).to_string(),
         };
+        // The url crate has checked the host and port, so this cannot fail in practice.
+        let Ok(host_header) = http::HeaderValue::from_str(&authority) else {
+            self.r
+                .error(s.span(), bad("has a host that is not a valid Host header"));
+            return None;
+        };
         Some(Upstream {
             tls,
             host,
             port,
             addr,
             authority,
+            host_header,
         })
     }
 
@@ -119,6 +126,7 @@ impl Compiler<'_> {
             let pass_authorization = self.pass_authorization(f, exchange.is_some());
             let Some(upstream) = upstream else { continue };
             out.push(Arc::new(Route {
+                index: out.len(),
                 name: Arc::from(name.as_str()),
                 host,
                 path_prefix: prefix,
