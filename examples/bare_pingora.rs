@@ -8,6 +8,8 @@
 //! ```
 //!
 //! No logging, no header changes, no routing: every request goes to `--upstream` as it came.
+//! It runs on the gateway's allocator (mimalloc) and without downstream modules, as the gateway
+//! does, so the difference between the two is what the gateway does per request.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -16,6 +18,11 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
+
+/// The gateway's allocator, so the ceiling and the gateway are measured on the same one
+/// (glibc malloc costs pingora ~12k more instructions per request; BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
@@ -26,6 +33,10 @@ impl ProxyHttp for Bare {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    /// No downstream modules (pingora's default adds a disabled compression module), as in
+    /// the gateway.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))

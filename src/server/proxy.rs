@@ -125,6 +125,10 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str)
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules: pingora's default adds a response compression module that is
+    /// disabled, and still runs for every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
