@@ -267,6 +267,12 @@ impl AccessLine<'_> {
             buf.extend_from_slice(part);
         }
         let field = |buf: &mut Vec<u8>, name: &str| {
+            if !ansi {
+                buf.push(b' ');
+                buf.extend_from_slice(name.as_bytes());
+                buf.push(b'=');
+                return;
+            }
             for part in [b" ", italic, name.as_bytes(), reset, dim, b"=", reset] {
                 buf.extend_from_slice(part);
             }
@@ -389,6 +395,23 @@ mod tests {
              tenant_id=72f988bf-86f1-41af-91ab-2d7cd011db47 client_id=- \
              client_addr=127.0.0.1:5555 error=-\n"
         );
+    }
+
+    #[test]
+    fn a_coloured_line_is_the_plain_line_with_escapes() {
+        let mut coloured = Vec::new();
+        sample().write_text(&mut coloured, b"2026-12-02T01:55:00.000001Z", true);
+        let coloured = String::from_utf8(coloured).expect("utf8");
+        assert!(coloured.contains("\x1b["), "{coloured:?}");
+        let mut stripped = String::new();
+        let mut rest = coloured.as_str();
+        while let Some(at) = rest.find("\x1b[") {
+            stripped.push_str(&rest[..at]);
+            let end = rest[at..].find('m').expect("escape end");
+            rest = &rest[at + end + 1..];
+        }
+        stripped.push_str(rest);
+        assert_eq!(stripped, text(&sample()));
     }
 
     #[test]

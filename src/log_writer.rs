@@ -22,10 +22,12 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Past this, writers stop buffering and write their own lines (the output is not keeping up).
 pub(crate) const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// The shared buffer and the flusher's wake-up.
+/// The shared buffer, an emptied one kept for the next batch (so the buffer does not grow
+/// from nothing again after every write), and the flusher's wake-up.
 #[derive(Debug, Default)]
 struct Shared {
     buf: Mutex<Vec<u8>>,
+    spare: Mutex<Vec<u8>>,
     wake: Condvar,
 }
 
@@ -111,15 +113,28 @@ impl<W: Write + Send + 'static> LogWriter<W> {
         }
     }
 
-    /// Writes out the buffer (swapped out under the lock, written outside it).
+    /// Writes out the buffer (swapped with the spare under the lock, written outside it); the
+    /// written batch, emptied, becomes the spare.
     pub(crate) fn flush_buffer(&self) {
-        let batch = match self.shared.buf.lock() {
-            Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
+        let take_spare = || {
+            (self.shared.spare.lock())
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default()
+        };
+        let mut batch = match self.shared.buf.lock() {
+            Ok(mut b) if !b.is_empty() => std::mem::replace(&mut *b, take_spare()),
             _ => return,
         };
         if let Ok(mut out) = self.out.lock() {
             let _ = out.write_all(&batch);
             let _ = out.flush();
+        }
+        // A batch that grew past the usual size (the output was stalled) is not kept.
+        if batch.capacity() <= 2 * FLUSH_BYTES {
+            batch.clear();
+            if let Ok(mut s) = self.shared.spare.lock() {
+                *s = batch;
+            }
         }
     }
 
@@ -248,6 +263,28 @@ mod tests {
         let text = sink.text();
         assert_eq!(text.len(), MAX_BYTES + 1, "nothing dropped");
         assert!(text.ends_with("xyy"), "in order");
+    }
+
+    #[test]
+    fn a_written_batch_is_kept_as_the_next_buffer() {
+        let sink = Sink::default();
+        let w = LogWriter {
+            shared: Arc::new(Shared::default()),
+            out: Arc::new(Mutex::new(sink.clone())),
+            buffering: true,
+        };
+        writer(&w, true).write_all(&[b'a'; 1000]).expect("write");
+        w.flush_buffer();
+        let spare = w.shared.spare.lock().expect("spare").capacity();
+        assert!(spare >= 1000, "the batch's memory is kept ({spare})");
+        writer(&w, true).write_all(b"next\n").expect("write");
+        w.flush_buffer();
+        assert!(sink.text().ends_with("next\n"));
+        assert_eq!(sink.text().len(), 1005, "nothing lost or repeated");
+        assert!(
+            w.shared.buf.lock().expect("buf").capacity() >= 1000,
+            "the spare is in use"
+        );
     }
 
     #[test]
