@@ -27,6 +27,14 @@ pub(crate) struct Style {
 
 static STYLE: OnceLock<Style> = OnceLock::new();
 
+/// The target the access log is filtered by (`RUST_LOG=…,aadgate::access=off`).
+const TARGET: &str = "aadgate::access";
+
+/// Whether `RUST_LOG` lets access lines through (checked before a line is built).
+pub(crate) fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// Sets the style of every access line; the first call wins.
 pub(crate) fn set_style(style: Style) {
     let _ = STYLE.set(style);
@@ -257,7 +265,7 @@ impl AccessLine<'_> {
             reset,
             b" ",
             dim,
-            b"aadgate::access",
+            TARGET.as_bytes(),
             reset,
             dim,
             b":",
@@ -345,7 +353,9 @@ impl AccessLine<'_> {
         put_addr(buf, self.client_addr);
         buf.push(b'"');
         string(buf, "error", self.error.as_bytes());
-        buf.extend_from_slice(b",\"target\":\"aadgate::access\"}\n");
+        buf.extend_from_slice(b",\"target\":\"");
+        buf.extend_from_slice(TARGET.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
     }
 }
 

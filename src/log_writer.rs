@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// The access log's target.
-pub(crate) const ACCESS_TARGET: &str = "aadgate::access";
 /// A buffer this full is written at once.
 pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
 /// The longest an access log line waits in the buffer.
@@ -189,17 +187,11 @@ impl<W: Write + Send + 'static> Write for EventWriter<'_, W> {
 impl<'a, W: Write + Send + 'static> MakeWriter<'a> for LogWriter<W> {
     type Writer = EventWriter<'a, W>;
 
+    /// Every `tracing` event is written at once; access lines come through [`access`].
     fn make_writer(&'a self) -> Self::Writer {
         EventWriter {
             owner: self,
             buffered: false,
-        }
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
-        EventWriter {
-            owner: self,
-            buffered: self.buffering && meta.target() == ACCESS_TARGET,
         }
     }
 }
@@ -228,6 +220,15 @@ mod tests {
         }
     }
 
+    /// A writer with no flusher thread: the test decides when the buffer is written.
+    fn without_flusher(sink: &Sink) -> LogWriter<Sink> {
+        LogWriter {
+            shared: Arc::new(Shared::default()),
+            out: Arc::new(Mutex::new(sink.clone())),
+            buffering: true,
+        }
+    }
+
     fn writer(w: &LogWriter<Sink>, buffered: bool) -> EventWriter<'_, Sink> {
         EventWriter { owner: w, buffered }
     }
@@ -235,12 +236,7 @@ mod tests {
     #[test]
     fn access_lines_wait_in_the_buffer_and_other_lines_do_not() {
         let sink = Sink::default();
-        // No flusher thread: the test decides when the buffer is written.
-        let w = LogWriter {
-            shared: Arc::new(Shared::default()),
-            out: Arc::new(Mutex::new(sink.clone())),
-            buffering: true,
-        };
+        let w = without_flusher(&sink);
         writer(&w, true).write_all(b"access 1\n").expect("write");
         writer(&w, false).write_all(b"warn\n").expect("write");
         assert_eq!(sink.text(), "warn\n");
@@ -252,11 +248,7 @@ mod tests {
     #[test]
     fn a_full_buffer_is_written_before_the_line_that_overflows_it() {
         let sink = Sink::default();
-        let w = LogWriter {
-            shared: Arc::new(Shared::default()),
-            out: Arc::new(Mutex::new(sink.clone())),
-            buffering: true,
-        };
+        let w = without_flusher(&sink);
         let line = vec![b'x'; MAX_BYTES - 1];
         writer(&w, true).write_all(&line).expect("write");
         writer(&w, true).write_all(b"yy").expect("write");
@@ -268,11 +260,7 @@ mod tests {
     #[test]
     fn a_written_batch_is_kept_as_the_next_buffer() {
         let sink = Sink::default();
-        let w = LogWriter {
-            shared: Arc::new(Shared::default()),
-            out: Arc::new(Mutex::new(sink.clone())),
-            buffering: true,
-        };
+        let w = without_flusher(&sink);
         writer(&w, true).write_all(&[b'a'; 1000]).expect("write");
         w.flush_buffer();
         let spare = w.shared.spare.lock().expect("spare").capacity();

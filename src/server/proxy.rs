@@ -20,8 +20,7 @@ use aadgate_core::admission::{self, Admitted, RequestHead, RouteChoice};
 use aadgate_core::auth::{Principal, Reason, Rejection};
 use aadgate_core::config::Route;
 use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
-use aadgate_core::metrics::RequestOutcome;
-use aadgate_core::metrics::NO_ROUTE;
+use aadgate_core::metrics::{RequestOutcome, NO_ROUTE};
 use aadgate_core::reason::Caller;
 use aadgate_core::request_id::{request_id, RequestId};
 use aadgate_core::runtime::Runtime;
@@ -344,7 +343,7 @@ impl ProxyHttp for Gateway {
             .route_metrics(ctx.route.as_deref())
             .request_done(runtime.metrics(), &outcome);
         // The access log line is built only when it is written (RUST_LOG may filter it out).
-        if !tracing::enabled!(target: "aadgate::access", tracing::Level::INFO) {
+        if !access_log::enabled() {
             return;
         }
         let req = session.req_header();
