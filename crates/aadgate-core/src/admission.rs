@@ -28,7 +28,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::auth::{Principal, RequestParts, TokenKind};
-use crate::config::{AuthMode, Config, Route};
+use crate::config::{AuthMode, Config, ConsentLost, Route};
 use crate::exchange::{self, Exchanger};
 use crate::reason::{Reason, Rejection};
 use crate::routing;
@@ -283,8 +283,7 @@ pub async fn admit<R: RequestHead + ?Sized>(
                     upstream_target = Some(rewritten);
                 }
             }
-            let token = exchanger
-                .token(principal.tenant_id(), auth.metrics())
+            let token = exchange_token(runtime, exchanger, principal.tenant_id())
                 .await
                 .map_err(|r| refused(Some(&route), auth_time, r))?;
             Some(ExchangeGrant {
@@ -301,6 +300,29 @@ pub async fn admit<R: RequestHead + ?Sized>(
         exchange,
         auth_time,
     })
+}
+
+/// Step 6: the app-only token of `tid`. With a tenant registry, a failure cached from before the
+/// tenant became `active` is not answered again, and a "not consented" answer for an active
+/// tenant revokes it (`on_consent_lost = "revoke"`, SPEC section 9).
+async fn exchange_token(
+    runtime: &Runtime,
+    exchanger: &Exchanger,
+    tid: &str,
+) -> Result<exchange::AppToken, Rejection> {
+    let registry = runtime.registry();
+    if let Some(since) = registry.and_then(|r| r.active_since(tid)) {
+        exchanger.forget_failure_before(tid, since);
+    }
+    let answer = exchanger.token(tid, runtime.metrics()).await;
+    if let (Err(r), Some(registry)) = (&answer, registry) {
+        let revoke = runtime.config().tenants.on_consent_lost == ConsentLost::Revoke;
+        if r.reason == Reason::TenantNotConsented && revoke {
+            let why = format!("consent withdrawn: {}", r.message);
+            registry.revoke(tid, &why).await;
+        }
+    }
+    answer
 }
 
 /// Step 1: `Authorization` marked sensitive (no allocation when it is already, or absent), and

@@ -18,7 +18,9 @@ pub mod jwks;
 #[cfg(feature = "tower")]
 pub mod layer;
 pub mod metrics;
+pub mod onboarding;
 pub mod reason;
+pub mod registry;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;

@@ -58,6 +58,89 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     /// `aadgate_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `aadgate_tenants{state}`: registry tenants by state.
+    pub tenants: IntGaugeVec,
+    /// `aadgate_onboarding_total{result}`: sign-up callbacks by result.
+    pub onboarding: IntCounterVec,
+    /// `aadgate_tenant_revocations_total`: registry tenants revoked after losing consent.
+    pub tenant_revocations: IntCounter,
+    /// `aadgate_store_up`: 1 while the store of shared state answers.
+    pub store_up: IntGauge,
+    /// `aadgate_store_errors_total{op}`: failed store operations.
+    pub store_errors: IntCounterVec,
+}
+
+/// Results of `aadgate_onboarding_total`.
+pub const ONBOARDING_RESULTS: [&str; 6] = [
+    "ok",
+    "pending",
+    "denied",
+    "not_consented",
+    "bad_state",
+    "error",
+];
+
+/// Operations of `aadgate_store_errors_total`.
+pub const STORE_OPS: [&str; 5] = ["get", "set", "lock", "publish", "ratelimit"];
+
+/// The tenant registry's and the store's metrics, every closed-set series present from the
+/// start.
+fn registry_metrics(
+    r: &Registry,
+) -> (
+    IntGaugeVec,
+    IntCounterVec,
+    IntCounter,
+    IntGauge,
+    IntCounterVec,
+) {
+    let tenants = register(
+        r,
+        IntGaugeVec::new(
+            Opts::new(
+                "aadgate_tenants",
+                "Tenant registry entries by state (active, pending, revoked).",
+            ),
+            &["state"],
+        ),
+    );
+    for state in ["active", "pending", "revoked"] {
+        tenants.with_label_values(&[state]);
+    }
+    let onboarding = counter_vec(
+        r,
+        "aadgate_onboarding_total",
+        "Sign-up callbacks by result (ok, pending, denied, not_consented, bad_state, error).",
+        &["result"],
+    );
+    for result in ONBOARDING_RESULTS {
+        onboarding.with_label_values(&[result]);
+    }
+    let revocations = register(
+        r,
+        IntCounter::new(
+            "aadgate_tenant_revocations_total",
+            "Registry tenants marked revoked after the token endpoint said the app is no longer consented.",
+        ),
+    );
+    let store_up = register(
+        r,
+        IntGauge::new(
+            "aadgate_store_up",
+            "1 while the store of shared state answers (always 1 for the local store).",
+        ),
+    );
+    store_up.set(1);
+    let store_errors = counter_vec(
+        r,
+        "aadgate_store_errors_total",
+        "Failed operations on the store of shared state (the tenant registry file for the local store).",
+        &["op"],
+    );
+    for op in STORE_OPS {
+        store_errors.with_label_values(&[op]);
+    }
+    (tenants, onboarding, revocations, store_up, store_errors)
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +253,8 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let (requests, request_duration, auth_duration, upstream_duration) = request_metrics(&r);
+        let (tenants, onboarding, tenant_revocations, store_up, store_errors) =
+            registry_metrics(&r);
         let jwks_fetch = counter_vec(
             &r,
             "aadgate_jwks_fetch_total",
@@ -251,6 +336,11 @@ impl Metrics {
                 ),
             ),
             registry: r,
+            tenants,
+            onboarding,
+            tenant_revocations,
+            store_up,
+            store_errors,
             requests,
             request_duration,
             auth_duration,

@@ -79,11 +79,15 @@ pub enum Reason {
     ExchangeUnavailable,
     /// `upstream_unavailable`, 502: the upstream refused, reset or timed out before answering.
     UpstreamUnavailable,
+    /// `registry_unavailable`, 503: a sign-up could not be recorded because the tenant registry
+    /// cannot be written (the sign-up pages only; requests are served from the registry last
+    /// read).
+    RegistryUnavailable,
 }
 
 impl Reason {
     /// Every reason, in SPEC order (for docs, tests and pre-registered metric series).
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::BadRequest,
         Reason::UriTooLong,
         Reason::RouteNotFound,
@@ -110,6 +114,7 @@ impl Reason {
         Reason::TenantNotConsented,
         Reason::ExchangeUnavailable,
         Reason::UpstreamUnavailable,
+        Reason::RegistryUnavailable,
     ];
 
     /// The reason code.
@@ -141,6 +146,7 @@ impl Reason {
             Reason::TenantNotConsented => "tenant_not_consented",
             Reason::ExchangeUnavailable => "exchange_unavailable",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::RegistryUnavailable => "registry_unavailable",
         }
     }
 
@@ -173,6 +179,7 @@ impl Reason {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reason::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -199,9 +206,10 @@ impl Reason {
             | Reason::WrongTokenKind
             | Reason::HookDenied
             | Reason::TenantNotConsented => "access_denied",
-            Reason::HookUnavailable | Reason::KeysUnavailable | Reason::ExchangeUnavailable => {
-                "temporarily_unavailable"
-            }
+            Reason::HookUnavailable
+            | Reason::KeysUnavailable
+            | Reason::ExchangeUnavailable
+            | Reason::RegistryUnavailable => "temporarily_unavailable",
             Reason::UpstreamUnavailable => "bad_gateway",
         }
     }
@@ -387,6 +395,7 @@ mod tests {
             ("tenant_not_consented", 403, "access_denied"),
             ("exchange_unavailable", 503, "temporarily_unavailable"),
             ("upstream_unavailable", 502, "bad_gateway"),
+            ("registry_unavailable", 503, "temporarily_unavailable"),
         ];
         assert_eq!(table.len(), Reason::ALL.len());
         for (reason, (code, status, error)) in Reason::ALL.iter().zip(table) {

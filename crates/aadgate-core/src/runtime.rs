@@ -11,6 +11,8 @@
 //! | verified-token cache | the key store is carried over and `token_cache_size` and `clock_skew` are the same |
 //! | an HTTP validator (and its decision cache) | its settings are the same |
 //! | an exchanger (and its app-only token cache) | its settings are the same |
+//! | tenant registry (its last read, its poll task) | the registry file is the same |
+//! | onboarding `state`s already used | always |
 //! | metrics, clock | always |
 //!
 //! A CEL validator is compiled again (it holds no state). Building has no side effects on the
@@ -28,6 +30,8 @@ use crate::config::{self, Config, ConfigErrors, Route, ValidatorKind, ValidatorS
 use crate::exchange::Exchanger;
 use crate::jwks::KeyStore;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
+use crate::onboarding::{LocalLedger, Onboarding, StateLedger};
+use crate::registry::{FileStore, Registry};
 use crate::routing::RouteTable;
 
 /// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
@@ -51,6 +55,9 @@ pub struct Runtime {
     routes: Arc<RouteTable>,
     exchangers: Arc<HashMap<String, Arc<Exchanger>>>,
     route_metrics: Arc<RouteMetricsTable>,
+    onboarding: Option<Arc<Onboarding>>,
+    /// The onboarding `state`s already used, kept across reloads.
+    ledger: Arc<dyn StateLedger>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
 }
 
@@ -68,6 +75,10 @@ struct Start {
     refresh: bool,
     /// The previous runtime's key store, replaced by this one: stopped once this one starts.
     retire: Option<Arc<KeyStore>>,
+    /// A tenant registry made by this build: its poll task is not running yet.
+    registry: Option<Arc<Registry>>,
+    /// The previous runtime's registry, replaced by this one: stopped once this one starts.
+    retire_registry: Option<Arc<Registry>>,
 }
 
 /// Builds a [`Runtime`]; see the module documentation for what it carries over.
@@ -145,7 +156,10 @@ impl<'a> Builder<'a> {
         let mut start = Start {
             refresh: false,
             retire: None,
+            registry: None,
+            retire_registry: None,
         };
+        let registry = registry(&self.config, prev, &metrics, &mut start)?;
         let keys = match (self.keys, prev) {
             (Some(keys), _) => keys,
             (None, Some(p)) if identity.same_key_source(&p.config().identity) => {
@@ -180,7 +194,14 @@ impl<'a> Builder<'a> {
             validators,
             metrics,
             clock,
+            registry,
         });
+        let ledger = prev.map_or_else(
+            || Arc::new(LocalLedger::default()) as Arc<dyn StateLedger>,
+            |p| p.ledger.clone(),
+        );
+        let onboarding = (auth.config().onboarding.as_ref())
+            .map(|o| Arc::new(Onboarding::new(o.clone(), ledger.clone())));
         let route_metrics = RouteMetricsTable {
             routes: (auth.config().routes.iter())
                 .map(|r| auth.metrics().route(&r.name))
@@ -192,9 +213,48 @@ impl<'a> Builder<'a> {
             route_metrics: Arc::new(route_metrics),
             auth,
             exchangers: Arc::new(exchangers),
+            onboarding,
+            ledger,
             start: Arc::new(std::sync::Mutex::new(Some(start))),
         })
     }
+}
+
+/// The tenant registry of `mode = "registry"`: the previous runtime's when it reads the same
+/// store, else one read now (a registry that cannot be read fails the build).
+fn registry(
+    config: &Config,
+    prev: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+    start: &mut Start,
+) -> Result<Option<Arc<Registry>>, ConfigErrors> {
+    let previous = prev.and_then(|p| p.registry().cloned());
+    let wanted = match (&config.tenants.mode, &config.tenants.registry) {
+        (config::TenantMode::Registry, Some(path)) => FileStore::new(path.clone()),
+        _ => {
+            start.retire_registry = previous;
+            return Ok(None);
+        }
+    };
+    let describe = crate::registry::RegistryStore::describe(&wanted);
+    if let Some(p) = previous
+        .as_ref()
+        .filter(|p| p.store().describe() == describe)
+    {
+        return Ok(Some(p.clone()));
+    }
+    let opened = Registry::open_blocking(Arc::new(wanted.clone()), metrics.clone());
+    let registry = opened.map_err(|e| {
+        ConfigErrors(vec![config::ConfigError {
+            file: config.path.clone(),
+            line: 1,
+            col: 1,
+            message: format!("[tenants] registry: {e}"),
+        }])
+    })?;
+    start.registry = Some(registry.clone());
+    start.retire_registry = previous;
+    Ok(Some(registry))
 }
 
 /// Every validator: an HTTP one whose settings did not change is the previous runtime's (with
@@ -306,11 +366,57 @@ impl Runtime {
                 old.stop();
             }
         }
+        if let Some(registry) = start.registry {
+            handle.spawn(registry.run());
+        }
+        if let Some(old) = start.retire_registry {
+            if !self.registry().is_some_and(|r| Arc::ptr_eq(r, &old)) {
+                old.stop();
+            }
+        }
     }
 
-    /// Stops the background work of its key store (when the runtime is dropped for good).
+    /// Stops the background work of its key store and tenant registry (when the runtime is
+    /// dropped for good).
     pub fn stop(&self) {
         self.auth.keys().stop();
+        if let Some(r) = self.registry() {
+            r.stop();
+        }
+    }
+
+    /// The tenant registry (`[tenants] mode = "registry"`).
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.auth.registry()
+    }
+
+    /// The sign-up pages (`[onboarding]`).
+    pub fn onboarding(&self) -> Option<&Arc<Onboarding>> {
+        self.onboarding.as_ref()
+    }
+
+    /// Answers a request on the sign-up paths (`[onboarding] path_prefix`, matched on the path
+    /// as received, before any route), or `None` when `path` is not one of them.
+    pub async fn onboarding_page(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Option<crate::onboarding::Page> {
+        let o = self.onboarding.as_ref().filter(|o| o.owns(path))?;
+        let verify = (o.settings().verify_exchange.as_deref())
+            .and_then(|name| self.exchanger(name))
+            .map(|x| &**x);
+        let cx = crate::onboarding::Context {
+            deny: &self.config().tenants.deny,
+            registry: self.registry().map(|r| &**r),
+            verify,
+            metrics: self.metrics(),
+            now: self.auth.clock().now(),
+            request_id,
+        };
+        Some(o.handle(method, path, query, cx).await)
     }
 
     /// The configuration.

@@ -19,7 +19,7 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::BadAudience => "Request the token for this API: scope \"<App ID URI>/.default\" (app-only) or \"<App ID URI>/<scope>\" (delegated). Both the App ID URI and the client id may appear as aud; list the one your tokens carry in [identity] audiences.",
         Reason::NotAccessToken => "This is not an access token (it has neither appid nor azp, as ID tokens do): acquire an access token for this API (scope \"<App ID URI>/.default\" or \"<App ID URI>/<scope>\") and send that instead.",
         Reason::BadIssuer => "List the issuer form your tokens use in [tenants] issuers: v1 tokens \"https://sts.windows.net/{tenantid}/\", v2 tokens \"https://login.microsoftonline.com/{tenantid}/v2.0\" (set by accessTokenAcceptedVersion in the API's manifest).",
-        Reason::TenantNotAllowed => "Onboard the tenant: add its id to [tenants] allow (or the tenants file), or let the tenant hook admit it.",
+        Reason::TenantNotAllowed => "Onboard the tenant: add its id to [tenants] allow (or the tenants file), let the tenant hook admit it, or (mode = \"registry\") have an administrator of the tenant sign up, or run `aadgate tenants add`/`approve`.",
         Reason::TenantDenied => "The tenant is in [tenants] deny; remove it there if it should be served.",
         Reason::ClientNotAllowed => "Add the client application's id (appid/azp) to [clients] allow or the route's clients, or add it to the API's knownClientApplications.",
         Reason::WeakClientAuth => "The client authenticated with a secret (strength 1) or none (0); use a certificate (2), a managed identity or a federated credential.",
@@ -32,5 +32,6 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::TenantNotConsented => "An administrator of the tenant must grant admin consent to the gateway's application (https://login.microsoftonline.com/{tenant}/adminconsent?client_id={client_id}).",
         Reason::ExchangeUnavailable => "The token endpoint failed; retry after Retry-After. Check the certificate registered on the app and egress to login.microsoftonline.com.",
         Reason::UpstreamUnavailable => "The upstream refused, reset or timed out; check that it runs and that upstream_read_timeout suits it.",
+        Reason::RegistryUnavailable => "The tenant registry cannot be written: check the [tenants] registry file's folder (space, permissions, read-only mount); `aadgate tenants list` shows what it holds.",
     }
 }

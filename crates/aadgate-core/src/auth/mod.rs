@@ -35,6 +35,7 @@ use hooks::Validator;
 use crate::config::{ClaimSource, Config, Route};
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 /// The parts of a request the pipeline reads.
 #[derive(Debug, Clone, Copy)]
@@ -256,6 +257,7 @@ pub struct Authenticator {
     validators: Arc<HashMap<String, Arc<Validator>>>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    registry: Option<Arc<Registry>>,
 }
 
 /// What an [`Authenticator`] is made of (for [`crate::runtime`]).
@@ -266,6 +268,7 @@ pub(crate) struct Parts {
     pub(crate) validators: HashMap<String, Arc<Validator>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Option<Arc<Registry>>,
 }
 
 impl Authenticator {
@@ -277,7 +280,13 @@ impl Authenticator {
             validators: Arc::new(p.validators),
             metrics: p.metrics,
             clock: p.clock,
+            registry: p.registry,
         }
+    }
+
+    /// The tenant registry (`[tenants] mode = "registry"`).
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
     }
 
     /// The configuration it runs.
@@ -380,7 +389,7 @@ impl Authenticator {
         let tenant = record(
             &mut t,
             "tenant",
-            tenant::check(&verified.tid, &cfg.tenants),
+            tenant::check(&verified.tid, &cfg.tenants, self.registry.as_deref()),
             |d| format!("{d:?}"),
         )?;
         if let tenant::TenantDecision::AskHook(name) = tenant {

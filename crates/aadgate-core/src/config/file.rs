@@ -97,10 +97,12 @@ pub struct ConfigFile {
     pub exchange: BTreeMap<String, Spanned<ExchangeFile>>,
     /// Every `NAME` of an `[exchange.NAME]` table, also those that could not be read.
     pub declared_exchanges: BTreeSet<String>,
+    /// `[onboarding]`; optional: absent means no sign-up pages.
+    pub onboarding: Option<Spanned<OnboardingFile>>,
 }
 
 /// The top-level tables a configuration file may have.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "identity",
     "tenants",
@@ -108,6 +110,7 @@ const SECTIONS: [&str; 7] = [
     "validators",
     "routes",
     "exchange",
+    "onboarding",
 ];
 
 /// Reads `source` into the file model, recording every problem in `r`. Returns `None` only for
@@ -132,6 +135,7 @@ pub fn parse(source: &str, r: &mut Reporter<'_>) -> Option<ConfigFile> {
             "identity" => f.identity = read(r, value),
             "tenants" => f.tenants = read(r, value),
             "clients" => f.clients = read(r, value),
+            "onboarding" => f.onboarding = read(r, value),
             "validators" => {
                 for (name, v) in named_tables(r, value, "validators") {
                     f.declared_validators.insert(name.clone());
@@ -296,7 +300,7 @@ pub struct IdentityFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsFile {
-    /// `mode`: `"allow_list"` (default), `"any"` or `"hook"`.
+    /// `mode`: `"allow_list"` (default), `"any"`, `"hook"` or `"registry"`.
     pub mode: Option<Spanned<String>>,
     /// `allow`: tenant GUIDs admitted in `allow_list` mode; default `[]`.
     #[serde(default)]
@@ -311,6 +315,40 @@ pub struct TenantsFile {
     pub file: Option<Spanned<String>>,
     /// `hook`: with `mode = "hook"`, the `[validators.NAME]` that decides per tenant.
     pub hook: Option<Spanned<String>>,
+    /// `registry`: with `mode = "registry"`, the JSON file of the tenant registry; required in
+    /// that mode.
+    pub registry: Option<Spanned<String>>,
+    /// `on_consent_lost`: `"revoke"` (default) or `"keep"`: what an exchange answer of "not
+    /// consented" does to an active registry tenant.
+    pub on_consent_lost: Option<Spanned<String>>,
+}
+
+/// `[onboarding]`: the "sign up my organization" pages (SPEC section 9).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnboardingFile {
+    /// `client_id`: the multi-tenant application tenants consent to; required.
+    pub client_id: Spanned<String>,
+    /// `redirect_uri`: the callback URL registered on the application; required.
+    pub redirect_uri: Spanned<String>,
+    /// `path_prefix`: where the gateway serves `start` and `callback`; default
+    /// `"/.aadgate/onboarding/"`.
+    pub path_prefix: Option<Spanned<String>>,
+    /// `authority`: the Entra ID login host; default `"https://login.microsoftonline.com"`.
+    pub authority: Option<Spanned<String>>,
+    /// `scope`: the permissions the administrator consents to; default: the scope of
+    /// `verify_exchange` (required without it).
+    pub scope: Option<Spanned<String>>,
+    /// `verify_exchange`: the `[exchange.NAME]` that proves consent with an app-only token
+    /// request; absent = new tenants wait as `pending`.
+    pub verify_exchange: Option<Spanned<String>>,
+    /// `state_key_file`: the HMAC key for `state` (at least 32 bytes); required.
+    pub state_key_file: Spanned<String>,
+    /// `state_ttl`: how long a sign-up link stays valid; default `"10m"`.
+    pub state_ttl: Option<Raw<Duration>>,
+    /// `success_url`: where a successful sign-up is redirected (with `tenant=<tid>`); absent = a
+    /// built-in page.
+    pub success_url: Option<Spanned<String>>,
 }
 
 /// The optional extra tenant allow-list file named by `[tenants] file`.

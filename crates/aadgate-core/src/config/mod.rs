@@ -8,9 +8,9 @@ pub mod file;
 mod model;
 
 pub use compile::{
-    is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_CLOCK_SKEW,
-    DEFAULT_ISSUERS, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL,
-    DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_SIZE,
+    is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_AUTHORITY,
+    DEFAULT_CLOCK_SKEW, DEFAULT_ISSUERS, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL,
+    DEFAULT_ONBOARDING_PREFIX, DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_SIZE,
 };
 pub use duration::{parse_duration, Duration, DurationError};
 pub use error::{ConfigError, ConfigErrors, Reporter};

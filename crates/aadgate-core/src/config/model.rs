@@ -35,6 +35,8 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     /// `[exchange.NAME]` by NAME.
     pub exchanges: HashMap<String, ExchangeSettings>,
+    /// `[onboarding]`: the sign-up pages; `None` when the table is absent.
+    pub onboarding: Option<OnboardingSettings>,
     /// Every header name configured as a claim header on any route, plus the default set:
     /// removed from every inbound request.
     pub claim_header_names: HashSet<HeaderName>,
@@ -210,6 +212,19 @@ pub enum TenantMode {
     Any,
     /// A validator decides per tenant.
     Hook(String),
+    /// A tenant is admitted when it is `active` in the tenant registry or listed in `allow`.
+    Registry,
+}
+
+/// `[tenants] on_consent_lost`: what an exchange answer of "not consented" does to an active
+/// registry tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsentLost {
+    /// `"revoke"` (default): the tenant becomes `revoked` at once, its tokens refused.
+    #[default]
+    Revoke,
+    /// `"keep"`: the tenant stays `active`; only the exchange fails.
+    Keep,
 }
 
 /// `[tenants]`
@@ -225,6 +240,53 @@ pub struct TenantSettings {
     pub issuers: Vec<String>,
     /// The allow-list file, watched for changes.
     pub file: Option<PathBuf>,
+    /// `registry`: the tenant registry's JSON file (`mode = "registry"`).
+    pub registry: Option<PathBuf>,
+    /// `on_consent_lost`: revoke (default) or keep a registry tenant whose consent is gone.
+    pub on_consent_lost: ConsentLost,
+}
+
+/// `[onboarding]`: "sign up my organization" through Entra ID admin consent (SPEC section 9).
+#[derive(Clone, PartialEq)]
+pub struct OnboardingSettings {
+    /// `client_id`: the multi-tenant application tenants consent to (lower case).
+    pub client_id: String,
+    /// `redirect_uri`: the callback URL registered on the application, sent as is.
+    pub redirect_uri: String,
+    /// `path_prefix`: starts and ends with `/`; default `/.aadgate/onboarding/`.
+    pub path_prefix: String,
+    /// `authority`: Entra ID's login host, without a trailing `/`; default
+    /// `https://login.microsoftonline.com`.
+    pub authority: String,
+    /// `scope`: the permissions the administrator consents to (space separated).
+    pub scope: String,
+    /// `verify_exchange`: the exchange whose app-only token request proves consent.
+    pub verify_exchange: Option<String>,
+    /// `state_key_file`, resolved against the config folder.
+    pub state_key_file: PathBuf,
+    /// The key read from `state_key_file` (surrounding whitespace removed). Never logged.
+    pub state_key: Arc<[u8]>,
+    /// `state_ttl`: how long a sign-up link's `state` is accepted; default 10 minutes.
+    pub state_ttl: Duration,
+    /// `success_url`: where a successful sign-up goes (`tenant=<tid>` appended).
+    pub success_url: Option<String>,
+}
+
+impl std::fmt::Debug for OnboardingSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnboardingSettings")
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("path_prefix", &self.path_prefix)
+            .field("authority", &self.authority)
+            .field("scope", &self.scope)
+            .field("verify_exchange", &self.verify_exchange)
+            .field("state_key_file", &self.state_key_file)
+            .field("state_key", &"<redacted>")
+            .field("state_ttl", &self.state_ttl)
+            .field("success_url", &self.success_url)
+            .finish()
+    }
 }
 
 /// `[clients]`

@@ -300,6 +300,11 @@ impl AppTokenCache {
         (slot, led && fetched)
     }
 
+    /// Removes `key`'s entry, whatever it holds.
+    pub fn forget(&self, key: &CacheKey) {
+        self.entries.invalidate(key);
+    }
+
     /// Removes `key`'s entry if it still holds `access_token` and no purge of `key` happened
     /// within `interval` before `now`; a newer token stays. Returns whether it was removed.
     pub fn purge(&self, key: &CacheKey, access_token: &str, now: i64, interval: Duration) -> bool {

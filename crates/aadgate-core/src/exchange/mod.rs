@@ -148,6 +148,27 @@ impl Exchanger {
         slot.answer(self.clock.now())
     }
 
+    /// A token for `tid` from a new token request, whatever the cache holds: proof that the
+    /// application is consented in the tenant now (the sign-up callback). The answer replaces
+    /// the cache entry, as [`Exchanger::token`]'s would.
+    pub async fn verify(&self, tid: &str, metrics: &Metrics) -> Result<AppToken, Rejection> {
+        let key = CacheKey::new(&tid.to_ascii_lowercase(), &self.settings.target);
+        self.cache.forget(&key);
+        self.token(tid, metrics).await
+    }
+
+    /// Forgets a failure cached for `tid` that happened at or before `since` (Unix seconds):
+    /// a tenant consented again (registry `active` since then) gets a new token request at
+    /// once instead of the old "not consented" for the rest of `failure_cache`.
+    pub fn forget_failure_before(&self, tid: &str, since: i64) {
+        let key = CacheKey::new(&tid.to_ascii_lowercase(), &self.settings.target);
+        if let Some(slot) = self.cache.current(&key) {
+            if matches!(*slot, Slot::Failed { failed_at, .. } if failed_at <= since) {
+                self.cache.forget(&key);
+            }
+        }
+    }
+
     /// Drops `access_token` from `tid`'s cache entry after the upstream answered 401 to it
     /// (whether the token was cached or fetched for that request), so the next request fetches
     /// a new token — unless a purge for the same (tenant, scope) happened less than

@@ -6,11 +6,13 @@
 mod clients;
 mod exchange;
 mod identity;
+mod onboarding;
 mod routes;
 mod server;
 mod tenants;
 mod validators;
 
+pub use onboarding::{DEFAULT_AUTHORITY, DEFAULT_ONBOARDING_PREFIX};
 pub use tenants::{load_tenant_file, TenantFileError};
 
 use std::collections::HashSet;
@@ -154,6 +156,10 @@ impl Compiler<'_> {
         let validators = self.validators(&f.validators);
         let exchanges = self.exchanges(&f.exchange);
         let routes = self.routes(&f, &validators, &exchanges, &clients);
+        let onboarding = f
+            .onboarding
+            .as_ref()
+            .map(|s| self.onboarding(s, tenants.as_ref().map(|t| &t.mode), &exchanges));
 
         let mut claim_header_names: HashSet<HeaderName> = default_claim_headers()
             .into_iter()
@@ -172,6 +178,10 @@ impl Compiler<'_> {
             validators,
             routes,
             exchanges,
+            onboarding: match onboarding {
+                None => None,
+                Some(o) => Some(o?),
+            },
             claim_header_names,
             validator_header_names,
             warnings: Vec::new(),

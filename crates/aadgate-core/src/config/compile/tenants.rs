@@ -8,7 +8,7 @@ use serde_spanned::Spanned;
 use super::{is_guid, Compiler, DEFAULT_ISSUERS};
 use crate::config::error::{ConfigError, Reporter};
 use crate::config::file::{self, ConfigFile};
-use crate::config::model::{TenantMode, TenantSettings};
+use crate::config::model::{ConsentLost, TenantMode, TenantSettings};
 
 impl Compiler<'_> {
     fn tenant_ids(&mut self, list: &[Spanned<String>], what: &str) -> HashSet<String> {
@@ -60,11 +60,20 @@ impl Compiler<'_> {
                     TenantMode::Hook(h.get_ref().clone())
                 }
             },
+            Some(("registry", span)) => {
+                if f.registry.is_none() {
+                    self.r.error(
+                        span,
+                        "mode = \"registry\" needs `registry = \"FILE\"` (the tenant registry's JSON file, e.g. /var/lib/aadgate/tenants.json)",
+                    );
+                }
+                TenantMode::Registry
+            }
             Some((other, span)) => {
                 self.r.error(
                     span,
                     format!(
-                        "unknown tenant mode {other:?}; use \"allow_list\", \"any\" or \"hook\""
+                        "unknown tenant mode {other:?}; use \"allow_list\", \"any\", \"hook\" or \"registry\""
                     ),
                 );
                 TenantMode::AllowList
@@ -76,6 +85,28 @@ impl Compiler<'_> {
                     .error(h.span(), "`hook` is only used with mode = \"hook\"");
             }
         }
+        let registry = f.registry.as_ref().map(|p| {
+            if mode != TenantMode::Registry {
+                self.r
+                    .error(p.span(), "`registry` is only used with mode = \"registry\"");
+            }
+            self.path(p.get_ref())
+        });
+        let on_consent_lost = match f
+            .on_consent_lost
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("revoke", _)) => ConsentLost::Revoke,
+            Some(("keep", _)) => ConsentLost::Keep,
+            Some((other, span)) => {
+                self.r.error(
+                    span,
+                    format!("unknown on_consent_lost {other:?}; use \"revoke\" or \"keep\""),
+                );
+                ConsentLost::Revoke
+            }
+        };
         let file = f.file.as_ref().map(|p| {
             let path = self.path(p.get_ref());
             match load_tenant_file(&path) {
@@ -110,6 +141,8 @@ impl Compiler<'_> {
             deny,
             issuers,
             file,
+            registry,
+            on_consent_lost,
         })
     }
 }
