@@ -44,6 +44,8 @@ pub(crate) enum Command {
     DevIdp(DevIdpArgs),
     /// Mint a token signed by the emulator's key.
     DevToken(DevTokenArgs),
+    /// List or change the tenant registry ([tenants] mode = "registry").
+    Tenants(crate::tenants_cli::TenantsArgs),
 }
 
 /// `run`

@@ -9,6 +9,7 @@ mod demo;
 mod explain;
 mod log_writer;
 mod server;
+mod tenants_cli;
 
 use std::process::ExitCode;
 
@@ -82,6 +83,13 @@ fn dispatch(cli: Cli) -> ExitCode {
             explain::main(&path, &args)
         }
         Some(Command::Demo(args)) => demo::main(&args),
+        Some(Command::Tenants(args)) => {
+            let path = match need_config() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            tenants_cli::main(&path, &args)
+        }
         Some(Command::DevIdp(args)) => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/tenants` (the
+//! tenant registry as JSON).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<SharedSt
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
+        .route("/tenants", get(tenants))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin listener stopped");
@@ -30,6 +32,24 @@ async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// `GET /tenants`: the registry as last read, where it is stored, and the last read error.
+async fn tenants(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
+    let runtime = state.current();
+    let Some(registry) = runtime.registry() else {
+        let body = serde_json::json!({
+            "error": "this gateway has no tenant registry ([tenants] mode is not \"registry\")",
+        });
+        return (StatusCode::NOT_FOUND, axum::Json(body));
+    };
+    let snapshot = registry.snapshot();
+    let body = serde_json::json!({
+        "store": registry.store().describe(),
+        "error": registry.error(),
+        "tenants": snapshot.tenants().map(crate::tenants_cli::record_json).collect::<Vec<_>>(),
+    });
+    (StatusCode::OK, axum::Json(body))
 }
 
 async fn readyz(State(state): State<Arc<SharedState>>) -> impl IntoResponse {

@@ -21,6 +21,7 @@ use aadgate_core::auth::{Principal, Reason, Rejection};
 use aadgate_core::config::Route;
 use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
 use aadgate_core::metrics::{RequestOutcome, NO_ROUTE};
+use aadgate_core::onboarding::Page;
 use aadgate_core::reason::Caller;
 use aadgate_core::request_id::{request_id, RequestId};
 use aadgate_core::runtime::Runtime;
@@ -120,6 +121,22 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str)
     Ok(())
 }
 
+/// Writes a sign-up page or redirect (`[onboarding]`).
+async fn write_page(session: &mut Session, page: Page, head: bool) -> Result<()> {
+    let mut resp = ResponseHeader::build(page.status, Some(page.headers.len() + 1))?;
+    for (name, value) in page.headers {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header("content-length", page.body.len().to_string())?;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session
+            .write_response_body(Some(Bytes::from(page.body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -148,6 +165,23 @@ impl ProxyHttp for Gateway {
         ctx.started = Instant::now();
         ctx.request_id = request_id(session.req_header().headers.get("x-request-id"));
         let runtime = self.state.current();
+        if runtime.onboarding().is_some() {
+            let req = session.req_header();
+            let (method, path, query) = (
+                req.method.clone(),
+                req.uri.path().to_string(),
+                req.uri.query().map(str::to_string),
+            );
+            let page = runtime
+                .onboarding_page(&method, &path, query.as_deref(), ctx.request_id.as_str())
+                .await;
+            if let Some(page) = page {
+                ctx.rejection = page.reason;
+                ctx.runtime = Some(runtime);
+                write_page(session, page, method == http::Method::HEAD).await?;
+                return Ok(true);
+            }
+        }
         let admitted = admission::admit(
             &runtime,
             &mut Head(session.req_header_mut()),
