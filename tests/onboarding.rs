@@ -17,6 +17,11 @@ use serde_json::Value;
 const APP: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 /// A tenant in `[tenants] deny`.
 const DENIED: &str = "44444444-4444-4444-8444-444444444444";
+/// The application permissions an administrator's consent grants.
+fn roles() -> Vec<String> {
+    vec!["User.Read.All".to_string()]
+}
+
 /// A throwaway test key for `state` (32+ bytes).
 const STATE_KEY: &str = "test-only-onboarding-state-key-0123456789";
 
@@ -261,7 +266,7 @@ async fn a_consented_tenant_signs_up_and_its_tokens_are_accepted() {
     );
     assert!(body.contains("not onboarded"), "{body}");
     // The administrator accepts in Entra ID (the service principal appears), which redirects.
-    s.w.idp.consent(TENANT_B, APP, vec![]);
+    s.w.idp.consent(TENANT_B, APP, roles());
     let (status, reason, body) = s
         .callback(&format!(
             "admin_consent=True&tenant={TENANT_B}&scope=x&state={}",
@@ -308,7 +313,7 @@ async fn a_consented_tenant_signs_up_and_its_tokens_are_accepted() {
 #[tokio::test]
 async fn forged_callbacks_record_nothing() {
     let s = setup(true, "").await;
-    s.w.idp.consent(DENIED, APP, vec![]);
+    s.w.idp.consent(DENIED, APP, roles());
     s.w.idp.add_tenant(TENANT_C);
     let mut cases: Vec<(String, u16, &str, &str, &str)> = vec![
         // (query, status, reason, result, page text)
@@ -346,6 +351,17 @@ async fn forged_callbacks_record_nothing() {
         "not_consented",
         "not consented",
     ));
+    // A service principal without application permissions (a user's consent): not admin
+    // consent.
+    s.w.idp.consent(TENANT_A, APP, vec![]);
+    let (_, st) = s.start().await;
+    cases.push((
+        format!("admin_consent=True&tenant={TENANT_A}&state={}", q(&st)),
+        403,
+        "tenant_not_consented",
+        "not_consented",
+        "no application permission",
+    ));
     // A denied tenant, even one that consented.
     let (_, st) = s.start().await;
     cases.push((
@@ -378,7 +394,7 @@ async fn consent_withdrawn_revokes_the_tenant_on_every_route() {
     let s = setup(true, "").await;
     // App-only tokens that are never fresh: every exchange makes a token request.
     s.w.idp.set_token_lifetime(1);
-    s.w.idp.consent(TENANT_B, APP, vec![]);
+    s.w.idp.consent(TENANT_B, APP, roles());
     let (_, state) = s.start().await;
     s.callback(&format!(
         "admin_consent=True&tenant={TENANT_B}&state={}",
@@ -424,7 +440,7 @@ async fn consent_withdrawn_revokes_the_tenant_on_every_route() {
     assert_eq!((code, v["consented"].as_bool()), (1, Some(false)), "{out}");
     // Consent again and `tenants add`: active again, and the exchange works at once (the
     // failure the exchange cached before is not answered again).
-    s.w.idp.consent(TENANT_B, APP, vec![]);
+    s.w.idp.consent(TENANT_B, APP, roles());
     let (code, out, err) = s
         .cli(&["add", TENANT_B, "--reason", "consented again"])
         .await;
@@ -511,7 +527,7 @@ async fn an_unreadable_registry_loses_nothing() {
     // Tenants keep being served from the last good registry.
     assert_eq!(s.api(TENANT_A, "/orders").await.0, 200);
     // A sign-up cannot be recorded: a clear page, nothing written.
-    s.w.idp.consent(TENANT_B, APP, vec![]);
+    s.w.idp.consent(TENANT_B, APP, roles());
     let (_, state) = s.start().await;
     let (status, reason, body) = s
         .callback(&format!(
@@ -555,7 +571,7 @@ async fn the_sign_up_paths_come_before_a_catch_all_route() {
     assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(r.headers()["x-aadgate-reason"], "route_not_found");
     // success_url: a 302 with the tenant, nothing taken from the request.
-    s.w.idp.consent(TENANT_A, APP, vec![]);
+    s.w.idp.consent(TENANT_A, APP, roles());
     let (_, state) = s.start().await;
     let r = client()
         .get(s.gw.url(&format!(

@@ -36,6 +36,29 @@ use crate::registry::{AddedBy, Change, Registry, RegistryError, TenantState};
 
 /// Longest `error_description` shown on a page, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Most tenants waiting as `pending`: without `verify_exchange` anyone can send a callback, so
+/// the registry does not grow without bound; beyond it, new sign-ups get `503`.
+pub const MAX_PENDING: usize = 1000;
+
+/// Whether an app-only token's `roles` claim names at least one application permission: admin
+/// consent grants them; a service principal made by a user's consent has none. The token
+/// comes straight from the tenant's token endpoint, so its payload is read without verifying
+/// the signature (the gateway is not its audience).
+fn grants_roles(token: &str) -> bool {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    claims["roles"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|v| v.as_str().is_some_and(|s| !s.is_empty())))
+}
 
 /// The sign-up paths of one configuration; the `state` ledger outlives reloads.
 #[derive(Debug)]
@@ -133,7 +156,9 @@ impl Onboarding {
             );
             return page::error(&r, cx.request_id);
         }
-        if method != Method::GET && method != Method::HEAD {
+        // HEAD only for `start`: a callback uses up its state and records a tenant.
+        let allowed = method == Method::GET || (method == Method::HEAD && rest == "start");
+        if !allowed {
             let r = Rejection::new(
                 Reason::BadRequest,
                 format!("the sign-up pages answer GET, not {method}"),
@@ -234,6 +259,13 @@ impl Onboarding {
         let refuse = |outcome, r: Rejection| (outcome, page::error(&r, cx.request_id));
         let (state, outcome, reason) = match cx.verify {
             Some(exchanger) => match exchanger.verify(tid, cx.metrics).await {
+                Ok(token) if !grants_roles(&token.access_token) => {
+                    let message = format!("The application has a service principal in tenant {tid}, but its app-only token carries no application permission: an administrator has not granted admin consent (a user's consent creates the service principal without granting application permissions). Nothing was recorded; an administrator of the tenant can start the sign-up again and accept.");
+                    return refuse(
+                        Outcome::NotConsented,
+                        Rejection::new(Reason::TenantNotConsented, message),
+                    );
+                }
                 Ok(_) => (
                     TenantState::Active,
                     Outcome::Ok,
@@ -268,6 +300,17 @@ impl Onboarding {
                 ),
             );
         };
+        let pending = (registry.snapshot().tenants())
+            .filter(|r| r.state == TenantState::Pending)
+            .count();
+        if state == TenantState::Pending && pending >= MAX_PENDING && registry.state(tid).is_none()
+        {
+            let message = format!("{pending} sign-ups already wait for approval; nothing was recorded. The API's operators need to approve or remove them first (`aadgate tenants list`).");
+            return refuse(
+                Outcome::Error,
+                Rejection::new(Reason::RegistryUnavailable, message),
+            );
+        }
         let change = Change::Record {
             tenant: tid.to_string(),
             state,

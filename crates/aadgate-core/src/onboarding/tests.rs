@@ -192,3 +192,45 @@ async fn other_paths_under_the_prefix_are_not_found_and_only_get_is_served() {
     assert!(f.onboarding.owns("/.aadgate/onboarding/start"));
     assert!(!f.onboarding.owns("/orders/"));
 }
+
+#[test]
+fn only_a_token_with_application_permissions_proves_admin_consent() {
+    use base64::Engine;
+    let token = |claims: &str| {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b("{}"), b(claims))
+    };
+    assert!(grants_roles(&token(r#"{"roles":["User.Read.All"]}"#)));
+    for claims in [
+        r#"{}"#,
+        r#"{"roles":[]}"#,
+        r#"{"roles":[""]}"#,
+        r#"{"roles":"x"}"#,
+    ] {
+        assert!(!grants_roles(&token(claims)), "{claims}");
+    }
+    assert!(!grants_roles("not-a-token"));
+    assert!(!grants_roles("a.!!!.c"));
+}
+
+#[tokio::test]
+async fn a_head_request_never_uses_up_a_callback() {
+    let f = fixture().await;
+    let state = f.state().await;
+    let q = format!("admin_consent=True&tenant={TID}&state={}", encode(&state));
+    let cx = Context {
+        deny: &f.deny,
+        registry: Some(&f.registry),
+        verify: None,
+        metrics: &f.metrics,
+        now: NOW,
+        request_id: "rid",
+    };
+    let head = f
+        .onboarding
+        .handle(&Method::HEAD, "/.aadgate/onboarding/callback", Some(&q), cx)
+        .await;
+    assert_eq!(head.status, http::StatusCode::BAD_REQUEST);
+    let get = f.get("/.aadgate/onboarding/callback", &q, NOW).await;
+    assert_eq!(get.status, http::StatusCode::OK, "{}", get.body);
+}

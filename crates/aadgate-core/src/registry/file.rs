@@ -19,6 +19,9 @@ use async_trait::async_trait;
 
 use super::{Applied, Change, RegistryError, RegistryStore, Snapshot, Version};
 
+/// Longest wait for another writer's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The registry as a JSON file; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -110,6 +113,29 @@ impl FileStore {
         })
     }
 
+    /// Takes the writers' lock, waiting at most [`LOCK_WAIT`] for another writer.
+    fn lock(&self, lock: &File) -> Result<(), RegistryError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    // A writer holds it for a few milliseconds; this runs on a blocking thread.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(self.unavailable(
+                        "is locked by another writer",
+                        format!("still locked after {}s", LOCK_WAIT.as_secs()),
+                    ))
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(self.unavailable("cannot be locked", e))
+                }
+            }
+        }
+    }
+
     fn update_locked(
         &self,
         change: &Change,
@@ -123,8 +149,7 @@ impl FileStore {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| self.unavailable("its lock file cannot be opened", e))?;
-        lock.lock()
-            .map_err(|e| self.unavailable("cannot be locked", e))?;
+        self.lock(&lock)?;
         let (mut snapshot, version) = self.read()?;
         let applied = snapshot.apply(change, now)?;
         if applied == Applied::Unchanged {

@@ -85,6 +85,9 @@ pub struct Registry {
     version: Mutex<Option<Version>>,
     /// The last read error, while it lasts (shown by `GET /tenants`).
     error: Mutex<Option<String>>,
+    /// Revocations made in this process that the store did not take yet: applied again to
+    /// every read, and stored again, until a write succeeds.
+    unsaved: Mutex<Vec<Change>>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -133,6 +136,7 @@ impl Registry {
             current: ArcSwap::from_pointee(snapshot),
             version: Mutex::new(version),
             error: Mutex::new(None),
+            unsaved: Mutex::new(Vec::new()),
             metrics,
             stop: tokio::sync::watch::channel(false).0,
         };
@@ -200,21 +204,51 @@ impl Registry {
         self.metrics.tenant_revocations.inc();
         tracing::warn!(tenant = tid, reason, "tenant revoked: consent withdrawn");
         if let Err(e) = self.apply(&change).await {
-            tracing::error!(tenant = tid, error = %e, store = %self.store.describe(), "the revocation could not be stored; the tenant stays revoked in this process");
+            tracing::error!(tenant = tid, error = %e, store = %self.store.describe(), "the revocation could not be stored; the tenant stays revoked in this process, and storing is retried");
+            if let Ok(mut unsaved) = self.unsaved.lock() {
+                unsaved.push(change);
+            }
         }
         true
     }
 
+    /// Stores the revocations a failed write left behind; keeps those that fail again.
+    async fn store_unsaved(&self) {
+        let pending = match self.unsaved.lock() {
+            Ok(mut u) if !u.is_empty() => std::mem::take(&mut *u),
+            _ => return,
+        };
+        let mut left = Vec::new();
+        for change in pending {
+            if self.apply(&change).await.is_err() {
+                left.push(change);
+            }
+        }
+        if let Ok(mut u) = self.unsaved.lock() {
+            u.extend(left);
+        }
+    }
+
     /// Reads the store again if its version changed. Returns whether the snapshot changed.
     pub async fn refresh(&self) -> bool {
+        self.store_unsaved().await;
         let seen = self.version.lock().ok().and_then(|v| v.clone());
         let result = match self.store.version().await {
             Ok(v) if v == seen && self.error().is_none() => return false,
+            // A registry that existed and is gone (an unmounted volume, a deleted file) is an
+            // error, not an empty registry: the last one read stays in force.
+            Ok(None) if seen.is_some() => Err(RegistryError::Unavailable(format!(
+                "{}: the registry is gone (deleted or unmounted); recreate it, e.g. from a backup, or with `aadgate tenants add`",
+                self.store.describe()
+            ))),
             Ok(_) => self.store.load().await,
             Err(e) => Err(e),
         };
         match result {
-            Ok((snapshot, version)) => {
+            Ok((mut snapshot, version)) => {
+                for change in self.unsaved.lock().map(|u| u.clone()).unwrap_or_default() {
+                    let _ = snapshot.apply(&change, crate::clock::unix_now());
+                }
                 if let Ok(mut e) = self.error.lock() {
                     if e.take().is_some() {
                         tracing::info!(store = %self.store.describe(), "tenant registry readable again");

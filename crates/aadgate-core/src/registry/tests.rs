@@ -175,3 +175,35 @@ fn an_unreadable_registry_fails_the_open() {
     let opened = Registry::open_blocking(Arc::new(FileStore::new(&path)), Arc::new(Metrics::new()));
     assert!(matches!(opened, Err(RegistryError::Unavailable(_))));
 }
+
+#[tokio::test]
+async fn a_deleted_registry_keeps_the_last_one_and_a_lost_revocation_is_stored_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tenants.json");
+    let metrics = Arc::new(Metrics::new());
+    let registry = Registry::open(Arc::new(FileStore::new(&path)), metrics)
+        .await
+        .expect("open");
+    registry
+        .apply(&record(A, TenantState::Active))
+        .await
+        .expect("add");
+    let saved = std::fs::read_to_string(&path).expect("read");
+    // Deleted under the running gateway: not an empty registry.
+    std::fs::remove_file(&path).expect("remove");
+    assert!(!registry.refresh().await);
+    assert_eq!(registry.state(A), Some(TenantState::Active));
+    assert!(registry.error().is_some_and(|e| e.contains("gone")));
+    // A folder where the file was: the revocation cannot be stored, yet applies here, and
+    // survives the next reads until it is stored.
+    std::fs::create_dir(&path).expect("mkdir");
+    assert!(registry.revoke(A, "consent withdrawn").await);
+    assert!(!registry.refresh().await);
+    assert_eq!(registry.state(A), Some(TenantState::Revoked));
+    std::fs::remove_dir(&path).expect("rmdir");
+    std::fs::write(&path, saved).expect("restore the old file, A active");
+    registry.refresh().await;
+    assert_eq!(registry.state(A), Some(TenantState::Revoked));
+    let stored = FileStore::new(&path).load().await.expect("load").0;
+    assert_eq!(stored.get(A).map(|r| r.state), Some(TenantState::Revoked));
+}

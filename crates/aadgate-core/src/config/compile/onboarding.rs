@@ -101,13 +101,14 @@ impl Compiler<'_> {
                 ExchangeTarget::Scope(s) => s.clone(),
                 ExchangeTarget::Resource(r) => format!("{}/.default", r.trim_end_matches('/')),
             }),
-            (None, None) => {
+            (None, None) if f.verify_exchange.is_none() => {
                 self.r.error(
                     s.span(),
                     "missing field `scope` (the permissions the administrator consents to, e.g. \"https://graph.microsoft.com/.default\"); it defaults to the scope of `verify_exchange` when that is set",
                 );
                 None
             }
+            (None, None) => None,
         };
         let state_key_file = self.path(f.state_key_file.get_ref());
         let state_key = match std::fs::read(&state_key_file) {
