@@ -178,7 +178,11 @@ fn verify(
     let exchanger = Arc::new(Exchanger::new(settings));
     let answer = rt.block_on(exchanger.verify(tid, &Metrics::new()));
     let (consented, detail) = match &answer {
-        Ok(_) => (Some(true), "an app-only token was issued".to_string()),
+        Ok(token) if !aadgate_core::onboarding::grants_roles(&token.access_token) => (
+            Some(false),
+            "an app-only token was issued, but without application permissions (roles): no administrator granted admin consent".to_string(),
+        ),
+        Ok(_) => (Some(true), "an app-only token with application permissions was issued".to_string()),
         Err(r) if r.reason == Reason::TenantNotConsented => (Some(false), r.message.clone()),
         Err(r) => (None, r.message.clone()),
     };

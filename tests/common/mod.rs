@@ -2,6 +2,8 @@
 //! run time, the in-crate AAD emulator and an echo upstream.
 #![allow(dead_code)]
 
+pub(crate) mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -44,7 +44,7 @@ pub const MAX_PENDING: usize = 1000;
 /// consent grants them; a service principal made by a user's consent has none. The token
 /// comes straight from the tenant's token endpoint, so its payload is read without verifying
 /// the signature (the gateway is not its audience).
-fn grants_roles(token: &str) -> bool {
+pub fn grants_roles(token: &str) -> bool {
     use base64::Engine;
     let Some(payload) = token.split('.').nth(1) else {
         return false;
