@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use aadgate_emulator::{AppArg, ConsentArg, DevIdpOptions, DevTokenOptions};
+use aadgate_emulator::{AppArg, ConsentArg, DevIdpOptions, DevTokenOptions, RedirectUriArg};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Log output format.
@@ -112,6 +112,9 @@ pub struct DevIdpArgs {
     /// Admin-consent an app in a tenant with app roles (repeatable).
     #[arg(long = "consent", value_name = "TENANT=CLIENT_ID:ROLE1,ROLE2")]
     pub consents: Vec<ConsentArg>,
+    /// Register a redirect URI of an app for the admin-consent page (repeatable).
+    #[arg(long = "redirect-uri", value_name = "CLIENT_ID=URL")]
+    pub redirect_uris: Vec<RedirectUriArg>,
 }
 
 impl From<DevIdpArgs> for DevIdpOptions {
@@ -121,6 +124,7 @@ impl From<DevIdpArgs> for DevIdpOptions {
             key: args.key,
             apps: args.apps,
             consents: args.consents,
+            redirect_uris: args.redirect_uris,
         }
     }
 }
@@ -339,6 +343,8 @@ mod tests {
             "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c=certs/app.crt",
             "--consent",
             "72f988bf-86f1-41af-91ab-2d7cd011db47=3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c:Mail.Read,Mail.Send",
+            "--redirect-uri",
+            "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c=https://api.contoso.com/cb?a=b",
         ])
         .expect("parse") else {
             panic!("not dev-idp");
@@ -350,6 +356,10 @@ mod tests {
         );
         assert_eq!(options.apps[0].cert_pem, PathBuf::from("certs/app.crt"));
         assert_eq!(options.consents[0].roles, vec!["Mail.Read", "Mail.Send"]);
+        assert_eq!(
+            options.redirect_uris[0].url,
+            "https://api.contoso.com/cb?a=b"
+        );
         assert!(parse(&["dev-idp", "--consent", "not-a-guid=x:y"]).is_err());
         assert!(parse(&["dev-idp", "--app", "no-equals"]).is_err());
         let Command::DevIdp(defaults) = parse(&["dev-idp"]).expect("parse") else {

@@ -16,7 +16,9 @@ use serde_json::Value;
 use super::keys::{default_dev_key_path, SigningKey};
 use super::mint::TokenSpec;
 use super::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
-use super::{is_guid, EmulatorError, DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, DEFAULT_TENANT};
+use super::{
+    is_guid, EmulatorError, DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, DEFAULT_TENANT, GRAPH_RESOURCE,
+};
 
 /// `--app CLIENT_ID=CERT_PEM`: an app registration with one certificate file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,37 @@ pub struct AppArg {
     pub client_id: String,
     /// PEM certificate file whose key may sign client assertions.
     pub cert_pem: PathBuf,
+}
+
+/// `--redirect-uri CLIENT_ID=URL`: a redirect URI of an app for the admin-consent endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectUriArg {
+    /// Application (client) id.
+    pub client_id: String,
+    /// The redirect URI, compared exactly by the consent page.
+    pub url: String,
+}
+
+impl FromStr for RedirectUriArg {
+    type Err = String;
+
+    /// Parses `CLIENT_ID=URL` (split at the first `=`, so the URL may hold `=`); the message of
+    /// the error names the expected form.
+    fn from_str(text: &str) -> Result<RedirectUriArg, String> {
+        let usage = || format!("expected CLIENT_ID=URL, got '{text}'");
+        let (client_id, url) = text.split_once('=').ok_or_else(usage)?;
+        let (client_id, url) = (client_id.trim(), url.trim());
+        if client_id.is_empty() || url.is_empty() {
+            return Err(usage());
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("redirect URI '{url}' is not an http(s) URL"));
+        }
+        Ok(RedirectUriArg {
+            client_id: client_id.to_string(),
+            url: url.to_string(),
+        })
+    }
 }
 
 /// `--consent TENANT=CLIENT_ID:ROLE1,ROLE2`: admin consent of an app in a tenant.
@@ -97,6 +130,9 @@ pub struct DevIdpOptions {
     pub apps: Vec<AppArg>,
     /// Admin consents of apps in tenants, with app roles.
     pub consents: Vec<ConsentArg>,
+    /// Redirect URIs of apps for the admin-consent endpoints (an app named only here is
+    /// registered without credentials). Default: none.
+    pub redirect_uris: Vec<RedirectUriArg>,
 }
 
 /// What `aadgate dev-token` mints (SPEC section 2); `None` and empty fields take the defaults
@@ -144,6 +180,15 @@ pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, Emula
             .remove(&app.client_id)
             .unwrap_or_else(|| AppRegistration::new(&app.client_id));
         apps.insert(app.client_id.clone(), entry.with_certificate_pem(&pem)?);
+    }
+    for redirect in &args.redirect_uris {
+        let entry = apps
+            .remove(&redirect.client_id)
+            .unwrap_or_else(|| AppRegistration::new(&redirect.client_id));
+        apps.insert(
+            redirect.client_id.clone(),
+            entry.with_redirect_uri(&redirect.url),
+        );
     }
     let emulator = Emulator::start(
         args.listen,
@@ -196,6 +241,7 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), Emulato
             consent.roles.join(", ")
         );
     }
+    print_consent_urls(&emulator, &args.redirect_uris);
     println!();
     println!(
         "Gateway config:  [identity] metadata_url = \"{}\"",
@@ -218,6 +264,26 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), Emulato
         .map_err(|e| EmulatorError::io("waiting for Ctrl-C", e))?;
     emulator.shutdown().await;
     Ok(())
+}
+
+/// Prints, for each app with a redirect URI, the admin consent URL an administrator opens.
+fn print_consent_urls(emulator: &EmulatorHandle, redirects: &[RedirectUriArg]) {
+    if redirects.is_empty() {
+        return;
+    }
+    println!();
+    println!("Admin consent (opens the consent page; Accept creates the service principal):");
+    for redirect in redirects {
+        println!(
+            "  {}",
+            emulator.admin_consent_url(
+                "organizations",
+                &redirect.client_id,
+                &redirect.url,
+                &format!("{GRAPH_RESOURCE}/.default"),
+            )
+        );
+    }
 }
 
 /// The [`TokenSpec`] `dev-token` options describe; an error for a `--claim` without a name.
@@ -384,6 +450,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn redirect_uri_values_parse() {
+        let arg: RedirectUriArg = "c1=https://api.contoso.com/cb?a=b&c=d"
+            .parse()
+            .expect("redirect");
+        assert_eq!(arg.client_id, "c1");
+        assert_eq!(arg.url, "https://api.contoso.com/cb?a=b&c=d");
+        for bad in [
+            "no-equals",
+            "=https://x/cb",
+            "c1=",
+            "c1=ftp://x/cb",
+            "c1=/cb",
+        ] {
+            assert!(bad.parse::<RedirectUriArg>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dev_idp_registers_redirect_uris_so_its_consent_url_shows_the_page() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
+        let redirect = "http://127.0.0.1:9/.aadgate/onboarding/callback";
+        let idp = start_dev_idp(&DevIdpOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: Some(dir.path().join("dev-key.pem")),
+            apps: vec![],
+            consents: vec![],
+            redirect_uris: vec![format!("{client}={redirect}").parse().expect("arg")],
+        })
+        .await
+        .expect("dev-idp");
+        let url = idp.admin_consent_url(
+            "organizations",
+            client,
+            redirect,
+            "https://graph.microsoft.com/.default",
+        );
+        assert_eq!(
+            url,
+            format!(
+                "{}/organizations/v2.0/adminconsent?client_id={client}\
+                 &redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2F.aadgate%2Fonboarding%2Fcallback\
+                 &scope=https%3A%2F%2Fgraph.microsoft.com%2F.default",
+                idp.base_url()
+            )
+        );
+        let page = reqwest::get(&url).await.expect("get");
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.expect("text").contains("id=\"accept\""));
+        idp.shutdown().await;
+    }
+
     #[tokio::test]
     async fn dev_token_verifies_against_dev_idp_sharing_the_key_file() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -410,6 +529,7 @@ mod tests {
                 client_id: "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c".into(),
                 roles: vec!["Mail.Read".into()],
             }],
+            redirect_uris: vec![],
         })
         .await
         .expect("dev-idp");

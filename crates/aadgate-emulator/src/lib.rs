@@ -19,6 +19,9 @@
 //!   switches for tests (key rotation, outage, forced token endpoint failures);
 //! - [`token_endpoint`]: the `oauth2/token` and `oauth2/v2.0/token` endpoints, checking client
 //!   assertions in AAD's order and answering AAD's errors;
+//! - `consent`: the admin-consent endpoints (`/{tenant}/v2.0/adminconsent`,
+//!   `/{tenant}/oauth2/authorize?prompt=admin_consent`) with their HTML consent page, Accept and
+//!   Cancel redirects and AADSTS error pages;
 //! - [`outlook`]: [`MockOutlook`], an Outlook REST / Microsoft Graph mail API that checks bearer
 //!   tokens the way Exchange Online does and answers its `x-ms-diagnostics`;
 //! - [`echo`]: [`EchoServer`], an upstream that reports what it received (streaming) and can hold
@@ -26,6 +29,7 @@
 //! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
 #![forbid(unsafe_code)]
 
+mod consent;
 pub mod dev;
 pub mod echo;
 pub mod keys;
@@ -38,7 +42,7 @@ pub mod token_endpoint;
 
 pub use dev::{
     dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpOptions,
-    DevTokenOptions,
+    DevTokenOptions, RedirectUriArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};

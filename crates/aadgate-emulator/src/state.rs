@@ -1,12 +1,14 @@
 //! The emulator's shared state: the directory of tenants, apps and service principals, the
 //! signing keys, the counters and the token request log, with the public types that describe a
-//! token request. The server (metadata, keys, the handle's knobs) and the token endpoint both
-//! read and write it; it imports neither, so the module graph stays a tree.
+//! token request. The server (metadata, keys, the handle's knobs, the control endpoints), the
+//! token endpoint and the admin-consent flow read and write it; it imports none of them, so the
+//! module graph stays a tree.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Mutex, RwLock};
 
+use crate::is_guid;
 use crate::keys::SigningKey;
 use crate::serve::read;
 
@@ -79,6 +81,10 @@ pub(crate) struct RegisteredApp {
     pub display_name: String,
     pub certs: Vec<RegisteredCert>,
     pub secrets: Vec<String>,
+    /// Redirect URIs, compared exactly (case and trailing slash included), as Entra ID does.
+    pub redirect_uris: Vec<String>,
+    /// Application permissions (app roles) the app asks for when an admin consents.
+    pub app_roles: Vec<String>,
 }
 
 /// An app's service principal in one tenant.
@@ -91,6 +97,9 @@ pub(crate) struct ServicePrincipal {
 /// Tenants, apps and service principals. Keys are lower-case.
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
+    /// Tenants the directory has seen (the default tenant, added, named, consented, home
+    /// tenants): the organizations the consent page offers. Every well-formed GUID is a tenant
+    /// for the endpoints, seen or not.
     pub tenants: HashSet<String>,
     /// Registered tenant names (lower-case, e.g. `contoso.onmicrosoft.com`) → tenant GUID.
     pub tenant_names: HashMap<String, String>,
@@ -99,8 +108,90 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
-    pub(crate) fn knows_tenant(&self, tenant: &str) -> bool {
-        self.tenants.contains(&tenant.to_ascii_lowercase())
+    /// The tenant GUID (lower-case) a `{tenant}` value names: any well-formed GUID, or a
+    /// registered name; `None` for anything else (`common`, `organizations` included).
+    pub(crate) fn resolve_tenant(&self, tenant: &str) -> Option<String> {
+        let lower = tenant.trim().to_ascii_lowercase();
+        if is_guid(&lower) {
+            return Some(lower);
+        }
+        self.tenant_names.get(&lower).cloned()
+    }
+
+    /// Makes `tenant` (a GUID) seen.
+    pub(crate) fn add_tenant(&mut self, tenant: &str) {
+        self.tenants.insert(tenant.to_ascii_lowercase());
+    }
+
+    /// Registers `name` as a name of `tenant` (which becomes seen).
+    pub(crate) fn add_tenant_name(&mut self, name: &str, tenant: &str) {
+        let tenant = tenant.to_ascii_lowercase();
+        self.tenants.insert(tenant.clone());
+        self.tenant_names.insert(name.to_ascii_lowercase(), tenant);
+    }
+
+    /// How the consent page names `tenant`: its first registered name in sort order, else the
+    /// GUID.
+    pub(crate) fn tenant_label(&self, tenant: &str) -> String {
+        self.tenant_names
+            .iter()
+            .filter(|(_, tid)| tid.as_str() == tenant)
+            .map(|(name, _)| name)
+            .min()
+            .cloned()
+            .unwrap_or_else(|| tenant.to_string())
+    }
+
+    /// Every seen tenant as (GUID, label), sorted by label.
+    pub(crate) fn seen_tenants(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .tenants
+            .iter()
+            .map(|tid| (tid.clone(), self.tenant_label(tid)))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
+    /// Admin consent: sets the app's service principal in `tenant` to exactly `roles`,
+    /// creating it when absent, and makes the tenant seen.
+    pub(crate) fn set_consent(&mut self, tenant: &str, client_id: &str, roles: Vec<String>) {
+        let tenant = tenant.to_ascii_lowercase();
+        self.tenants.insert(tenant.clone());
+        let sp = self
+            .principals
+            .entry((tenant, client_id.to_ascii_lowercase()))
+            .or_default();
+        sp.roles = roles;
+    }
+
+    /// Admin consent from the consent page: creates the service principal or keeps it (its
+    /// `disabled` flag too), adding the `roles` it lacks; makes the tenant seen.
+    pub(crate) fn grant(&mut self, tenant: &str, client_id: &str, roles: &[String]) {
+        let tenant = tenant.to_ascii_lowercase();
+        self.tenants.insert(tenant.clone());
+        let sp = self
+            .principals
+            .entry((tenant, client_id.to_ascii_lowercase()))
+            .or_default();
+        for role in roles {
+            if !sp.roles.contains(role) {
+                sp.roles.push(role.clone());
+            }
+        }
+    }
+
+    /// Deletes the app's service principal in `tenant`; whether there was one.
+    pub(crate) fn revoke(&mut self, tenant: &str, client_id: &str) -> bool {
+        self.principals
+            .remove(&(tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase()))
+            .is_some()
+    }
+
+    /// The app's service principal in `tenant`, if any.
+    pub(crate) fn principal(&self, tenant: &str, client_id: &str) -> Option<&ServicePrincipal> {
+        self.principals
+            .get(&(tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase()))
     }
 }
 
@@ -112,6 +203,8 @@ pub(crate) struct EmuState {
     pub jwks_fetches: AtomicU64,
     pub metadata_fetches: AtomicU64,
     pub token_requests: AtomicU64,
+    /// Requests to the admin-consent endpoints (page views and decisions, any answer).
+    pub consent_requests: AtomicU64,
     pub token_log: Mutex<Vec<TokenRequestRecord>>,
     pub token_lifetime: AtomicI64,
     pub token_failure: Mutex<Option<u16>>,
@@ -136,6 +229,7 @@ impl EmuState {
             jwks_fetches: AtomicU64::new(0),
             metadata_fetches: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            consent_requests: AtomicU64::new(0),
             token_log: Mutex::new(Vec::new()),
             token_lifetime: AtomicI64::new(token_lifetime_secs),
             token_failure: Mutex::new(None),

@@ -1,12 +1,13 @@
-//! The directory side of the handle: app registrations ([`AppRegistration`]), tenants and
-//! tenant names, admin consent (service principals with app roles), and app certificates
-//! (removal and revocation for rollover tests).
+//! The directory side of the handle: app registrations ([`AppRegistration`], with the redirect
+//! URIs and app roles the admin-consent flow uses), tenants and tenant names, admin consent
+//! (service principals with app roles), and app certificates (removal and revocation for
+//! rollover tests).
 
 use std::fmt;
 
 use super::EmulatorHandle;
 use crate::keys::{cert_info, certificate_thumbprint_hex, x5t_of, x5t_s256_of, SigningKey};
-use crate::serve::write;
+use crate::serve::{read, write};
 use crate::state::{RegisteredApp, RegisteredCert};
 use crate::EmulatorError;
 
@@ -16,7 +17,10 @@ use crate::EmulatorError;
 /// grant, a token is issued only in tenants where the app has a service principal, which
 /// [`EmulatorHandle::consent`] creates (with the consented app roles). `home_tenant`, when set,
 /// gets a service principal without roles at registration, as AAD creates one in the home
-/// tenant. `Debug` redacts the secrets.
+/// tenant. An admin can also consent on the emulator's consent page
+/// (`/{tenant}/v2.0/adminconsent`), which needs a registered redirect URI
+/// ([`AppRegistration::with_redirect_uri`]) and grants the app roles of
+/// [`AppRegistration::with_app_roles`]. `Debug` redacts the secrets.
 #[derive(Clone, Default)]
 pub struct AppRegistration {
     /// Application (client) id.
@@ -29,6 +33,13 @@ pub struct AppRegistration {
     pub secrets: Vec<String>,
     /// Tenant the app is registered in, if it should have a service principal there.
     pub home_tenant: Option<String>,
+    /// Redirect URIs the admin-consent endpoints may send the browser back to, compared
+    /// exactly (case, trailing slash and query included), as Entra ID does. Default: none, so
+    /// the consent page answers AADSTS50011 for any `redirect_uri`.
+    pub redirect_uris: Vec<String>,
+    /// Application permissions (app roles) the app asks for: shown on the consent page and
+    /// granted to its service principal on Accept. Default: none.
+    pub app_roles: Vec<String>,
 }
 
 impl fmt::Debug for AppRegistration {
@@ -46,6 +57,8 @@ impl fmt::Debug for AppRegistration {
             )
             .field("secrets", &format!("<{} redacted>", self.secrets.len()))
             .field("home_tenant", &self.home_tenant)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("app_roles", &self.app_roles)
             .finish()
     }
 }
@@ -96,24 +109,44 @@ impl AppRegistration {
         self.home_tenant = Some(tenant.to_string());
         self
     }
+
+    /// Adds a redirect URI for the admin-consent endpoints (several may be added; each is
+    /// compared exactly).
+    pub fn with_redirect_uri(mut self, url: &str) -> Self {
+        self.redirect_uris.push(url.to_string());
+        self
+    }
+
+    /// Adds application permissions (app roles) the app asks for; an admin's Accept on the
+    /// consent page grants them in the chosen tenant.
+    pub fn with_app_roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for role in roles {
+            let role = role.into();
+            if !self.app_roles.contains(&role) {
+                self.app_roles.push(role);
+            }
+        }
+        self
+    }
 }
 
 impl EmulatorHandle {
-    /// Makes `tenant` (a GUID) known, so its metadata and token endpoint answer.
+    /// Makes `tenant` (a GUID) seen: the consent page's organization picker lists it. (Every
+    /// well-formed GUID is a tenant for metadata, keys and the token endpoint, added or not.)
     pub fn add_tenant(&self, tenant: &str) {
-        write(&self.state().directory)
-            .tenants
-            .insert(tenant.to_ascii_lowercase());
+        write(&self.state().directory).add_tenant(tenant);
     }
 
     /// Registers `name` (a domain such as `contoso.onmicrosoft.com`, compared ignoring case) as
-    /// a name of tenant `tenant` (a GUID, which becomes known): metadata and keys under that
-    /// name answer as the tenant's, as Entra ID does for a verified domain.
+    /// a name of tenant `tenant` (a GUID, which becomes seen): metadata, keys, the token
+    /// endpoint and the consent pages under that name answer as the tenant's, as Entra ID does
+    /// for a verified domain, and the consent page's picker labels the tenant with it.
     pub fn add_tenant_name(&self, name: &str, tenant: &str) {
-        let tenant = tenant.to_ascii_lowercase();
-        let mut dir = write(&self.state().directory);
-        dir.tenants.insert(tenant.clone());
-        dir.tenant_names.insert(name.to_ascii_lowercase(), tenant);
+        write(&self.state().directory).add_tenant_name(name, tenant);
     }
 
     /// Registers (or replaces) an app. Fails when a certificate cannot be parsed or is not RSA.
@@ -151,31 +184,46 @@ impl EmulatorHandle {
                 display_name,
                 certs,
                 secrets: app.secrets,
+                redirect_uris: app.redirect_uris,
+                app_roles: app.app_roles,
             },
         );
         Ok(())
     }
 
     /// Admin consent: creates (or updates) the app's service principal in `tenant` with these
-    /// app roles, and makes the tenant known. The roles go into the `roles` claim of the
+    /// app roles (replacing any it had), and makes the tenant seen. The roles go into the `roles` claim of the
     /// app-only tokens issued for that (tenant, app), whatever the resource.
     pub fn consent(&self, tenant_id: &str, client_id: &str, roles: Vec<String>) {
-        let tenant = tenant_id.to_ascii_lowercase();
-        let mut dir = write(&self.state().directory);
-        dir.tenants.insert(tenant.clone());
-        let sp = dir
-            .principals
-            .entry((tenant, client_id.to_ascii_lowercase()))
-            .or_default();
-        sp.roles = roles;
+        write(&self.state().directory).set_consent(tenant_id, client_id, roles);
     }
 
-    /// Deletes the app's service principal in `tenant` (the tenant's admin removed the app).
-    pub fn revoke_consent(&self, tenant_id: &str, client_id: &str) {
-        write(&self.state().directory).principals.remove(&(
-            tenant_id.to_ascii_lowercase(),
-            client_id.to_ascii_lowercase(),
-        ));
+    /// Deletes the app's service principal in `tenant` (the tenant's admin removed the app);
+    /// its client-credentials grants there then get AADSTS700016. Returns whether there was one.
+    pub fn revoke_consent(&self, tenant_id: &str, client_id: &str) -> bool {
+        write(&self.state().directory).revoke(tenant_id, client_id)
+    }
+
+    /// Whether the app has a service principal in `tenant` (a GUID): created by
+    /// [`EmulatorHandle::consent`], an Accept on the consent page or the home tenant, and not
+    /// revoked since.
+    pub fn has_service_principal(&self, tenant_id: &str, client_id: &str) -> bool {
+        read(&self.state().directory)
+            .principal(tenant_id, client_id)
+            .is_some()
+    }
+
+    /// The app roles of the app's service principal in `tenant`; `None` without one.
+    pub fn service_principal_roles(&self, tenant_id: &str, client_id: &str) -> Option<Vec<String>> {
+        read(&self.state().directory)
+            .principal(tenant_id, client_id)
+            .map(|sp| sp.roles.clone())
+    }
+
+    /// The tenants the consent page offers (seen tenants), as (GUID, registered name or GUID),
+    /// sorted by name.
+    pub fn known_tenants(&self) -> Vec<(String, String)> {
+        read(&self.state().directory).seen_tenants()
     }
 
     /// Disables (or re-enables) the app's service principal in `tenant`; token requests then

@@ -1,6 +1,7 @@
 //! The knobs tests turn on a running emulator: signing keys (rotation, pre-publication,
-//! removal), the metadata/keys outage switch, request counters and the token request log, the
-//! issued tokens' lifetime and forced token endpoint failures.
+//! removal), the metadata/keys outage switch, request counters (metadata, keys, token, admin
+//! consent) and the token request log, the issued tokens' lifetime and forced token endpoint
+//! failures.
 
 use std::sync::atomic::Ordering;
 
@@ -95,6 +96,12 @@ impl EmulatorHandle {
         self.state().token_requests.load(Ordering::SeqCst)
     }
 
+    /// Requests received by the admin-consent endpoints: consent pages asked for and decisions
+    /// posted (any answer, error pages included).
+    pub fn consent_page_count(&self) -> u64 {
+        self.state().consent_requests.load(Ordering::SeqCst)
+    }
+
     /// Every token request so far, oldest first.
     pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
         lock(&self.state().token_log).clone()
@@ -106,6 +113,7 @@ impl EmulatorHandle {
         state.jwks_fetches.store(0, Ordering::SeqCst);
         state.metadata_fetches.store(0, Ordering::SeqCst);
         state.token_requests.store(0, Ordering::SeqCst);
+        state.consent_requests.store(0, Ordering::SeqCst);
         lock(&state.token_log).clear();
     }
 

@@ -25,7 +25,7 @@ enum TenantPath {
     Multi,
     /// `consumers`.
     Consumers,
-    /// A known tenant GUID (lower-case).
+    /// A tenant GUID (lower-case): any GUID, or the tenant of a registered name.
     Tenant(String),
 }
 

@@ -1,5 +1,5 @@
-//! The AAD emulator server: OpenID metadata, JWKS, the token endpoint and the directory of
-//! tenants, apps and consents behind it, plus the knobs tests turn.
+//! The AAD emulator server: OpenID metadata, JWKS, the token endpoint, the admin-consent pages
+//! and the directory of tenants, apps and consents behind them, plus the knobs tests turn.
 //!
 //! Paths and documents follow AAD's:
 //!
@@ -11,21 +11,41 @@
 //! | `GET /{tenant}/discovery/v2.0/keys` | v2 JWKS, each key with `issuer` |
 //! | `POST /{tenant}/oauth2/v2.0/token` | client credentials, v2 (see [`super::token_endpoint`]) |
 //! | `POST /{tenant}/oauth2/token` | client credentials, v1 |
+//! | `GET`, `POST /{tenant}/v2.0/adminconsent` | the admin consent page and its Accept/Cancel (see [`super::consent`]) |
+//! | `GET`, `POST /{tenant}/oauth2/authorize?prompt=admin_consent` (and `/oauth2/v2.0/authorize`) | the same page |
 //!
-//! For metadata and keys, `{tenant}` is `common`, `organizations`, `consumers`, any tenant GUID
-//! (so a token `dev-token` mints for any tenant verifies against a running emulator), or a
-//! tenant name registered with [`EmulatorHandle::add_tenant_name`] (e.g.
-//! `contoso.onmicrosoft.com`), which answers as its tenant. Any other name gets AAD's
-//! `AADSTS90002` (400 `invalid_tenant`), as on the real service. The token endpoint answers
-//! only for tenants the emulator knows ([`super::DEFAULT_TENANT`], any tenant given to
-//! [`EmulatorHandle::add_tenant`], [`EmulatorHandle::consent`] or an app's home tenant). For `common` and
-//! `organizations` the metadata `issuer` is the template (`…/{tenantid}/v2.0`,
-//! `https://sts.windows.net/{tenantid}/`); for a tenant it is that tenant's issuer. The common v2
-//! keys carry `issuer: "https://login.microsoftonline.com/{tenantid}/v2.0"`; a tenant's v2 keys
-//! carry that tenant's issuer.
+//! For metadata, keys and the token endpoint, `{tenant}` is `common`, `organizations`,
+//! `consumers` (metadata and keys only), any tenant GUID — every GUID is a tenant, as in Entra
+//! ID, so a token `dev-token` mints for any tenant verifies against a running emulator, and a
+//! client-credentials request for a tenant where the app has no service principal gets
+//! AADSTS700016, not 90002 — or a tenant name registered with
+//! [`EmulatorHandle::add_tenant_name`] (e.g. `contoso.onmicrosoft.com`), which answers as its
+//! tenant. Any other name gets AAD's `AADSTS90002` (400 `invalid_tenant`), as on the real
+//! service. The consent page's organization picker lists the tenants the directory has seen:
+//! [`super::DEFAULT_TENANT`], any tenant given to [`EmulatorHandle::add_tenant`],
+//! [`EmulatorHandle::add_tenant_name`], [`EmulatorHandle::consent`], an Accept, or an app's home
+//! tenant. For `common` and `organizations` the metadata `issuer` is the template
+//! (`…/{tenantid}/v2.0`, `https://sts.windows.net/{tenantid}/`); for a tenant it is that
+//! tenant's issuer. The common v2 keys carry
+//! `issuer: "https://login.microsoftonline.com/{tenantid}/v2.0"`; a tenant's v2 keys carry that
+//! tenant's issuer.
+//!
+//! Control endpoints, the emulator's own (not AAD's), for users' CI and tests that run
+//! `aadgate dev-idp` as a separate process; `{tid}` is a GUID (or, for apps, a registered name):
+//!
+//! | path | what it does | answer |
+//! |---|---|---|
+//! | `POST /_emulator/tenants/{tid}`, optional `{"name": "contoso.onmicrosoft.com"}` | makes the tenant seen (listed by the consent page), registers the name | `204` |
+//! | `PUT /_emulator/tenants/{tid}/apps/{client_id}`, optional `{"roles": ["Mail.Read"]}` | admin consent without the page ([`EmulatorHandle::consent`]) | `204` |
+//! | `DELETE /_emulator/tenants/{tid}/apps/{client_id}` | removes the service principal: consent revoked ([`EmulatorHandle::revoke_consent`]) | `204`, `404` when there was none |
+//! | `GET /_emulator/tenants/{tid}/apps/{client_id}` | the service principal, `{"tenant", "client_id", "roles", "disabled"}` | `200`, `404` when there is none |
+//! | `GET /_emulator/counts` | requests so far, `{"metadata", "jwks", "token", "adminconsent"}` | `200` |
+//!
+//! A malformed body or an unknown tenant name gets an AAD-shaped `400`.
 
 mod apps;
 mod control;
+mod control_api;
 mod metadata;
 #[cfg(test)]
 mod tests;
@@ -35,6 +55,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
+
 use axum::Router;
 
 pub use crate::state::{TokenEndpointVersion, TokenOutcome, TokenRequestRecord};
@@ -43,7 +64,7 @@ pub use apps::AppRegistration;
 use crate::keys::SigningKey;
 use crate::serve::{base_url, ServerTask};
 use crate::state::{Directory, EmuState};
-use crate::token_endpoint;
+use crate::{consent, token_endpoint};
 use crate::{EmulatorError, DEFAULT_TENANT};
 
 /// Entry point of the AAD emulator; see [`Emulator::start`].
@@ -142,6 +163,26 @@ fn router(state: Arc<EmuState>) -> Router {
             "/{tenant}/oauth2/token",
             post(token_endpoint::token_v1).fallback(token_endpoint::not_post),
         )
+        .route(
+            "/{tenant}/v2.0/adminconsent",
+            get(consent::adminconsent_page).post(consent::adminconsent_decision),
+        )
+        .route(
+            "/{tenant}/oauth2/authorize",
+            get(consent::authorize_page).post(consent::authorize_decision),
+        )
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(consent::authorize_page).post(consent::authorize_decision),
+        )
+        .route("/_emulator/tenants/{tid}", post(control_api::add_tenant))
+        .route(
+            "/_emulator/tenants/{tid}/apps/{client_id}",
+            get(control_api::get_app)
+                .put(control_api::put_app)
+                .delete(control_api::delete_app),
+        )
+        .route("/_emulator/counts", get(control_api::counts))
         .with_state(state)
 }
 
@@ -195,6 +236,26 @@ impl EmulatorHandle {
     /// `{base}/{tenantid}/oauth2/v2.0/token`.
     pub fn token_endpoint_template(&self) -> String {
         self.token_endpoint("{tenantid}")
+    }
+
+    /// The admin consent URL an app sends an administrator to:
+    /// `{base}/{tenant}/v2.0/adminconsent?client_id=…&redirect_uri=…&scope=…` (values
+    /// form-encoded; `tenant` is usually `organizations`). `redirect_uri` must be registered
+    /// for the app ([`AppRegistration::with_redirect_uri`]) or the page answers AADSTS50011.
+    pub fn admin_consent_url(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &str,
+    ) -> String {
+        consent::admin_consent_url(
+            &self.state().base_url,
+            tenant,
+            client_id,
+            redirect_uri,
+            scope,
+        )
     }
 
     /// The v1 token endpoint of `tenant`: `{base}/{tenant}/oauth2/token`.

@@ -1,5 +1,7 @@
 use super::*;
 use crate::mint::{issuer_v1, issuer_v2, TokenSpec};
+use crate::token_endpoint::tests::{aad_token_url, assertion, CLIENT};
+use crate::token_endpoint::JWT_BEARER_ASSERTION_TYPE;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{json, Value};
 
@@ -253,4 +255,195 @@ async fn shutdown_stops_serving_and_drop_does_too() {
         refused,
         "server still answering after the handle was dropped"
     );
+}
+
+const NEW_TENANT: &str = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+const FABRIKAM: &str = "7e6d5c4b-3a2f-4e1d-9c8b-7a6f5e4d3c2b";
+const REDIRECT: &str = "https://api.contoso.example/cb";
+const SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// An emulator with the token-endpoint tests' app ([`CLIENT`]) registered, and an HTTP client
+/// that does not follow redirects.
+struct ControlFixture {
+    emu: EmulatorHandle,
+    app_key: SigningKey,
+    http: reqwest::Client,
+}
+
+impl ControlFixture {
+    async fn start() -> Self {
+        let emu = start().await;
+        let app_key = SigningKey::generate().expect("app key");
+        emu.register_app(
+            AppRegistration::new(CLIENT)
+                .with_certificate(&app_key)
+                .with_redirect_uri(REDIRECT),
+        )
+        .expect("register");
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        ControlFixture { emu, app_key, http }
+    }
+
+    /// A client-credentials request of the app in `tenant`: (status, body).
+    async fn token(&self, tenant: &str) -> (u16, Value) {
+        let a = assertion(&self.app_key, &aad_token_url(tenant), |_, _| {});
+        let fields = [
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT),
+            ("scope", SCOPE),
+            ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+            ("client_assertion", a.as_str()),
+        ];
+        let response = self
+            .http
+            .post(self.emu.token_endpoint(tenant))
+            .form(&fields)
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn control_endpoints_add_tenants_consent_revoke_and_count() {
+    let f = ControlFixture::start().await;
+    let base = f.emu.base_url();
+    let app_url = format!("{base}/_emulator/tenants/{NEW_TENANT}/apps/{CLIENT}");
+    let send = |method: reqwest::Method, url: String, body: Option<&str>| {
+        let mut request = f.http.request(method, url);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        request.send()
+    };
+    let status =
+        |r: Result<reqwest::Response, reqwest::Error>| r.expect("request").status().as_u16();
+
+    let tenant_url = format!("{base}/_emulator/tenants/{NEW_TENANT}");
+    let named = Some(r#"{"name": "Northwind.onmicrosoft.com"}"#);
+    assert_eq!(
+        status(send(reqwest::Method::POST, tenant_url.clone(), named).await),
+        204
+    );
+    assert!(f.emu.known_tenants().contains(&(
+        NEW_TENANT.to_string(),
+        "northwind.onmicrosoft.com".to_string()
+    )));
+    assert_eq!(
+        status(
+            send(
+                reqwest::Method::POST,
+                format!("{base}/_emulator/tenants/{FABRIKAM}"),
+                None
+            )
+            .await
+        ),
+        204
+    );
+
+    assert_eq!(
+        status(send(reqwest::Method::GET, app_url.clone(), None).await),
+        404
+    );
+    let roles = Some(r#"{"roles": ["Orders.Read"]}"#);
+    assert_eq!(
+        status(send(reqwest::Method::PUT, app_url.clone(), roles).await),
+        204
+    );
+    assert!(f.emu.has_service_principal(NEW_TENANT, CLIENT));
+    let got: Value = send(reqwest::Method::GET, app_url.clone(), None)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        got,
+        json!({"tenant": NEW_TENANT, "client_id": CLIENT, "roles": ["Orders.Read"], "disabled": false})
+    );
+    let (token_status, body) = f.token(NEW_TENANT).await;
+    assert_eq!(token_status, 200, "{body}");
+
+    let by_name = format!("{base}/_emulator/tenants/northwind.onmicrosoft.com/apps/{CLIENT}");
+    assert_eq!(
+        status(send(reqwest::Method::DELETE, by_name, None).await),
+        204
+    );
+    assert!(!f.emu.has_service_principal(NEW_TENANT, CLIENT));
+    assert_eq!(
+        status(send(reqwest::Method::DELETE, app_url.clone(), None).await),
+        404
+    );
+    let (_, body) = f.token(NEW_TENANT).await;
+    assert_eq!(body["error_codes"], json!([700016]));
+
+    // Bad input gets an AAD-shaped 400.
+    for (case, method, url, body, code) in [
+        (
+            "a tenant that is not a GUID",
+            reqwest::Method::POST,
+            format!("{base}/_emulator/tenants/contoso"),
+            None,
+            90002,
+        ),
+        (
+            "a body that is not JSON",
+            reqwest::Method::PUT,
+            app_url.clone(),
+            Some("roles=x"),
+            90023,
+        ),
+        (
+            "roles that are not strings",
+            reqwest::Method::PUT,
+            app_url.clone(),
+            Some(r#"{"roles": [1]}"#),
+            90023,
+        ),
+        (
+            "a name that is not a string",
+            reqwest::Method::POST,
+            tenant_url.clone(),
+            Some(r#"{"name": 7}"#),
+            90023,
+        ),
+        (
+            "an unknown tenant name",
+            reqwest::Method::DELETE,
+            format!("{base}/_emulator/tenants/nobody.example/apps/{CLIENT}"),
+            None,
+            90002,
+        ),
+    ] {
+        let response = send(method, url, body).await.expect("request");
+        assert_eq!(response.status().as_u16(), 400, "{case}");
+        let json: Value = response.json().await.expect("json");
+        assert_eq!(json["error_codes"], json!([code]), "{case}");
+    }
+
+    let consent_url = f
+        .emu
+        .admin_consent_url("organizations", CLIENT, REDIRECT, SCOPE);
+    let page = f.http.get(consent_url).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let counts: Value = f
+        .http
+        .get(format!("{base}/_emulator/counts"))
+        .send()
+        .await
+        .expect("counts")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(counts["token"], 2);
+    assert_eq!(counts["adminconsent"], 1);
+    assert_eq!(counts["metadata"], 0);
+    assert_eq!(counts["jwks"], 0);
+    f.emu.reset_counts();
+    assert_eq!(f.emu.consent_page_count(), 0);
 }

@@ -1,7 +1,8 @@
 //! AAD's error answers: the AADSTS error shape (`error`, `error_description` with trace and
 //! correlation ids, `error_codes`, `timestamp`, `trace_id`, `correlation_id`, `error_uri`) and the
 //! ids and headers every token endpoint answer carries. The metadata and keys endpoints answer
-//! their `AADSTS90002` with it too.
+//! their `AADSTS90002` with it too, and the admin-consent pages show the same codes and wording
+//! in HTML.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +30,7 @@ impl AadstsError {
         }
     }
 
-    pub(super) fn bad_request(error: &'static str, code: u32, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(error: &'static str, code: u32, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, error, code, message.into())
     }
 
@@ -42,7 +43,8 @@ impl AadstsError {
         )
     }
 
-    pub(super) fn missing(parameter: &str) -> Self {
+    /// AADSTS900144, a required parameter is absent or empty.
+    pub(crate) fn missing(parameter: &str) -> Self {
         Self::bad_request(
             "invalid_request",
             900_144,
@@ -59,6 +61,21 @@ impl AadstsError {
                 "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
                  and are signing into the correct cloud. Check with your subscription \
                  administrator, this may happen if there are no active subscriptions for the tenant."
+            ),
+        )
+    }
+
+    /// AADSTS700016: no app `client_id` in the directory `tenant` (not registered, or no
+    /// service principal there: nobody consented).
+    pub(crate) fn app_not_found(client_id: &str, tenant: &str) -> Self {
+        Self::bad_request(
+            "unauthorized_client",
+            700_016,
+            format!(
+                "Application with identifier '{client_id}' was not found in the directory \
+                 '{tenant}'. This can happen if the application has not been installed by \
+                 the administrator of the tenant or consented to by any user in the tenant. \
+                 You may have sent your authentication request to the wrong tenant."
             ),
         )
     }

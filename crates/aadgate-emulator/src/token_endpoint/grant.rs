@@ -13,8 +13,7 @@ use crate::mint::{issuer_v1, TokenSpec};
 use crate::serve::read;
 use crate::state::{EmuState, RegisteredApp, TokenEndpointVersion};
 use crate::{
-    derived_guid, is_guid, unix_now, DEFAULT_AUDIENCE, GRAPH_APP_ID, GRAPH_RESOURCE,
-    OUTLOOK_RESOURCE,
+    derived_guid, unix_now, DEFAULT_AUDIENCE, GRAPH_APP_ID, GRAPH_RESOURCE, OUTLOOK_RESOURCE,
 };
 
 /// Microsoft first-party resources the emulator knows (token version 1, like AAD).
@@ -50,12 +49,12 @@ pub(super) fn check_tenant(state: &EmuState, tenant: &str) -> Result<String, Aad
             "No tenant-identifying information found in either the request or implied by any \
              provided credentials.",
         )),
-        _ if is_guid(&lower) && read(&state.directory).knows_tenant(&lower) => Ok(lower),
-        _ => match read(&state.directory).tenant_names.get(&lower) {
-            // A registered tenant name stands for its tenant, as a verified domain does.
-            Some(tid) => Ok(tid.clone()),
-            None => Err(AadstsError::tenant_not_found(tenant)),
-        },
+        // Every tenant GUID exists, as in Entra ID, where the question is not whether the
+        // tenant exists but whether the app has a service principal there (AADSTS700016
+        // below); a registered name stands for its tenant, as a verified domain does.
+        _ => read(&state.directory)
+            .resolve_tenant(&lower)
+            .ok_or_else(|| AadstsError::tenant_not_found(tenant)),
     }
 }
 
@@ -124,18 +123,7 @@ pub(super) fn find_app(
     client_id: &str,
 ) -> Result<(RegisteredApp, Vec<String>), AadstsError> {
     let dir = read(&state.directory);
-    let not_found = || {
-        AadstsError::bad_request(
-            "unauthorized_client",
-            700_016,
-            format!(
-                "Application with identifier '{client_id}' was not found in the directory \
-                 '{tenant_id}'. This can happen if the application has not been installed by \
-                 the administrator of the tenant or consented to by any user in the tenant. \
-                 You may have sent your authentication request to the wrong tenant."
-            ),
-        )
-    };
+    let not_found = || AadstsError::app_not_found(client_id, tenant_id);
     let app = dir
         .apps
         .get(&client_id.to_ascii_lowercase())

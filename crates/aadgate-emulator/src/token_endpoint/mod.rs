@@ -12,10 +12,10 @@
 //! | `grant_type` present / `client_credentials` | 400 `invalid_request` 900144 / 400 `unsupported_grant_type` 70003 |
 //! | tenant not `common`/`consumers` | 400 `invalid_request` 9001023 ("grant type is not supported over the /common or /consumers endpoints") |
 //! | tenant not `organizations` | 400 `invalid_request` 50059 ("No tenant-identifying information found") |
-//! | tenant known | 400 `invalid_tenant` 90002 |
+//! | tenant is a GUID (any: every tenant GUID exists) or a registered name | 400 `invalid_tenant` 90002 |
 //! | `client_id`, `scope` (v2) / `resource` (v1) present; no `resource` on v2 | 400 `invalid_request` 900144 / 901002 |
 //! | scope is one `…/.default` | 400 `invalid_scope` 1002012 / 70011 |
-//! | app registered and has a service principal in the tenant | 400 `unauthorized_client` 700016 |
+//! | app registered and has a service principal in the tenant (a GUID nobody consented in included) | 400 `unauthorized_client` 700016 |
 //! | service principal enabled | 400 `unauthorized_client` 7000112 |
 //! | a credential is present | 401 `invalid_client` 7000218 |
 //! | assertion: `client_assertion_type` | 400 `invalid_request` 900144 / 90100 |
@@ -51,7 +51,7 @@ mod assertion;
 mod errors;
 mod grant;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use crate::mint::issuer_v1;
 use crate::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 use crate::{b64url, b64url_decode, new_guid, unix_now, DEFAULT_TENANT, OUTLOOK_RESOURCE};
 
-const CLIENT: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
+pub(crate) const CLIENT: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
 const CORRELATION: &str = "0b6a3c2d-1e4f-4a5b-8c7d-9e0f1a2b3c4d";
 const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 
@@ -46,12 +46,12 @@ async fn fixture() -> Fixture {
     }
 }
 
-fn aad_token_url(tenant: &str) -> String {
+pub(crate) fn aad_token_url(tenant: &str) -> String {
     format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
 }
 
 /// A client assertion as the gateway builds it (SPEC section 5), then `tweak`ed.
-fn assertion(
+pub(crate) fn assertion(
     key: &SigningKey,
     aud: &str,
     tweak: impl FnOnce(&mut Map<String, Value>, &mut Map<String, Value>),
@@ -102,7 +102,7 @@ async fn post(url: &str, fields: &[(&str, String)]) -> (u16, Value) {
     (status, resp.json::<Value>().await.unwrap_or(Value::Null))
 }
 
-fn claims_of(token: &str) -> Value {
+pub(crate) fn claims_of(token: &str) -> Value {
     let part = token.split('.').nth(1).expect("claims");
     serde_json::from_slice(&b64url_decode(part).expect("b64")).expect("json")
 }
@@ -252,9 +252,37 @@ async fn a_registered_tenant_name_stands_for_its_tenant_and_an_unknown_name_is_9
 }
 
 #[tokio::test]
+async fn every_tenant_guid_is_a_tenant_so_one_nobody_consented_in_is_700016_not_90002() {
+    let f = fixture().await;
+    let nobody = "2b1b5e1c-6c3e-4f7a-9a2b-0d4c3e2f1a00";
+    let url = f.emu.token_endpoint(&nobody.to_uppercase());
+    let a = assertion(&f.app_key, &aad_token_url(nobody), |_, _| {});
+    let (status, body) = post(&url, &form(OUTLOOK_SCOPE, &a)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unauthorized_client");
+    assert_eq!(body["error_codes"], json!([700016]));
+    let description = body["error_description"].as_str().expect("description");
+    assert!(
+        description.starts_with(&format!(
+            "AADSTS700016: Application with identifier '{CLIENT}' was not found in the directory '{nobody}'."
+        )),
+        "{description}"
+    );
+    // Consent there, and the same request succeeds.
+    f.emu.consent(nobody, CLIENT, vec![]);
+    let a = assertion(&f.app_key, &aad_token_url(nobody), |_, _| {});
+    let (status, body) = post(&url, &form(OUTLOOK_SCOPE, &a)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().expect("token"))["tid"],
+        nobody
+    );
+}
+
+#[tokio::test]
 async fn error_answers_have_aad_shape_and_correlation_id() {
     let f = fixture().await;
-    let url = f.emu.token_endpoint("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
+    let url = f.emu.token_endpoint("fabrikam.onmicrosoft.com");
     let a = assertion(&f.app_key, &aad_token_url(DEFAULT_TENANT), |_, _| {});
     let (status, body) = post(&url, &form(OUTLOOK_SCOPE, &a)).await;
     assert_eq!(status, 400);
@@ -262,7 +290,7 @@ async fn error_answers_have_aad_shape_and_correlation_id() {
     assert_eq!(body["error_codes"], json!([90002]));
     assert_eq!(body["correlation_id"], CORRELATION);
     let description = body["error_description"].as_str().expect("description");
-    assert!(description.starts_with("AADSTS90002: Tenant 'aaaaaaaa-"));
+    assert!(description.starts_with("AADSTS90002: Tenant 'fabrikam.onmicrosoft.com' not found."));
     assert!(description.contains(&format!("\r\nCorrelation ID: {CORRELATION}\r\n")));
     assert!(description.contains(&format!(
         "Trace ID: {}",
