@@ -25,6 +25,9 @@ use aadgate_emulator::{
 pub(crate) const FABRIKAM: &str = "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b";
 /// A tenant the gateway does not allow.
 pub(crate) const WOODGROVE: &str = "a9b8c7d6-e5f4-4a3b-9c2d-1e0f9a8b7c6d";
+/// The organization that signs up during the demo (admin consent), and its domain name.
+pub(crate) const NORTHWIND: &str = "5c4b3a29-1807-4f6e-8d5c-4b3a29180706";
+const NORTHWIND_NAME: &str = "northwind.example";
 
 /// Why `aadgate demo` could not start, or `--once` could not run its scenarios.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +286,84 @@ fn route_rows(idp: &EmulatorHandle, aud: &str) -> Vec<Row> {
             Some("tenant_not_consented"),
         ),
         ("public health check", "/health", None, 200, None),
+        before_signup_row(idp, aud),
     ]
+}
+
+/// Northwind before its sign-up: refused like any tenant that is not onboarded.
+fn before_signup_row(idp: &EmulatorHandle, aud: &str) -> Row {
+    (
+        "organization that has not signed up",
+        "/api/orders/42",
+        Some(idp.mint(&TokenSpec::app(NORTHWIND, aud, &["Orders.Read"]))),
+        401,
+        Some("tenant_not_allowed"),
+    )
+}
+
+/// Northwind after its sign-up: accepted, and the exchange gets tokens in it.
+fn after_signup_scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
+    let daemon = idp.mint(&TokenSpec::app(NORTHWIND, aud, &["Orders.Read"]));
+    vec![
+        Scenario {
+            name: "signed-up organization",
+            path: "/api/orders/42",
+            token: Some(daemon.clone()),
+            status: 200,
+            reason: None,
+        },
+        Scenario {
+            name: "signed-up organization's mail call (exchange)",
+            path: "/api/v2.0/users/ada@northwind.example/messages",
+            token: Some(daemon),
+            status: 200,
+            reason: None,
+        },
+    ]
+}
+
+/// The sign-up as a browser would make it, without one: the gateway's start link, the
+/// emulator's consent page, Accept for `tenant`, the gateway's callback page. Returns the
+/// callback page's status line, or what went wrong.
+pub(crate) async fn sign_up(base: &str, start_path: &str, tenant: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let location = |r: &reqwest::Response| {
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} answered {} without a redirect", r.url(), r.status()))
+    };
+    let err = |e: reqwest::Error| e.to_string();
+    let start = client
+        .get(format!("{base}{start_path}"))
+        .send()
+        .await
+        .map_err(err)?;
+    let consent_url = location(&start)?;
+    let page = client.get(&consent_url).send().await.map_err(err)?;
+    if page.status() != 200 {
+        return Err(format!("the consent page answered {}", page.status()));
+    }
+    let url = reqwest::Url::parse(&consent_url).map_err(|e| e.to_string())?;
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("tenant".into(), tenant.into()));
+    form.push(("decision".into(), "accept".into()));
+    let mut action = url.clone();
+    action.set_query(None);
+    let accepted = client.post(action).form(&form).send().await.map_err(err)?;
+    let callback = location(&accepted)?;
+    let done = client.get(&callback).send().await.map_err(err)?;
+    let status = done.status().as_u16();
+    let body = done.text().await.map_err(err)?;
+    if status == 200 && body.contains("signed up") {
+        Ok(format!("{status} signed up"))
+    } else {
+        Err(format!("the callback answered {status}: {body}"))
+    }
 }
 
 struct Demo {
@@ -306,14 +386,23 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, DemoError> {
     std::mem::forget(echo);
     std::mem::forget(outlook);
     for s in config.exchanges.values() {
-        let mut app = AppRegistration::new(&s.client_id).with_display_name("aadgate demo gateway");
+        let mut app = AppRegistration::new(&s.client_id)
+            .with_display_name("aadgate demo gateway")
+            .with_app_roles(["Mail.Read"]);
         for c in &s.certificates {
             app = app.with_certificate_der(c.cert_der.clone());
+        }
+        // The sign-up pages' callback, registered as the app's redirect URI.
+        if let Some(o) = config.onboarding.as_ref() {
+            if o.client_id.eq_ignore_ascii_case(&s.client_id) {
+                app = app.with_redirect_uri(&o.redirect_uri);
+            }
         }
         idp.register_app(app).map_err(DemoError::RegisterApp)?;
         idp.consent(DEFAULT_TENANT, &s.client_id, vec!["Mail.Read".into()]);
     }
     idp.add_tenant(FABRIKAM);
+    idp.add_tenant_name(NORTHWIND_NAME, NORTHWIND);
     Ok(Demo { idp })
 }
 
@@ -422,6 +511,38 @@ fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) 
     out
 }
 
+/// The sign-up path of the demo configuration (`None` without `[onboarding]`). Also starts
+/// the demo's registry afresh, so every run begins with no organization signed up.
+fn fresh_sign_up(config: &Config) -> Option<String> {
+    if let Some(file) = &config.tenants.registry {
+        let _ = std::fs::remove_file(file);
+    }
+    (config.onboarding.as_ref()).map(|o| format!("{}start", o.path_prefix))
+}
+
+/// `--once`: Northwind signs up without a browser, then its callers are served.
+async fn once_sign_up(base: &str, start: &str, after: &[Scenario]) -> bool {
+    let signed = sign_up(base, start, NORTHWIND).await;
+    let ok = signed.is_ok();
+    match &signed {
+        Ok(line) => println!("sign-up of {NORTHWIND_NAME} (admin consent, Accept): {line}  PASS"),
+        Err(e) => println!("sign-up of {NORTHWIND_NAME} (admin consent, Accept): {e}  FAIL"),
+    }
+    let (text, after_ok) = run_scenarios(base, after).await;
+    println!("\nafter the sign-up:\n{text}");
+    ok && after_ok
+}
+
+fn sign_up_banner(base: &str, start: &str, idp: &EmulatorHandle, aud: &str) -> String {
+    let token = idp.mint(&TokenSpec::app(NORTHWIND, aud, &["Orders.Read"]));
+    format!(
+        "Sign up an organization (admin consent): open {base}{start} in your browser, pick\n\
+         {NORTHWIND_NAME} and press Accept. Then its callers are served:\n\n\
+         curl -i -H 'Authorization: Bearer {token}' {base}/api/orders/42\n\n\
+         The registry:  aadgate tenants list -c conf/demo.toml   (or GET /tenants on the admin listener)\n"
+    )
+}
+
 /// `aadgate demo [--once]`.
 pub(crate) fn main(args: &DemoArgs) -> ExitCode {
     let fail = |e: DemoError| {
@@ -457,6 +578,7 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(DemoError::Runtime(e)),
     };
+    let start_path = fresh_sign_up(&config);
     let demo = match rt.block_on(start_world(config, at)) {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -465,11 +587,15 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
     let table = scenarios(&demo.idp, &aud);
     if args.once {
         let base2 = base.clone();
+        let after = after_signup_scenarios(&demo.idp, &aud);
         rt.spawn(async move {
             let code = match wait_ready(admin, listen).await {
                 Ok(()) => {
-                    let (text, ok) = run_scenarios(&base2, &table).await;
+                    let (text, mut ok) = run_scenarios(&base2, &table).await;
                     println!("{text}");
+                    if let Some(start) = &start_path {
+                        ok &= once_sign_up(&base2, start, &after).await;
+                    }
                     if ok {
                         0
                     } else {
@@ -485,6 +611,9 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
         });
     } else {
         println!("{}", banner(&base, admin, at, &table));
+        if let Some(start) = &start_path {
+            println!("{}", sign_up_banner(&base, start, &demo.idp, &aud));
+        }
     }
     // The emulator and upstreams keep running on `rt` while the gateway serves on this thread.
     let _rt = Arc::new(rt);

@@ -321,7 +321,11 @@ fn demo_once_runs_every_scenario_as_expected() {
     std::fs::write(dir.path().join("demo.toml"), text).expect("write");
     let certs = dir.path().join("demo");
     std::fs::create_dir_all(&certs).expect("mkdir");
-    for f in ["THROWAWAY-demo-app.crt", "THROWAWAY-demo-app.key"] {
+    for f in [
+        "THROWAWAY-demo-app.crt",
+        "THROWAWAY-demo-app.key",
+        "THROWAWAY-onboarding-state.key",
+    ] {
         std::fs::copy(Path::new("conf/demo").join(f), certs.join(f)).expect("copy");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_aadgate"))
@@ -338,7 +342,12 @@ fn demo_once_runs_every_scenario_as_expected() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all as expected"));
-    assert!(stdout.lines().filter(|l| l.ends_with("PASS")).count() >= 12);
+    assert!(stdout.lines().filter(|l| l.ends_with("PASS")).count() >= 15);
+    assert!(
+        stdout
+            .contains("sign-up of northwind.example (admin consent, Accept): 200 signed up  PASS"),
+        "{stdout}"
+    );
 }
 
 #[test]

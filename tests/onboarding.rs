@@ -10,6 +10,7 @@ use tokio::process::Command;
 use aadgate_emulator::{AppRegistration, SigningKey, TokenSpec};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::browser::Browser;
 use common::*;
 use serde_json::Value;
 
@@ -35,9 +36,6 @@ struct Setup {
 async fn setup(verify: bool, extra: &str) -> Setup {
     let w = World::start().await;
     let app_cert = SigningKey::generate().expect("key");
-    w.idp
-        .register_app(AppRegistration::new(APP).with_certificate(&app_cert))
-        .expect("register");
     let verify_line = if verify {
         "verify_exchange = \"graph\""
     } else {
@@ -76,6 +74,17 @@ state_key_file = "{{dir}}/state.key"
 "#
         );
     let p = Prepared::new(&template, &w);
+    // The application as registered in Entra ID: its certificate, the gateway's callback as
+    // redirect URI, and the application permission an administrator's consent grants.
+    let app = AppRegistration::new(APP)
+        .with_display_name("Contoso Orders API")
+        .with_certificate(&app_cert)
+        .with_redirect_uri(&format!(
+            "http://127.0.0.1:{}/.aadgate/onboarding/callback",
+            p.port
+        ))
+        .with_app_roles(roles());
+    w.idp.register_app(app).expect("register");
     let dir = p.dir.path();
     std::fs::write(dir.join("app.crt"), app_cert.certificate_pem()).expect("cert");
     std::fs::write(dir.join("app.key"), app_cert.private_key_pem()).expect("key");
@@ -586,4 +595,96 @@ async fn the_sign_up_paths_come_before_a_catch_all_route() {
         r.headers()["location"],
         format!("https://contoso.example/welcome?from=aadgate&tenant={TENANT_A}").as_str()
     );
+}
+
+/// The browser of the sign-up test: Chromium when installed; without it the test is skipped,
+/// except in CI (`CI` set), where it fails.
+async fn browser() -> Option<Browser> {
+    let Some(path) = Browser::find() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs Chromium for the browser test (apt-get install chromium)"
+        );
+        eprintln!("skipped: no Chromium found (install the chromium package, or set CHROMIUM)");
+        return None;
+    };
+    Some(Browser::launch(path).await.expect("chromium starts"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_signs_up_in_a_real_browser_and_another_cancels() {
+    let s = setup(true, "").await;
+    s.w.idp.add_tenant_name("fabrikam.example", TENANT_B);
+    s.w.idp.add_tenant_name("northwind.example", TENANT_C);
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let page = browser.page();
+    // The gateway's sign-up link leads to the consent page (Entra ID's, here the emulator's).
+    page.goto(&s.gw.url("/.aadgate/onboarding/start"))
+        .await
+        .expect("start");
+    let url = page.url().await.expect("url");
+    assert!(
+        url.starts_with(&format!(
+            "{}/organizations/v2.0/adminconsent?",
+            s.w.idp.base_url()
+        )),
+        "{url}"
+    );
+    let text = page.text().await.expect("text");
+    assert!(
+        text.contains("Contoso Orders API") && text.contains("User.Read.All"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fabrikam.example"),
+        "the picker lists the organizations: {text}"
+    );
+    // The administrator of Fabrikam picks the organization and accepts.
+    page.eval(&format!(
+        "document.querySelector('select[name=tenant]').value = '{TENANT_B}'"
+    ))
+    .await
+    .expect("pick");
+    page.click_and_wait("#accept").await.expect("accept");
+    let url = page.url().await.expect("url");
+    assert!(
+        url.starts_with(&s.gw.url("/.aadgate/onboarding/callback?admin_consent=True")),
+        "{url}"
+    );
+    let text = page.text().await.expect("text");
+    assert!(
+        text.contains("Your organization is signed up") && text.contains(TENANT_B),
+        "{text}"
+    );
+    // Fabrikam's callers are accepted from now on; the registry says how it came.
+    assert_eq!(s.api(TENANT_B, "/orders").await.0, 200);
+    let (code, out, _) = s.cli(&["show", TENANT_B, "--json"]).await;
+    let record: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (code, record["state"].as_str(), record["added_by"].as_str()),
+        (0, Some("active"), Some("onboarding"))
+    );
+    // Northwind's administrator cancels: a page saying so, nothing recorded.
+    page.goto(&s.gw.url("/.aadgate/onboarding/start"))
+        .await
+        .expect("start again");
+    page.eval(&format!(
+        "document.querySelector('select[name=tenant]').value = '{TENANT_C}'"
+    ))
+    .await
+    .expect("pick");
+    page.click_and_wait("#cancel").await.expect("cancel");
+    let text = page.text().await.expect("text");
+    assert!(
+        text.contains("has not granted consent") && text.contains("AADSTS65004"),
+        "{text}"
+    );
+    assert_eq!(s.api(TENANT_C, "/orders").await.0, 401);
+    assert!(!s.registry().iter().any(|(t, _)| t == TENANT_C));
+    assert!(!s.w.idp.has_service_principal(TENANT_C, APP));
+    assert_eq!(s.onboarding_count("ok").await, 1.0);
+    assert_eq!(s.onboarding_count("denied").await, 1.0);
+    browser.close().await.expect("close");
 }
