@@ -248,6 +248,30 @@ fn request_metrics(r: &Registry) -> (IntCounterVec, HistogramVec, HistogramVec, 
     (requests, request_duration, auth_duration, upstream_duration)
 }
 
+/// `aadgate_build_info` (set to 1), and the process collector on Linux.
+fn build_info(r: &Registry) -> IntGaugeVec {
+    let build_info = register(
+        r,
+        IntGaugeVec::new(
+            Opts::new(
+                "aadgate_build_info",
+                "Always 1; the version label names the build.",
+            ),
+            &["version"],
+        ),
+    );
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    #[cfg(target_os = "linux")]
+    {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        // Registration only fails on a name clash, which cannot happen in a fresh registry.
+        let _ = r.register(Box::new(pc));
+    }
+    build_info
+}
+
 impl Metrics {
     /// Creates and registers every metric, with the closed-set series present from the start.
     pub fn new() -> Self {
@@ -283,25 +307,7 @@ impl Metrics {
             jwks_fetch.with_label_values(&[result]);
             config_reloads.with_label_values(&[result]);
         }
-        let build_info = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "aadgate_build_info",
-                    "Always 1; the version label names the build.",
-                ),
-                &["version"],
-            ),
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            // Registration only fails on a name clash, which cannot happen in a fresh registry.
-            let _ = r.register(Box::new(pc));
-        }
+        let build_info = build_info(&r);
         Metrics {
             jwks_keys: register(
                 &r,

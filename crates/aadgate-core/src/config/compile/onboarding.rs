@@ -72,73 +72,10 @@ impl Compiler<'_> {
                 .url(a, "`authority`")
                 .map(|a| a.trim_end_matches('/').to_string()),
         };
-        let verify = f.verify_exchange.as_ref().and_then(|v| {
-            let found = exchanges.get(v.get_ref());
-            match found {
-                None => self.r.error(
-                    v.span(),
-                    format!("no exchange named {:?} (define [exchange.{}])", v.get_ref(), v.get_ref()),
-                ),
-                Some(x) if !x.client_id.eq_ignore_ascii_case(&client_id) => self.r.error(
-                    v.span(),
-                    format!(
-                        "exchange {:?} uses client_id {}, not the onboarding client_id {client_id}: consent to one application cannot be proven with another",
-                        v.get_ref(),
-                        x.client_id
-                    ),
-                ),
-                Some(_) => {}
-            }
-            found.map(|x| (v.get_ref().clone(), x))
-        });
-        let scope = match (&f.scope, &verify) {
-            (Some(s), _) if s.get_ref().trim().is_empty() => {
-                self.r.error(s.span(), "`scope` must not be empty");
-                None
-            }
-            (Some(s), _) => Some(s.get_ref().trim().to_string()),
-            (None, Some((_, x))) => Some(match &x.target {
-                ExchangeTarget::Scope(s) => s.clone(),
-                ExchangeTarget::Resource(r) => format!("{}/.default", r.trim_end_matches('/')),
-            }),
-            (None, None) if f.verify_exchange.is_none() => {
-                self.r.error(
-                    s.span(),
-                    "missing field `scope` (the permissions the administrator consents to, e.g. \"https://graph.microsoft.com/.default\"); it defaults to the scope of `verify_exchange` when that is set",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let verify = self.verify_exchange(f, &client_id, exchanges);
+        let scope = self.consent_scope(s, verify.as_ref().map(|(_, x)| *x));
         let state_key_file = self.path(f.state_key_file.get_ref());
-        let state_key = match std::fs::read(&state_key_file) {
-            Ok(bytes) => {
-                let key = bytes.trim_ascii();
-                if key.len() < MIN_STATE_KEY_BYTES {
-                    self.r.error(
-                        f.state_key_file.span(),
-                        format!(
-                            "state key file {} holds {} bytes; it needs at least {MIN_STATE_KEY_BYTES} (e.g. `openssl rand -base64 48 > {}`)",
-                            state_key_file.display(),
-                            key.len(),
-                            state_key_file.display()
-                        ),
-                    );
-                }
-                Some(Arc::from(key))
-            }
-            Err(e) => {
-                self.r.error(
-                    f.state_key_file.span(),
-                    format!(
-                        "state key file {} cannot be read: {e} (create one with `openssl rand -base64 48 > {}`; every replica needs the same key)",
-                        state_key_file.display(),
-                        state_key_file.display()
-                    ),
-                );
-                None
-            }
-        };
+        let state_key = self.state_key(&state_key_file, f.state_key_file.span());
         let state_ttl = self.dur_at_least(
             &f.state_ttl,
             DEFAULT_STATE_TTL,
@@ -161,5 +98,97 @@ impl Compiler<'_> {
             state_ttl,
             success_url,
         })
+    }
+
+    /// The `state_key_file` content, at least [`MIN_STATE_KEY_BYTES`] after trimming.
+    fn state_key(
+        &mut self,
+        state_key_file: &std::path::Path,
+        span: std::ops::Range<usize>,
+    ) -> Option<Arc<[u8]>> {
+        match std::fs::read(state_key_file) {
+            Ok(bytes) => {
+                let key = bytes.trim_ascii();
+                if key.len() < MIN_STATE_KEY_BYTES {
+                    self.r.error(
+                        span.clone(),
+                        format!(
+                            "state key file {} holds {} bytes; it needs at least {MIN_STATE_KEY_BYTES} (e.g. `openssl rand -base64 48 > {}`)",
+                            state_key_file.display(),
+                            key.len(),
+                            state_key_file.display()
+                        ),
+                    );
+                }
+                Some(Arc::from(key))
+            }
+            Err(e) => {
+                self.r.error(
+                    span.clone(),
+                    format!(
+                        "state key file {} cannot be read: {e} (create one with `openssl rand -base64 48 > {}`; every replica needs the same key)",
+                        state_key_file.display(),
+                        state_key_file.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `verify_exchange`: the named exchange, which must use `client_id`.
+    fn verify_exchange<'e>(
+        &mut self,
+        f: &OnboardingFile,
+        client_id: &str,
+        exchanges: &'e HashMap<String, ExchangeSettings>,
+    ) -> Option<(String, &'e ExchangeSettings)> {
+        f.verify_exchange.as_ref().and_then(|v| {
+            let found = exchanges.get(v.get_ref());
+            match found {
+                None => self.r.error(
+                    v.span(),
+                    format!("no exchange named {:?} (define [exchange.{}])", v.get_ref(), v.get_ref()),
+                ),
+                Some(x) if !x.client_id.eq_ignore_ascii_case(client_id) => self.r.error(
+                    v.span(),
+                    format!(
+                        "exchange {:?} uses client_id {}, not the onboarding client_id {client_id}: consent to one application cannot be proven with another",
+                        v.get_ref(),
+                        x.client_id
+                    ),
+                ),
+                Some(_) => {}
+            }
+            found.map(|x| (v.get_ref().clone(), x))
+        })
+    }
+
+    /// `scope`, or the scope of `verify_exchange` when absent.
+    fn consent_scope(
+        &mut self,
+        s: &Spanned<OnboardingFile>,
+        verify: Option<&ExchangeSettings>,
+    ) -> Option<String> {
+        let f = s.get_ref();
+        match (&f.scope, verify) {
+            (Some(s), _) if s.get_ref().trim().is_empty() => {
+                self.r.error(s.span(), "`scope` must not be empty");
+                None
+            }
+            (Some(s), _) => Some(s.get_ref().trim().to_string()),
+            (None, Some(x)) => Some(match &x.target {
+                ExchangeTarget::Scope(s) => s.clone(),
+                ExchangeTarget::Resource(r) => format!("{}/.default", r.trim_end_matches('/')),
+            }),
+            (None, None) if f.verify_exchange.is_none() => {
+                self.r.error(
+                    s.span(),
+                    "missing field `scope` (the permissions the administrator consents to, e.g. \"https://graph.microsoft.com/.default\"); it defaults to the scope of `verify_exchange` when that is set",
+                );
+                None
+            }
+            (None, None) => None,
+        }
     }
 }

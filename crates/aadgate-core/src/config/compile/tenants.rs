@@ -37,7 +37,63 @@ impl Compiler<'_> {
         let f = s.get_ref();
         let mut allow = self.tenant_ids(&f.allow, "`allow`");
         let deny = self.tenant_ids(&f.deny, "`deny`");
-        let mode = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        let mode = self.tenant_mode(f, whole);
+        if f.hook.is_some() && !matches!(mode, TenantMode::Hook(_)) {
+            if let Some(h) = &f.hook {
+                self.r
+                    .error(h.span(), "`hook` is only used with mode = \"hook\"");
+            }
+        }
+        let registry = f.registry.as_ref().map(|p| {
+            if mode != TenantMode::Registry {
+                self.r
+                    .error(p.span(), "`registry` is only used with mode = \"registry\"");
+            }
+            self.path(p.get_ref())
+        });
+        let on_consent_lost = self.on_consent_lost(f);
+        let file = f.file.as_ref().map(|p| {
+            let path = self.path(p.get_ref());
+            match load_tenant_file(&path) {
+                Ok(extra) => allow.extend(extra),
+                Err(e) => self.r.error(p.span(), e.to_string()),
+            }
+            path
+        });
+        let issuers: Vec<String> = match &f.issuers {
+            None => DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.r.error(list.span(), "`issuers` must not be empty");
+                }
+                list.get_ref()
+                    .iter()
+                    .map(|i| {
+                        if !i.get_ref().starts_with("https://")
+                            && !i.get_ref().starts_with("http://")
+                        {
+                            self.r
+                                .error(i.span(), format!("issuer {:?} is not a URL", i.get_ref()));
+                        }
+                        i.get_ref().clone()
+                    })
+                    .collect()
+            }
+        };
+        Some(TenantSettings {
+            mode,
+            allow,
+            deny,
+            issuers,
+            file,
+            registry,
+            on_consent_lost,
+        })
+    }
+
+    /// `mode` (with `hook` and `registry` where it needs them).
+    fn tenant_mode(&mut self, f: &file::TenantsFile, whole: &ConfigFile) -> TenantMode {
+        match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
             None | Some(("allow_list", _)) => TenantMode::AllowList,
             Some(("any", _)) => TenantMode::Any,
             Some(("hook", span)) => match &f.hook {
@@ -78,21 +134,12 @@ impl Compiler<'_> {
                 );
                 TenantMode::AllowList
             }
-        };
-        if f.hook.is_some() && !matches!(mode, TenantMode::Hook(_)) {
-            if let Some(h) = &f.hook {
-                self.r
-                    .error(h.span(), "`hook` is only used with mode = \"hook\"");
-            }
         }
-        let registry = f.registry.as_ref().map(|p| {
-            if mode != TenantMode::Registry {
-                self.r
-                    .error(p.span(), "`registry` is only used with mode = \"registry\"");
-            }
-            self.path(p.get_ref())
-        });
-        let on_consent_lost = match f
+    }
+
+    /// `on_consent_lost`: `"revoke"` (default) or `"keep"`.
+    fn on_consent_lost(&mut self, f: &file::TenantsFile) -> ConsentLost {
+        match f
             .on_consent_lost
             .as_ref()
             .map(|v| (v.get_ref().as_str(), v.span()))
@@ -106,44 +153,7 @@ impl Compiler<'_> {
                 );
                 ConsentLost::Revoke
             }
-        };
-        let file = f.file.as_ref().map(|p| {
-            let path = self.path(p.get_ref());
-            match load_tenant_file(&path) {
-                Ok(extra) => allow.extend(extra),
-                Err(e) => self.r.error(p.span(), e.to_string()),
-            }
-            path
-        });
-        let issuers: Vec<String> = match &f.issuers {
-            None => DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    self.r.error(list.span(), "`issuers` must not be empty");
-                }
-                list.get_ref()
-                    .iter()
-                    .map(|i| {
-                        if !i.get_ref().starts_with("https://")
-                            && !i.get_ref().starts_with("http://")
-                        {
-                            self.r
-                                .error(i.span(), format!("issuer {:?} is not a URL", i.get_ref()));
-                        }
-                        i.get_ref().clone()
-                    })
-                    .collect()
-            }
-        };
-        Some(TenantSettings {
-            mode,
-            allow,
-            deny,
-            issuers,
-            file,
-            registry,
-            on_consent_lost,
-        })
+        }
     }
 }
 
