@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use aadgate_emulator::{AppArg, ConsentArg, DevIdpOptions, DevTokenOptions, RedirectUriArg};
+use aadgate_emulator::{
+    AppArg, AppRolesArg, ConsentArg, DevIdpOptions, DevTokenOptions, RedirectUriArg,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Log output format.
@@ -115,6 +117,10 @@ pub struct DevIdpArgs {
     /// Register a redirect URI of an app for the admin-consent page (repeatable).
     #[arg(long = "redirect-uri", value_name = "CLIENT_ID=URL")]
     pub redirect_uris: Vec<RedirectUriArg>,
+    /// Application permissions an app asks for; Accept on the consent page grants them
+    /// (repeatable).
+    #[arg(long = "app-roles", value_name = "CLIENT_ID=ROLE1,ROLE2")]
+    pub app_roles: Vec<AppRolesArg>,
 }
 
 impl From<DevIdpArgs> for DevIdpOptions {
@@ -125,6 +131,7 @@ impl From<DevIdpArgs> for DevIdpOptions {
             apps: args.apps,
             consents: args.consents,
             redirect_uris: args.redirect_uris,
+            app_roles: args.app_roles,
         }
     }
 }

@@ -118,6 +118,39 @@ impl FromStr for ConsentArg {
     }
 }
 
+/// `--app-roles CLIENT_ID=ROLE1,ROLE2`: the application permissions an app asks for; Accept on
+/// the consent page grants them to its new service principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRolesArg {
+    /// Application (client) id.
+    pub client_id: String,
+    /// App roles (application permissions), at least one.
+    pub roles: Vec<String>,
+}
+
+impl FromStr for AppRolesArg {
+    type Err = String;
+
+    /// Parses `CLIENT_ID=ROLE1,ROLE2`.
+    fn from_str(text: &str) -> Result<AppRolesArg, String> {
+        let usage = || format!("expected CLIENT_ID=ROLE1,ROLE2, got '{text}'");
+        let (client_id, roles) = text.split_once('=').ok_or_else(usage)?;
+        let roles: Vec<String> = roles
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect();
+        if client_id.trim().is_empty() || roles.is_empty() {
+            return Err(usage());
+        }
+        Ok(AppRolesArg {
+            client_id: client_id.trim().to_string(),
+            roles,
+        })
+    }
+}
+
 /// What `aadgate dev-idp` serves.
 #[derive(Debug, Clone)]
 pub struct DevIdpOptions {
@@ -133,6 +166,8 @@ pub struct DevIdpOptions {
     /// Redirect URIs of apps for the admin-consent endpoints (an app named only here is
     /// registered without credentials). Default: none.
     pub redirect_uris: Vec<RedirectUriArg>,
+    /// Application permissions apps ask for on the consent page. Default: none.
+    pub app_roles: Vec<AppRolesArg>,
 }
 
 /// What `aadgate dev-token` mints (SPEC section 2); `None` and empty fields take the defaults
@@ -188,6 +223,15 @@ pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, Emula
         apps.insert(
             redirect.client_id.clone(),
             entry.with_redirect_uri(&redirect.url),
+        );
+    }
+    for asked in &args.app_roles {
+        let entry = apps
+            .remove(&asked.client_id)
+            .unwrap_or_else(|| AppRegistration::new(&asked.client_id));
+        apps.insert(
+            asked.client_id.clone(),
+            entry.with_app_roles(asked.roles.clone()),
         );
     }
     let emulator = Emulator::start(
@@ -479,6 +523,7 @@ mod tests {
             apps: vec![],
             consents: vec![],
             redirect_uris: vec![format!("{client}={redirect}").parse().expect("arg")],
+            app_roles: vec![format!("{client}=User.Read.All").parse().expect("arg")],
         })
         .await
         .expect("dev-idp");
@@ -530,6 +575,7 @@ mod tests {
                 roles: vec!["Mail.Read".into()],
             }],
             redirect_uris: vec![],
+            app_roles: vec![],
         })
         .await
         .expect("dev-idp");

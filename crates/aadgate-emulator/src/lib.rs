@@ -41,8 +41,8 @@ mod state;
 pub mod token_endpoint;
 
 pub use dev::{
-    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, ConsentArg, DevIdpOptions,
-    DevTokenOptions, RedirectUriArg,
+    dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, AppRolesArg, ConsentArg,
+    DevIdpOptions, DevTokenOptions, RedirectUriArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
