@@ -18,6 +18,7 @@ use aadgate_core::registry::{
     format_time, AddedBy, Applied, Change, FileStore, RegistryError, RegistryStore, Snapshot,
     TenantRecord, TenantState,
 };
+use aadgate_core::store::{RedisRegistry, SharedStore};
 use clap::{Args, Subcommand};
 
 /// `tenants`
@@ -92,22 +93,28 @@ pub(crate) fn main(path: &Path, args: &TenantsArgs) -> ExitCode {
 
 fn run(path: &Path, args: &TenantsArgs) -> Result<(), Failure> {
     let config = config::load(path).map_err(|e| Failure(2, e.to_string()))?;
-    let store = match (&config.tenants.mode, &config.tenants.registry) {
-        (TenantMode::Registry, Some(file)) => FileStore::new(file.clone()),
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(3, e.to_string()))?;
+    let shared = SharedStore::new(&config.store, Arc::new(Metrics::new()))
+        .map_err(|e| Failure(2, e.to_string()))?;
+    let store: Arc<dyn RegistryStore> = match (&config.tenants.mode, &config.tenants.registry, shared) {
+        (TenantMode::Registry, _, Some(shared)) => {
+            rt.block_on(shared.connect()).map_err(|e| Failure(3, e.to_string()))?;
+            Arc::new(RedisRegistry::new(shared))
+        }
+        (TenantMode::Registry, Some(file), None) => Arc::new(FileStore::new(file.clone())),
         _ => {
             return Err(Failure(
                 2,
                 format!(
-                    "{} has no tenant registry: set [tenants] mode = \"registry\" and registry = \"FILE\"",
+                    "{} has no tenant registry: set [tenants] mode = \"registry\" and registry = \"FILE\" (or [store] kind = \"redis\")",
                     path.display()
                 ),
             ))
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure(3, e.to_string()))?;
     let json = args.json;
     let change = |change: Change| -> Result<(), Failure> {
         let tid = change.tenant().to_ascii_lowercase();

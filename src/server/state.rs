@@ -113,16 +113,26 @@ impl SharedState {
 
     /// Readiness: `Ok(detail)` when keys are loaded (the config is valid by construction).
     pub(crate) fn readiness(&self) -> Result<String, String> {
-        match self.current().keys().current() {
-            Some(set) => Ok(match set.source {
+        let runtime = self.current();
+        let ready = match runtime.keys().current() {
+            Some(set) => match set.source {
                 aadgate_core::jwks::KeySource::CacheFile => format!(
                     "ready: {} signing keys from cache_file (identity provider unreachable)",
                     set.len()
                 ),
                 _ => format!("ready: {} signing keys", set.len()),
-            }),
-            None => Err("not ready: signing keys not loaded yet".into()),
-        }
+            },
+            None => return Err("not ready: signing keys not loaded yet".into()),
+        };
+        // A shared store that is down degrades the fleet, not this replica: still ready.
+        Ok(match runtime.store() {
+            Some(store) if !store.is_up() => format!(
+                "{ready}; store degraded: {} does not answer (serving from this replica's state)",
+                store.describe()
+            ),
+            Some(store) => format!("{ready}; store up: {}", store.describe()),
+            None => ready,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod browser;
+pub(crate) mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

@@ -25,4 +25,5 @@ pub mod request_id;
 pub mod routing;
 pub mod runtime;
 pub mod singleflight;
+pub mod store;
 pub mod target;

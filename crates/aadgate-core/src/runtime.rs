@@ -12,7 +12,8 @@
 //! | an HTTP validator (and its decision cache) | its settings are the same |
 //! | an exchanger (and its app-only token cache) | its settings are the same |
 //! | tenant registry (its last read, its poll task) | the registry file is the same |
-//! | onboarding `state`s already used | always |
+//! | shared store (its connection, its health task) | its URL, key prefix and timeout are the same |
+//! | onboarding `state`s already used | while the shared store is the same |
 //! | metrics, clock | always |
 //!
 //! A CEL validator is compiled again (it holds no state). Building has no side effects on the
@@ -30,9 +31,11 @@ use crate::config::{self, Config, ConfigErrors, Route, ValidatorKind, ValidatorS
 use crate::exchange::Exchanger;
 use crate::jwks::KeyStore;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
+use crate::onboarding::RedisLedger;
 use crate::onboarding::{LocalLedger, Onboarding, StateLedger};
-use crate::registry::{FileStore, Registry};
+use crate::registry::{FileStore, Registry, RegistryStore};
 use crate::routing::RouteTable;
+use crate::store::{RedisRegistry, SharedStore};
 
 /// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
 /// runtime.
@@ -58,6 +61,8 @@ pub struct Runtime {
     onboarding: Option<Arc<Onboarding>>,
     /// The onboarding `state`s already used, kept across reloads.
     ledger: Arc<dyn StateLedger>,
+    /// The shared store (`[store] kind = "redis"`).
+    store: Option<Arc<SharedStore>>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
 }
 
@@ -79,6 +84,10 @@ struct Start {
     registry: Option<Arc<Registry>>,
     /// The previous runtime's registry, replaced by this one: stopped once this one starts.
     retire_registry: Option<Arc<Registry>>,
+    /// A shared store made by this build: its health task is not running yet.
+    store: Option<Arc<SharedStore>>,
+    /// The previous runtime's shared store, replaced by this one.
+    retire_store: Option<Arc<SharedStore>>,
 }
 
 /// Builds a [`Runtime`]; see the module documentation for what it carries over.
@@ -151,15 +160,18 @@ impl<'a> Builder<'a> {
             .or_else(|| prev.map(|p| p.auth.metrics().clone()))
             .unwrap_or_else(|| Arc::new(Metrics::new()));
         let validators = validators(&self.config, prev)?;
-        let exchangers = exchangers(&self.config, prev, &clock);
         let identity = &self.config.identity;
         let mut start = Start {
             refresh: false,
             retire: None,
             registry: None,
             retire_registry: None,
+            store: None,
+            retire_store: None,
         };
-        let registry = registry(&self.config, prev, &metrics, &mut start)?;
+        let store = shared_store(&self.config, prev, &metrics, &mut start)?;
+        let exchangers = exchangers(&self.config, prev, &clock, &store);
+        let registry = registry(&self.config, prev, &metrics, store.as_ref(), &mut start)?;
         let keys = match (self.keys, prev) {
             (Some(keys), _) => keys,
             (None, Some(p)) if identity.same_key_source(&p.config().identity) => {
@@ -196,10 +208,7 @@ impl<'a> Builder<'a> {
             clock,
             registry,
         });
-        let ledger = prev.map_or_else(
-            || Arc::new(LocalLedger::default()) as Arc<dyn StateLedger>,
-            |p| p.ledger.clone(),
-        );
+        let ledger = ledger(prev, store.as_ref());
         let onboarding = (auth.config().onboarding.as_ref())
             .map(|o| Arc::new(Onboarding::new(o.clone(), ledger.clone())));
         let route_metrics = RouteMetricsTable {
@@ -215,36 +224,94 @@ impl<'a> Builder<'a> {
             exchangers: Arc::new(exchangers),
             onboarding,
             ledger,
+            store,
             start: Arc::new(std::sync::Mutex::new(Some(start))),
         })
     }
 }
 
-/// The tenant registry of `mode = "registry"`: the previous runtime's when it reads the same
-/// store, else one read now (a registry that cannot be read fails the build).
-fn registry(
+/// The shared store of `[store] kind = "redis"`: the previous runtime's when its settings are
+/// the same (its connection stays), else a new one (connected lazily by its health task).
+fn shared_store(
     config: &Config,
     prev: Option<&Runtime>,
     metrics: &Arc<Metrics>,
     start: &mut Start,
-) -> Result<Option<Arc<Registry>>, ConfigErrors> {
-    let previous = prev.and_then(|p| p.registry().cloned());
-    let wanted = match (&config.tenants.mode, &config.tenants.registry) {
-        (config::TenantMode::Registry, Some(path)) => FileStore::new(path.clone()),
-        _ => {
-            start.retire_registry = previous;
-            return Ok(None);
-        }
-    };
-    let describe = crate::registry::RegistryStore::describe(&wanted);
-    if let Some(p) = previous
-        .as_ref()
-        .filter(|p| p.store().describe() == describe)
-    {
+) -> Result<Option<Arc<SharedStore>>, ConfigErrors> {
+    let previous = prev.and_then(|p| p.store.clone());
+    if let Some(p) = previous.as_ref().filter(|p| p.same_settings(&config.store)) {
         return Ok(Some(p.clone()));
     }
-    let opened = Registry::open_blocking(Arc::new(wanted.clone()), metrics.clone());
-    let registry = opened.map_err(|e| {
+    start.retire_store = previous;
+    let store = SharedStore::new(&config.store, metrics.clone()).map_err(|e| {
+        ConfigErrors(vec![config::ConfigError {
+            file: config.path.clone(),
+            line: 1,
+            col: 1,
+            message: format!("[store]: {e}"),
+        }])
+    })?;
+    start.store = store.clone();
+    Ok(store)
+}
+
+/// The onboarding ledger: the previous one while the store is the same, else one for the
+/// store (Redis, or this process).
+fn ledger(prev: Option<&Runtime>, store: Option<&Arc<SharedStore>>) -> Arc<dyn StateLedger> {
+    let same = |p: &&Runtime| match (&p.store, store) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    if let Some(p) = prev.filter(same) {
+        return p.ledger.clone();
+    }
+    match store {
+        Some(s) => Arc::new(RedisLedger::new(s.clone())),
+        None => Arc::new(LocalLedger::default()),
+    }
+}
+
+/// The tenant registry of `mode = "registry"`: the previous runtime's when it reads the same
+/// store, else a new one. A registry file is read now (one that cannot be read fails the
+/// build); a registry in Redis is read by its poll task, so the gateway starts while Redis is
+/// down.
+fn registry(
+    config: &Config,
+    prev: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+    shared: Option<&Arc<SharedStore>>,
+    start: &mut Start,
+) -> Result<Option<Arc<Registry>>, ConfigErrors> {
+    let previous = prev.and_then(|p| p.registry().cloned());
+    let wanted: Arc<dyn RegistryStore> =
+        match (&config.tenants.mode, &config.tenants.registry, shared) {
+            (config::TenantMode::Registry, _, Some(s)) => Arc::new(RedisRegistry::new(s.clone())),
+            (config::TenantMode::Registry, Some(path), None) => {
+                Arc::new(FileStore::new(path.clone()))
+            }
+            _ => {
+                start.retire_registry = previous;
+                return Ok(None);
+            }
+        };
+    let same_store = |p: &&Arc<Registry>| {
+        p.store().describe() == wanted.describe()
+            && match (shared, prev.and_then(|r| r.store.as_ref())) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    };
+    if let Some(p) = previous.as_ref().filter(same_store) {
+        return Ok(Some(p.clone()));
+    }
+    let registry = if shared.is_some() {
+        Registry::unread(wanted, metrics.clone())
+    } else {
+        Registry::open_blocking(wanted, metrics.clone())
+    };
+    let registry = registry.map_err(|e| {
         ConfigErrors(vec![config::ConfigError {
             file: config.path.clone(),
             line: 1,
@@ -297,17 +364,26 @@ fn exchangers(
     config: &Config,
     prev: Option<&Runtime>,
     clock: &Arc<dyn Clock>,
+    store: &Option<Arc<SharedStore>>,
 ) -> HashMap<String, Arc<Exchanger>> {
+    let same_store = |old: &Exchanger| match (old.store(), store) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
     config
         .exchanges
         .iter()
         .map(|(name, settings)| {
             let exchanger = prev
                 .and_then(|p| p.exchanger(name))
-                .filter(|old| old.settings() == settings)
+                .filter(|old| old.settings() == settings && same_store(old))
                 .cloned()
                 .unwrap_or_else(|| {
-                    Arc::new(Exchanger::with_clock(settings.clone(), clock.clone()))
+                    Arc::new(
+                        Exchanger::with_clock(settings.clone(), clock.clone())
+                            .with_store(store.clone()),
+                    )
                 });
             (name.clone(), exchanger)
         })
@@ -366,6 +442,14 @@ impl Runtime {
                 old.stop();
             }
         }
+        if let Some(store) = start.store {
+            handle.spawn(store.run());
+        }
+        if let Some(old) = start.retire_store {
+            if !self.store.as_ref().is_some_and(|s| Arc::ptr_eq(s, &old)) {
+                old.stop();
+            }
+        }
         if let Some(registry) = start.registry {
             handle.spawn(registry.run());
         }
@@ -383,6 +467,14 @@ impl Runtime {
         if let Some(r) = self.registry() {
             r.stop();
         }
+        if let Some(s) = &self.store {
+            s.stop();
+        }
+    }
+
+    /// The shared store (`[store] kind = "redis"`).
+    pub fn store(&self) -> Option<&Arc<SharedStore>> {
+        self.store.as_ref()
     }
 
     /// The tenant registry (`[tenants] mode = "registry"`).

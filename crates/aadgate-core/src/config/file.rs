@@ -99,10 +99,12 @@ pub struct ConfigFile {
     pub declared_exchanges: BTreeSet<String>,
     /// `[onboarding]`; optional: absent means no sign-up pages.
     pub onboarding: Option<Spanned<OnboardingFile>>,
+    /// `[store]`; optional: absent means the local store.
+    pub store: Option<Spanned<StoreFile>>,
 }
 
 /// The top-level tables a configuration file may have.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "identity",
     "tenants",
@@ -111,6 +113,7 @@ const SECTIONS: [&str; 8] = [
     "routes",
     "exchange",
     "onboarding",
+    "store",
 ];
 
 /// Reads `source` into the file model, recording every problem in `r`. Returns `None` only for
@@ -136,6 +139,7 @@ pub fn parse(source: &str, r: &mut Reporter<'_>) -> Option<ConfigFile> {
             "tenants" => f.tenants = read(r, value),
             "clients" => f.clients = read(r, value),
             "onboarding" => f.onboarding = read(r, value),
+            "store" => f.store = read(r, value),
             "validators" => {
                 for (name, v) in named_tables(r, value, "validators") {
                     f.declared_validators.insert(name.clone());
@@ -321,6 +325,24 @@ pub struct TenantsFile {
     /// `on_consent_lost`: `"revoke"` (default) or `"keep"`: what an exchange answer of "not
     /// consented" does to an active registry tenant.
     pub on_consent_lost: Option<Spanned<String>>,
+}
+
+/// `[store]`: where replicas share state (SPEC section 10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `kind`: `"local"` (default) or `"redis"`.
+    pub kind: Option<Spanned<String>>,
+    /// `url`: `redis://` or `rediss://` URL (ACL user and password may be in it); with
+    /// `kind = "redis"`, required unless `AADGATE_STORE_URL` is set.
+    pub url: Option<Spanned<String>>,
+    /// `key_prefix`: every key starts with it; default `"aadgate:"`.
+    pub key_prefix: Option<Spanned<String>>,
+    /// `timeout`: per store operation; default `"100ms"`.
+    pub timeout: Option<Raw<Duration>>,
+    /// `encryption_key_file`: 32 bytes (raw, or base64 text) that encrypt app-only tokens in the
+    /// store; required with `kind = "redis"`.
+    pub encryption_key_file: Option<Spanned<String>>,
 }
 
 /// `[onboarding]`: the "sign up my organization" pages (SPEC section 9).

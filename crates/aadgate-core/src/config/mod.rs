@@ -10,7 +10,7 @@ mod model;
 pub use compile::{
     is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_AUTHORITY,
     DEFAULT_CLOCK_SKEW, DEFAULT_ISSUERS, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MIN_REFETCH_INTERVAL,
-    DEFAULT_ONBOARDING_PREFIX, DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_SIZE,
+    DEFAULT_ONBOARDING_PREFIX, DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_SIZE, STORE_URL_ENV,
 };
 pub use duration::{parse_duration, Duration, DurationError};
 pub use error::{ConfigError, ConfigErrors, Reporter};

@@ -37,6 +37,8 @@ pub struct Config {
     pub exchanges: HashMap<String, ExchangeSettings>,
     /// `[onboarding]`: the sign-up pages; `None` when the table is absent.
     pub onboarding: Option<OnboardingSettings>,
+    /// `[store]`: local (default) or Redis.
+    pub store: StoreSettings,
     /// Every header name configured as a claim header on any route, plus the default set:
     /// removed from every inbound request.
     pub claim_header_names: HashSet<HeaderName>,
@@ -244,6 +246,73 @@ pub struct TenantSettings {
     pub registry: Option<PathBuf>,
     /// `on_consent_lost`: revoke (default) or keep a registry tenant whose consent is gone.
     pub on_consent_lost: ConsentLost,
+}
+
+/// `[store]`: where replicas share state (SPEC section 10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// `kind`: local or Redis.
+    pub kind: StoreKind,
+    /// `key_prefix`: every key the gateway writes starts with it; default `aadgate:`.
+    pub key_prefix: String,
+    /// `timeout`: per operation; default 100 ms.
+    pub timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            kind: StoreKind::Local,
+            key_prefix: "aadgate:".to_string(),
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `[store] kind`.
+#[derive(Clone, PartialEq)]
+pub enum StoreKind {
+    /// In process and files (default).
+    Local,
+    /// A Redis server (standalone, TLS with `rediss://`).
+    Redis {
+        /// `url` (or `AADGATE_STORE_URL`); may hold a password: never logged.
+        url: String,
+        /// The AES-256-GCM key read from `encryption_key_file`. Never logged.
+        encryption_key: Arc<[u8; 32]>,
+        /// `encryption_key_file`, resolved against the config folder.
+        encryption_key_file: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Local => f.write_str("Local"),
+            StoreKind::Redis {
+                url,
+                encryption_key_file,
+                ..
+            } => f
+                .debug_struct("Redis")
+                .field("url", &redact_url(url))
+                .field("encryption_key", &"<redacted>")
+                .field("encryption_key_file", encryption_key_file)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid url>".to_string(),
+    }
 }
 
 /// `[onboarding]`: "sign up my organization" through Entra ID admin consent (SPEC section 9).

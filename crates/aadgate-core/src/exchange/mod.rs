@@ -11,6 +11,7 @@ pub mod assertion;
 pub mod cache;
 pub mod client;
 pub mod rewrite;
+mod shared;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +60,8 @@ pub struct Exchanger {
     /// Index into `settings.certificates` of the signing certificate; moves on rollover.
     signer: AtomicUsize,
     clock: Arc<dyn Clock>,
+    /// The shared store (fleet mode): the second level of the token cache.
+    store: Option<Arc<crate::store::SharedStore>>,
 }
 
 impl fmt::Debug for Exchanger {
@@ -87,7 +90,20 @@ impl Exchanger {
             signer: AtomicUsize::new(0),
             clock,
             settings,
+            store: None,
         }
+    }
+
+    /// With a shared store: tokens, failures and purges are shared with the fleet (see
+    /// `exchange::shared`).
+    pub fn with_store(mut self, store: Option<Arc<crate::store::SharedStore>>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The shared store it uses, if any.
+    pub fn store(&self) -> Option<&Arc<crate::store::SharedStore>> {
+        self.store.as_ref()
     }
 
     /// The settings it was built from.
@@ -175,6 +191,9 @@ impl Exchanger {
     /// `purge_interval` ago: then the token stays and this returns false. A newer token in the
     /// entry also stays. Returns whether the token was dropped.
     pub fn purge(&self, tid: &str, access_token: &str) -> bool {
+        if let Some(store) = &self.store {
+            self.purge_shared(store.clone(), &tid.to_ascii_lowercase(), access_token);
+        }
         let key = CacheKey::new(tid, &self.settings.target);
         let dropped = self.cache.purge(
             &key,
@@ -192,10 +211,29 @@ impl Exchanger {
         dropped
     }
 
-    /// The new cache entry for `tenant`: a token, a failure, or — when the endpoint is
-    /// unavailable but the previous token is still valid for a while — that token again until
-    /// the failure window ends.
+    /// The new cache entry for `tenant`: through the shared store when there is one (its
+    /// entry, or one token request for the fleet), else from here.
     async fn fetch(
+        &self,
+        tenant: &str,
+        previous: Option<Arc<Slot>>,
+        from_cache: &mut bool,
+    ) -> Slot {
+        if let Some(store) = &self.store {
+            let shared = self
+                .fetch_shared(store, tenant, previous.clone(), from_cache)
+                .await;
+            if let Some(slot) = shared {
+                return slot;
+            }
+        }
+        self.fetch_here(tenant, previous, from_cache).await
+    }
+
+    /// The new cache entry for `tenant` from its token endpoint: a token, a failure, or — when
+    /// the endpoint is unavailable but the previous token is still valid for a while — that
+    /// token again until the failure window ends.
+    async fn fetch_here(
         &self,
         tenant: &str,
         previous: Option<Arc<Slot>>,

@@ -17,6 +17,7 @@
 //! Answers are [`page::Page`]s: redirects built from the configuration only, or small escaped
 //! HTML pages (no script). Each callback counts one `aadgate_onboarding_total{result}`.
 
+mod ledger;
 pub mod page;
 pub mod state;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+pub use ledger::RedisLedger;
 pub use page::Page;
 pub use state::{LocalLedger, StateError, StateLedger};
 

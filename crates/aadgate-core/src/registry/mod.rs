@@ -125,6 +125,19 @@ impl Registry {
         Ok(Arc::new(Self::with(store, metrics, snapshot, version)))
     }
 
+    /// A registry not read yet: empty, with the error "not read yet" until its poll task reads
+    /// the store (a shared store that may be down at start-up).
+    pub fn unread(
+        store: Arc<dyn RegistryStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Registry>, RegistryError> {
+        let registry = Self::with(store, metrics, Snapshot::default(), None);
+        if let Ok(mut e) = registry.error.lock() {
+            *e = Some("not read yet".to_string());
+        }
+        Ok(Arc::new(registry))
+    }
+
     fn with(
         store: Arc<dyn RegistryStore>,
         metrics: Arc<Metrics>,

@@ -240,6 +240,22 @@ impl Snapshot {
         }
     }
 
+    /// A registry of `records` (ids lower-cased); two records of one tenant are an error.
+    pub fn from_records(records: Vec<TenantRecord>) -> Result<Snapshot, String> {
+        let mut tenants = BTreeMap::new();
+        for mut record in records {
+            if !is_guid(&record.tenant_id) {
+                return Err(format!("{:?} is not a tenant id (GUID)", record.tenant_id));
+            }
+            record.tenant_id.make_ascii_lowercase();
+            if tenants.contains_key(&record.tenant_id) {
+                return Err(format!("tenant {} is listed twice", record.tenant_id));
+            }
+            tenants.insert(record.tenant_id.clone(), record);
+        }
+        Ok(Snapshot { tenants })
+    }
+
     /// The stored form: pretty JSON with a final newline.
     pub fn to_json(&self) -> String {
         let form = FileForm {
@@ -264,18 +280,7 @@ impl Snapshot {
                 form.version
             ));
         }
-        let mut tenants = BTreeMap::new();
-        for mut record in form.tenants {
-            if !is_guid(&record.tenant_id) {
-                return Err(format!("{:?} is not a tenant id (GUID)", record.tenant_id));
-            }
-            record.tenant_id.make_ascii_lowercase();
-            if tenants.contains_key(&record.tenant_id) {
-                return Err(format!("tenant {} is listed twice", record.tenant_id));
-            }
-            tenants.insert(record.tenant_id.clone(), record);
-        }
-        Ok(Snapshot { tenants })
+        Snapshot::from_records(form.tenants)
     }
 }
 

@@ -9,10 +9,12 @@ mod identity;
 mod onboarding;
 mod routes;
 mod server;
+mod store;
 mod tenants;
 mod validators;
 
 pub use onboarding::{DEFAULT_AUTHORITY, DEFAULT_ONBOARDING_PREFIX};
+pub use store::STORE_URL_ENV;
 pub use tenants::{load_tenant_file, TenantFileError};
 
 use std::collections::HashSet;
@@ -151,7 +153,9 @@ impl Compiler<'_> {
     fn config(&mut self, path: &Path, f: ConfigFile) -> Option<Config> {
         let server = f.server.as_ref().and_then(|s| self.server(s));
         let identity = f.identity.as_ref().and_then(|s| self.identity(s));
-        let tenants = f.tenants.as_ref().and_then(|s| self.tenants(s, &f));
+        let store = self.store(f.store.as_ref());
+        let shared = matches!(store.kind, StoreKind::Redis { .. });
+        let tenants = f.tenants.as_ref().and_then(|s| self.tenants(s, &f, shared));
         let clients = self.clients(f.clients.as_ref());
         let validators = self.validators(&f.validators);
         let exchanges = self.exchanges(&f.exchange);
@@ -182,6 +186,7 @@ impl Compiler<'_> {
                 None => None,
                 Some(o) => Some(o?),
             },
+            store,
             claim_header_names,
             validator_header_names,
             warnings: Vec::new(),

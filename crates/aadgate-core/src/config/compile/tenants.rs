@@ -33,11 +33,12 @@ impl Compiler<'_> {
         &mut self,
         s: &Spanned<file::TenantsFile>,
         whole: &ConfigFile,
+        shared: bool,
     ) -> Option<TenantSettings> {
         let f = s.get_ref();
         let mut allow = self.tenant_ids(&f.allow, "`allow`");
         let deny = self.tenant_ids(&f.deny, "`deny`");
-        let mode = self.tenant_mode(f, whole);
+        let mode = self.tenant_mode(f, whole, shared);
         if f.hook.is_some() && !matches!(mode, TenantMode::Hook(_)) {
             if let Some(h) = &f.hook {
                 self.r
@@ -48,6 +49,8 @@ impl Compiler<'_> {
             if mode != TenantMode::Registry {
                 self.r
                     .error(p.span(), "`registry` is only used with mode = \"registry\"");
+            } else if shared {
+                self.r.warn(p.span(), "with [store] kind = \"redis\" the registry lives in Redis; this file is neither read nor written");
             }
             self.path(p.get_ref())
         });
@@ -92,7 +95,12 @@ impl Compiler<'_> {
     }
 
     /// `mode` (with `hook` and `registry` where it needs them).
-    fn tenant_mode(&mut self, f: &file::TenantsFile, whole: &ConfigFile) -> TenantMode {
+    fn tenant_mode(
+        &mut self,
+        f: &file::TenantsFile,
+        whole: &ConfigFile,
+        shared: bool,
+    ) -> TenantMode {
         match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
             None | Some(("allow_list", _)) => TenantMode::AllowList,
             Some(("any", _)) => TenantMode::Any,
@@ -117,10 +125,10 @@ impl Compiler<'_> {
                 }
             },
             Some(("registry", span)) => {
-                if f.registry.is_none() {
+                if f.registry.is_none() && !shared {
                     self.r.error(
                         span,
-                        "mode = \"registry\" needs `registry = \"FILE\"` (the tenant registry's JSON file, e.g. /var/lib/aadgate/tenants.json)",
+                        "mode = \"registry\" needs `registry = \"FILE\"` (the tenant registry's JSON file, e.g. /var/lib/aadgate/tenants.json), or [store] kind = \"redis\"",
                     );
                 }
                 TenantMode::Registry

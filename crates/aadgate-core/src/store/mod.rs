@@ -1,0 +1,349 @@
+//! The shared store of fleet mode (SPEC section 10): a Redis server every replica uses for the
+//! state they must agree on — the tenant registry ([`RedisRegistry`]), the app-only token cache
+//! (second level, encrypted), onboarding `state` single use (`onboarding::RedisLedger`) and
+//! rate-limit buckets.
+//!
+//! Redis being down, slow or restarted never fails a request:
+//!
+//! - every operation is bounded by `[store] timeout`;
+//! - a failed operation marks the store down; while it is down, operations fail at once (no
+//!   waiting for a timeout on every request) and callers use what they have in process;
+//! - a health task pings every [`HEALTH_INTERVAL`] and marks the store up again when Redis
+//!   answers; the connection manager of the `redis` crate reconnects by itself;
+//! - `aadgate_store_up` and `aadgate_store_errors_total{op}` say so, and `/readyz` says
+//!   "degraded" in its body.
+//!
+//! The gateway starts while Redis is down: the connection is made lazily.
+//!
+//! Values that hold app-only tokens are sealed with AES-256-GCM ([`SharedStore::seal`]): a
+//! random 96-bit nonce per value, and the key name as associated data, so a value copied to
+//! another key does not open.
+
+mod registry;
+
+pub use registry::RedisRegistry;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use redis::aio::ConnectionManager;
+
+use crate::config::{redact_url, StoreKind, StoreSettings};
+use crate::metrics::Metrics;
+
+/// How often the health task pings Redis.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a store operation did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shared store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// The Redis store; see the module documentation. Cheap to share (`Arc`).
+pub struct SharedStore {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    client: redis::Client,
+    key: LessSafeKey,
+    conn: ArcSwapOption<ConnectionManager>,
+    up: AtomicBool,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedStore {
+    /// A store for `settings` (`kind = "redis"`; `None` for the local store). Connects lazily:
+    /// nothing is contacted until [`SharedStore::run`] or the first operation.
+    pub fn new(
+        settings: &StoreSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Arc<SharedStore>>, StoreError> {
+        let StoreKind::Redis {
+            url,
+            encryption_key,
+            ..
+        } = &settings.kind
+        else {
+            metrics.store_up.set(1);
+            return Ok(None);
+        };
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| StoreError(format!("{}: {e}", redact_url(url))))?;
+        let key = UnboundKey::new(&AES_256_GCM, &encryption_key[..])
+            .map_err(|_| StoreError("the encryption key is not an AES-256 key".into()))?;
+        metrics.store_up.set(0);
+        Ok(Some(Arc::new(SharedStore {
+            url: url.clone(),
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            client,
+            key: LessSafeKey::new(key),
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            metrics,
+            stop: tokio::sync::watch::channel(false).0,
+        })))
+    }
+
+    /// Whether `settings` describe this store (a reload keeps it and its connection).
+    pub fn same_settings(&self, settings: &StoreSettings) -> bool {
+        matches!(&settings.kind, StoreKind::Redis { url, .. } if *url == self.url)
+            && settings.key_prefix == self.prefix
+            && settings.timeout == self.timeout
+    }
+
+    /// The full name of a key: the prefix, then `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Where it connects, without a password, for messages.
+    pub fn describe(&self) -> String {
+        format!("redis {}", redact_url(&self.url))
+    }
+
+    /// Whether the last operation or ping succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Connects, then pings every [`HEALTH_INTERVAL`] until [`SharedStore::stop`], marking the
+    /// store up or down.
+    pub async fn run(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.ping().await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends [`SharedStore::run`].
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Pings once now (for commands that use the store right away, such as `aadgate tenants`).
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        self.ping().await;
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(StoreError(format!("{} does not answer", self.describe())))
+        }
+    }
+
+    async fn ping(&self) {
+        let result = match self.connection() {
+            Ok(mut conn) => {
+                let ping = redis::cmd("PING");
+                let answer = tokio::time::timeout(
+                    self.timeout.max(Duration::from_millis(250)),
+                    ping.query_async::<String>(&mut conn),
+                )
+                .await;
+                matches!(answer, Ok(Ok(_)))
+            }
+            Err(_) => false,
+        };
+        self.mark(result, None);
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(conn) = self.conn.load_full() {
+            return Ok((*conn).clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(|e| StoreError(e.to_string()))?;
+        self.conn.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// Records the outcome of an operation (`op` counts a failure) and logs a change of state.
+    fn mark(&self, ok: bool, op: Option<&'static str>) {
+        if let (false, Some(op)) = (ok, op) {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
+        }
+        let was = self.up.swap(ok, Ordering::Relaxed);
+        self.metrics.store_up.set(i64::from(ok));
+        match (was, ok) {
+            (false, true) => {
+                tracing::info!(store = %self.describe(), "shared store up: sharing state with the fleet")
+            }
+            (true, false) => {
+                tracing::warn!(store = %self.describe(), "shared store down: serving from what this replica has, with its own token requests and rate-limit buckets")
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs one command, bounded by the timeout. While the store is down this fails at once.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        if !self.is_up() {
+            return Err(StoreError("down (waiting for the health check)".into()));
+        }
+        let mut conn = self.connection()?;
+        let answer = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        self.finish(op, answer)
+    }
+
+    /// Runs a Lua script, bounded by the timeout; see [`SharedStore::query`].
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        if !self.is_up() {
+            return Err(StoreError("down (waiting for the health check)".into()));
+        }
+        let mut conn = self.connection()?;
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        let answer =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn)).await;
+        self.finish(op, answer)
+    }
+
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        answer: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        match answer {
+            Ok(Ok(v)) => {
+                self.mark(true, None);
+                Ok(v)
+            }
+            Ok(Err(e)) if e.code().is_some() => {
+                // The server answered with an error: it is up, the command is wrong.
+                self.metrics.store_errors.with_label_values(&[op]).inc();
+                Err(StoreError(e.to_string()))
+            }
+            Ok(Err(e)) => {
+                self.mark(false, Some(op));
+                Err(StoreError(e.to_string()))
+            }
+            Err(_) => {
+                self.mark(false, Some(op));
+                Err(StoreError(format!("no answer within {:?}", self.timeout)))
+            }
+        }
+    }
+
+    /// `GET name` (the full key).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query("get", redis::cmd("GET").arg(key)).await
+    }
+
+    /// `SET key value PX ttl`.
+    pub async fn set_px(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        self.query(
+            "set",
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms),
+        )
+        .await
+    }
+
+    /// `SET key value NX PX ttl`: whether this call set it (a lock, a single use).
+    pub async fn set_nx_px(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let answer: Option<String> = self
+            .query(
+                "lock",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(answer.is_some())
+    }
+
+    /// `DEL key`.
+    pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        self.query::<i64>("set", redis::cmd("DEL").arg(key))
+            .await
+            .map(|_| ())
+    }
+
+    /// Encrypts `plaintext` for storage under `key`: nonce ‖ ciphertext ‖ tag.
+    pub fn seal(&self, key: &str, plaintext: &[u8]) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        let mut out = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key.as_bytes()),
+                &mut out,
+            )
+            .ok()?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&out);
+        Some(sealed)
+    }
+
+    /// Decrypts what [`SharedStore::seal`] made for `key`; `None` when it does not open (another
+    /// key, another key name, tampered).
+    pub fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(key.as_bytes()), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! End-to-end: fleet mode (SPEC section 10) — several real gateway processes sharing a real
+//! `redis-server`: one token request for the fleet, the tenant registry and onboarding `state`
+//! shared, no clear-text token in Redis, and no failed request when Redis dies and comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aadgate_emulator::{AppRegistration, SigningKey, TokenSpec};
+use common::redis::RedisServer;
+use common::*;
+use serde_json::Value;
+
+const APP: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+/// A throwaway test key for the store's encryption (32 bytes).
+const STORE_KEY: &[u8; 32] = b"test-only-store-key-32-bytes-000";
+const STATE_KEY: &str = "test-only-onboarding-state-key-0123456789";
+
+struct Fleet {
+    w: World,
+    redis: RedisServer,
+    gws: Vec<Gateway>,
+}
+
+fn roles() -> Vec<String> {
+    vec!["User.Read.All".to_string()]
+}
+
+/// `n` gateways on one Redis, in registry mode, with an exchange route and sign-up pages.
+async fn fleet(n: usize) -> Option<Fleet> {
+    let redis = RedisServer::start().await?;
+    let w = World::start().await;
+    let cert = SigningKey::generate().expect("key");
+    let mut app = AppRegistration::new(APP)
+        .with_certificate(&cert)
+        .with_app_roles(roles());
+    let mut prepared = Vec::new();
+    for _ in 0..n {
+        let template = base_config("", "mode = \"registry\"\n")
+            + &format!(
+                r#"
+[store]
+kind = "redis"
+url = "{url}"
+encryption_key_file = "{{dir}}/store.key"
+timeout = "200ms"
+
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "{{echo}}"
+
+[[routes]]
+name = "graph"
+path_prefix = "/v1.0/"
+upstream = "{{echo}}"
+exchange = "graph"
+
+[exchange.graph]
+client_id = "{APP}"
+token_endpoint = "{{idp}}/{{tenantid}}/oauth2/v2.0/token"
+scope = "https://graph.microsoft.com/.default"
+certificates = [ {{ cert = "{{dir}}/app.crt", key = "{{dir}}/app.key" }} ]
+
+[onboarding]
+client_id = "{APP}"
+redirect_uri = "http://127.0.0.1:{{port}}/.aadgate/onboarding/callback"
+authority = "{{idp}}"
+state_key_file = "{{dir}}/state.key"
+verify_exchange = "graph"
+"#,
+                url = redis.url()
+            );
+        let p = Prepared::new(&template, &w);
+        let dir = p.dir.path();
+        std::fs::write(dir.join("app.crt"), cert.certificate_pem()).expect("cert");
+        std::fs::write(dir.join("app.key"), cert.private_key_pem()).expect("key");
+        std::fs::write(dir.join("store.key"), STORE_KEY).expect("store key");
+        std::fs::write(dir.join("state.key"), STATE_KEY).expect("state key");
+        app = app.with_redirect_uri(&format!(
+            "http://127.0.0.1:{}/.aadgate/onboarding/callback",
+            p.port
+        ));
+        prepared.push(p);
+    }
+    w.idp.register_app(app).expect("register");
+    let mut gws = Vec::new();
+    for p in prepared {
+        let path = p.dir.path().join("aadgate.toml");
+        std::fs::write(&path, &p.rendered).expect("config");
+        let gw = p.launch(path, &[]).await;
+        gw.wait_ready().await;
+        gws.push(gw);
+    }
+    let fleet = Fleet { w, redis, gws };
+    for gw in &fleet.gws {
+        fleet.until_metric(gw, "aadgate_store_up", 1.0).await;
+    }
+    Some(fleet)
+}
+
+impl Fleet {
+    async fn get(&self, gw: &Gateway, tid: &str, path: &str) -> (u16, String) {
+        let token = self.w.idp.mint(&TokenSpec::app(tid, AUD, &["Orders.Read"]));
+        match client().get(gw.url(path)).bearer_auth(token).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// Polls (bounded) until `tid` gets `want` on `gw` (the SPEC's 2 s, with slack for a
+    /// loaded machine).
+    async fn until(&self, gw: &Gateway, tid: &str, want: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(gw, tid, "/orders").await;
+            if status == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tid}: {status} not {want}: {body}\n{}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn until_metric(&self, gw: &Gateway, name: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if sample(&gw.metrics().await, name, &[]) == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never {want}:\n{}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn cli(&self, gw: &Gateway, args: &[&str]) -> (i32, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aadgate"))
+            .arg("tenants")
+            .args(args)
+            .arg("-c")
+            .arg(&gw.config_path)
+            .output()
+            .await
+            .expect("cli");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn token_requests(&self, tid: &str) -> usize {
+        (self.w.idp.token_requests().iter())
+            .filter(|r| r.tenant.eq_ignore_ascii_case(tid))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_makes_one_token_request_and_stores_no_token_in_clear() {
+    let Some(f) = fleet(3).await else { return };
+    f.w.idp.consent(TENANT_B, APP, roles());
+    let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
+    assert_eq!(code, 0, "{out}");
+    for gw in &f.gws {
+        f.until(gw, TENANT_B, 200).await;
+    }
+    f.w.idp.reset_counts();
+    // Every replica misses its own cache for the new tenant at once.
+    let mut calls = Vec::new();
+    for gw in &f.gws {
+        for _ in 0..8 {
+            calls.push(f.get(gw, TENANT_B, "/v1.0/users/x"));
+        }
+    }
+    let answers = futures_util::future::join_all(calls).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(
+        f.token_requests(TENANT_B),
+        1,
+        "one token request for the fleet"
+    );
+    // The token the upstream received is nowhere in Redis in clear text.
+    let echoed: Value = serde_json::from_str(&answers[0].1).expect("echo json");
+    let bearer = echoed["headers"]["authorization"][0]
+        .as_str()
+        .expect("authorization");
+    let token = bearer.trim_start_matches("Bearer ");
+    assert!(token.len() > 100, "{bearer}");
+    let dump = f.redis.dump().await;
+    assert!(
+        dump.iter().any(|(k, _)| k.starts_with("aadgate:apptoken:")),
+        "{dump:?}"
+    );
+    for (key, value) in &dump {
+        assert!(key.starts_with("aadgate:"), "{key}");
+        let text = String::from_utf8_lossy(value);
+        assert!(
+            !text.contains(token) && !text.contains(&token[..40]),
+            "{key} holds the token"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_and_sign_up_links_are_shared_by_the_fleet() {
+    let Some(f) = fleet(2).await else { return };
+    let (a, b) = (&f.gws[0], &f.gws[1]);
+    // App-only tokens that are never fresh: every exchange asks the token endpoint.
+    f.w.idp.set_token_lifetime(1);
+    // Sign-up through one replica: the other accepts the tenant.
+    f.w.idp.consent(TENANT_B, APP, roles());
+    let start = client()
+        .get(a.url("/.aadgate/onboarding/start"))
+        .send()
+        .await
+        .expect("start");
+    let location = start.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let state = reqwest::Url::parse(&location)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let query = format!(
+        "admin_consent=True&tenant={TENANT_B}&state={}",
+        state.replace('.', "%2E")
+    );
+    let done = client()
+        .get(a.url(&format!("/.aadgate/onboarding/callback?{query}")))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(done.status(), 200);
+    f.until(b, TENANT_B, 200).await;
+    // The same link on the other replica: already used.
+    let replay = client()
+        .get(b.url(&format!("/.aadgate/onboarding/callback?{query}")))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await.expect("body").contains("already used"));
+    // Consent withdrawn, noticed by one replica: refused by both.
+    f.w.idp.revoke_consent(TENANT_B, APP);
+    let (status, body) = f.get(a, TENANT_B, "/v1.0/users/x").await;
+    assert_eq!(status, 403, "{body}");
+    f.until(b, TENANT_B, 401).await;
+    let (code, out) = f.cli(b, &["show", TENANT_B, "--json"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"revoked\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_and_coming_back_fails_no_request() {
+    let Some(mut f) = fleet(2).await else { return };
+    f.w.idp.consent(TENANT_B, APP, roles());
+    assert_eq!(f.cli(&f.gws[0], &["add", TENANT_B]).await.0, 0);
+    for gw in &f.gws {
+        f.until(gw, TENANT_B, 200).await;
+        assert_eq!(f.get(gw, TENANT_B, "/v1.0/users/x").await.0, 200);
+    }
+    let mut failures = Vec::new();
+    for (s, body) in round(&f).await {
+        if s != 200 {
+            failures.push(body);
+        }
+    }
+    f.redis.kill();
+    for gw in &f.gws {
+        // Requests keep passing while the replicas find out.
+        for (s, body) in round(&f).await {
+            if s != 200 {
+                failures.push(body);
+            }
+        }
+        f.until_metric(gw, "aadgate_store_up", 0.0).await;
+    }
+    for _ in 0..5 {
+        for (s, body) in round(&f).await {
+            if s != 200 {
+                failures.push(body);
+            }
+        }
+    }
+    let ready = reqwest::get(f.gws[0].admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.expect("body").contains("store degraded"));
+    let m = f.gws[0].metrics().await;
+    assert!(sample(&m, "aadgate_store_errors_total", &[]).is_some());
+    // Back: the replicas reconnect by themselves.
+    f.redis.restart().await;
+    for gw in &f.gws {
+        f.until_metric(gw, "aadgate_store_up", 1.0).await;
+    }
+    for (s, body) in round(&f).await {
+        if s != 200 {
+            failures.push(body);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// One request on each route of each replica, at once.
+async fn round(f: &Fleet) -> Vec<(u16, String)> {
+    let calls: Vec<_> = f
+        .gws
+        .iter()
+        .flat_map(|gw| {
+            [
+                f.get(gw, TENANT_B, "/orders"),
+                f.get(gw, TENANT_B, "/v1.0/users/x"),
+            ]
+        })
+        .collect();
+    futures_util::future::join_all(calls).await
+}
