@@ -312,6 +312,17 @@ async fn redis_dying_and_coming_back_fails_no_request() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+    // Redis came back empty (no persistence here): a replica restores the registry into it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out) = f.cli(&f.gws[1], &["show", TENANT_B]).await;
+        if code == 0 {
+            assert!(out.contains("active"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "registry not restored: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One request on each route of each replica, at once.

@@ -75,6 +75,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         change: &Change,
         now: i64,
     ) -> Result<(Snapshot, Option<Version>, Applied), RegistryError>;
+    /// Writes `snapshot` into a store that lost its registry (nothing stored), unless another
+    /// writer stored one meanwhile. Returns whether it wrote. Stores that cannot lose their
+    /// content without an operator's act (a file) do nothing.
+    async fn restore(&self, _snapshot: &Snapshot) -> Result<bool, RegistryError> {
+        Ok(false)
+    }
 }
 
 /// The running view of the registry; see the module documentation.
@@ -248,12 +254,10 @@ impl Registry {
         let seen = self.version.lock().ok().and_then(|v| v.clone());
         let result = match self.store.version().await {
             Ok(v) if v == seen && self.error().is_none() => return false,
-            // A registry that existed and is gone (an unmounted volume, a deleted file) is an
-            // error, not an empty registry: the last one read stays in force.
-            Ok(None) if seen.is_some() => Err(RegistryError::Unavailable(format!(
-                "{}: the registry is gone (deleted or unmounted); recreate it, e.g. from a backup, or with `aadgate tenants add`",
-                self.store.describe()
-            ))),
+            // A registry that existed and is gone (an unmounted volume, a deleted file, a
+            // shared store restarted without persistence) is not an empty registry: the last
+            // one read stays in force, and a shared store gets it back.
+            Ok(None) if seen.is_some() => self.gone().await,
             Ok(_) => self.store.load().await,
             Err(e) => Err(e),
         };
@@ -283,6 +287,20 @@ impl Registry {
                 false
             }
         }
+    }
+
+    /// The store lost the registry: restore it from this process's copy where the store allows
+    /// (then read it again), else report it.
+    async fn gone(&self) -> Result<(Snapshot, Option<Version>), RegistryError> {
+        let copy = self.snapshot();
+        if !copy.is_empty() && self.store.restore(&copy).await.unwrap_or(false) {
+            tracing::warn!(store = %self.store.describe(), tenants = copy.len(), "the tenant registry was gone from the store; restored it from this replica's copy");
+            return self.store.load().await;
+        }
+        Err(RegistryError::Unavailable(format!(
+            "{}: the registry is gone (deleted, unmounted, or the store lost its data); recreate it, e.g. from a backup, or with `aadgate tenants add`",
+            self.store.describe()
+        )))
     }
 
     /// Refreshes every [`POLL_INTERVAL`] until [`Registry::stop`].

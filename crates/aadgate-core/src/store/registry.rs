@@ -19,6 +19,16 @@ use crate::registry::{
 /// Tries of a change that keeps meeting concurrent changes.
 const CAS_TRIES: usize = 8;
 
+/// Writes every record and version 1, only if no version exists (a store that lost its data).
+const RESTORE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], '1')
+return 1
+";
+
 /// Reads the version and every record at once.
 const LOAD_LUA: &str = r"
 return {redis.call('GET', KEYS[2]) or '', redis.call('HVALS', KEYS[1])}
@@ -51,6 +61,7 @@ pub struct RedisRegistry {
     load: redis::Script,
     read: redis::Script,
     write: redis::Script,
+    restore: redis::Script,
 }
 
 impl RedisRegistry {
@@ -63,6 +74,7 @@ impl RedisRegistry {
             load: redis::Script::new(LOAD_LUA),
             read: redis::Script::new(READ_LUA),
             write: redis::Script::new(WRITE_LUA),
+            restore: redis::Script::new(RESTORE_LUA),
         }
     }
 
@@ -136,6 +148,22 @@ impl RegistryStore for RedisRegistry {
         }
         let snapshot = Snapshot::from_records(records).map_err(|e| self.unavailable(e))?;
         Ok((snapshot, (!version.is_empty()).then_some(version)))
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<bool, RegistryError> {
+        let mut fields = Vec::with_capacity(snapshot.len() * 2);
+        for r in snapshot.tenants() {
+            fields.push(r.tenant_id.clone().into_bytes());
+            fields.push(serde_json::to_vec(r).map_err(|e| self.unavailable(e))?);
+        }
+        let args: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        let keys = [self.records.as_str(), self.version.as_str()];
+        let wrote: i64 = self
+            .store
+            .script("set", &self.restore, &keys, &args)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(wrote == 1)
     }
 
     async fn update(
