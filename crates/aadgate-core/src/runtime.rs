@@ -13,6 +13,7 @@
 //! | an exchanger (and its app-only token cache) | its settings are the same |
 //! | tenant registry (its last read, its poll task) | the registry file is the same |
 //! | onboarding `state`s already used | always |
+//! | a rate limit (and its buckets) | its `name`, `key`, `rate`, `period`, `burst` and `overrides` are the same (`routes` may change); the shared bucket store always |
 //! | metrics, clock | always |
 //!
 //! A CEL validator is compiled again (it holds no state). Building has no side effects on the
@@ -31,6 +32,7 @@ use crate::exchange::Exchanger;
 use crate::jwks::KeyStore;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::onboarding::{LocalLedger, Onboarding, StateLedger};
+use crate::ratelimit::{Buckets, RateLimiter};
 use crate::registry::{FileStore, Registry};
 use crate::routing::RouteTable;
 
@@ -59,6 +61,7 @@ pub struct Runtime {
     /// The onboarding `state`s already used, kept across reloads.
     ledger: Arc<dyn StateLedger>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// Every route's metric handles, by [`Route::index`], and those of requests that matched none.
@@ -90,6 +93,7 @@ pub struct Builder<'a> {
     clock: Option<Arc<dyn Clock>>,
     keys: Option<Arc<KeyStore>>,
     token_cache: Option<Arc<TokenCache>>,
+    shared_buckets: Option<Arc<dyn Buckets>>,
 }
 
 impl<'a> Builder<'a> {
@@ -102,6 +106,7 @@ impl<'a> Builder<'a> {
             clock: None,
             keys: None,
             token_cache: None,
+            shared_buckets: None,
         }
     }
 
@@ -134,6 +139,13 @@ impl<'a> Builder<'a> {
     /// A verified-token cache to use as it is (e.g. one shared by several runtimes in a test).
     pub fn token_cache(mut self, cache: Arc<TokenCache>) -> Self {
         self.token_cache = Some(cache);
+        self
+    }
+
+    /// The shared store of rate-limit buckets (the Redis store's), which decides before the
+    /// local buckets (default: the previous runtime's, else none: limits hold per process).
+    pub fn shared_buckets(mut self, buckets: Arc<dyn Buckets>) -> Self {
+        self.shared_buckets = Some(buckets);
         self
     }
 
@@ -208,7 +220,17 @@ impl<'a> Builder<'a> {
                 .collect(),
             none: auth.metrics().route(NO_ROUTE),
         };
+        let shared_buckets =
+            (self.shared_buckets).or_else(|| prev.and_then(|p| p.rate_limiter.shared().cloned()));
+        let rate_limiter = Arc::new(RateLimiter::new(
+            &auth.config().rate_limits,
+            &auth.config().routes,
+            prev.map(|p| &*p.rate_limiter),
+            shared_buckets,
+            auth.metrics().clone(),
+        ));
         Ok(Runtime {
+            rate_limiter,
             routes: Arc::new(RouteTable::new(&auth.config().routes)),
             route_metrics: Arc::new(route_metrics),
             auth,
@@ -460,6 +482,11 @@ impl Runtime {
     /// The exchanger of `[exchange.NAME]`.
     pub fn exchanger(&self, name: &str) -> Option<&Arc<Exchanger>> {
         self.exchangers.get(name)
+    }
+
+    /// The rate limits (`[[rate_limits]]`), with their buckets.
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.rate_limiter
     }
 
     /// Every exchanger, by name.
