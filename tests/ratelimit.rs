@@ -265,3 +265,68 @@ async fn the_buckets_survive_a_reload_that_leaves_the_limit_unchanged() {
         "changed settings start with fresh buckets"
     );
 }
+
+/// The tower layer admits with the same step: headers on the handler's answer, then the 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_limits_and_adds_the_headers_too() {
+    use aadgate_core::layer::AuthLayer;
+    use aadgate_core::runtime::Runtime;
+    use tower::ServiceExt;
+
+    let w = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = render(&config(), free_port(), free_port(), &w, dir.path());
+    let path = dir.path().join("aadgate.toml");
+    std::fs::write(&path, text).expect("write");
+    let runtime = Runtime::from_config_file(&path).await.expect("loads");
+    assert!(runtime
+        .keys()
+        .first_load(Duration::from_secs(10))
+        .await
+        .is_some());
+    let app = axum::Router::new()
+        .route("/orders/{id}", axum::routing::get(|| async { "ok" }))
+        .layer(AuthLayer::new(runtime, "orders").expect("route"));
+    let t = token(&w, TENANT_A);
+    let call = || {
+        let req = http::Request::get("/orders/1")
+            .header("authorization", format!("Bearer {t}"))
+            .body(axum::body::Body::empty())
+            .expect("request");
+        app.clone().oneshot(req)
+    };
+    for remaining in [2, 1, 0] {
+        let resp = call().await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        assert_eq!(
+            h("ratelimit-policy").as_deref(),
+            Some("\"per-tenant\";q=3;w=10800")
+        );
+        let ratelimit = h("ratelimit").expect("ratelimit header");
+        assert!(
+            ratelimit.starts_with(&format!("\"per-tenant\";r={remaining};t=")),
+            "{ratelimit}"
+        );
+    }
+    let refused = call().await.expect("answer");
+    assert_eq!(refused.status(), 429);
+    let h = |n: &str| {
+        refused
+            .headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    assert_eq!(h("retry-after").as_deref(), Some("3600"));
+    assert_eq!(h("x-aadgate-reason").as_deref(), Some("rate_limited"));
+    assert_eq!(
+        h("ratelimit").as_deref(),
+        Some("\"per-tenant\";r=0;t=10800")
+    );
+}
