@@ -28,6 +28,11 @@ fn roles() -> Vec<String> {
 
 /// `n` gateways on one Redis, in registry mode, with an exchange route and sign-up pages.
 async fn fleet(n: usize) -> Option<Fleet> {
+    fleet_with(n, "").await
+}
+
+/// As [`fleet`], with `extra` appended to every gateway's configuration.
+async fn fleet_with(n: usize, extra: &str) -> Option<Fleet> {
     let redis = RedisServer::start().await?;
     let w = World::start().await;
     let cert = SigningKey::generate().expect("key");
@@ -68,6 +73,7 @@ redirect_uri = "http://127.0.0.1:{{port}}/.aadgate/onboarding/callback"
 authority = "{{idp}}"
 state_key_file = "{{dir}}/state.key"
 verify_exchange = "graph"
+{extra}
 "#,
                 url = redis.url()
             );
@@ -338,4 +344,62 @@ async fn round(f: &Fleet) -> Vec<(u16, String)> {
         })
         .collect();
     futures_util::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_for_the_fleet_and_per_replica_without_redis() {
+    let limit = r#"
+[[rate_limits]]
+name = "per-tenant"
+key = "tenant"
+rate = 1
+period = "1h"
+burst = 5
+routes = ["api"]
+"#;
+    let Some(mut f) = fleet_with(3, limit).await else {
+        return;
+    };
+    assert_eq!(f.cli(&f.gws[0], &["add", TENANT_A]).await.0, 0);
+    // Every replica has read the change (seen on its admin listener: no quota spent).
+    for gw in &f.gws {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t: Value = reqwest::get(gw.admin_url("/tenants"))
+                .await
+                .expect("tenants")
+                .json()
+                .await
+                .expect("json");
+            if t["tenants"].to_string().contains(TENANT_A) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "registry change not seen: {t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // 15 requests spread over 3 replicas: the fleet admits the burst once, not 3 times.
+    let mut admitted = 0;
+    let mut refused = Vec::new();
+    for i in 0..15 {
+        let (status, _) = f.get(&f.gws[i % 3], TENANT_A, "/orders").await;
+        match status {
+            200 => admitted += 1,
+            s => refused.push(s),
+        }
+    }
+    assert_eq!(admitted, 5, "refused: {refused:?}");
+    assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
+    let m = f.gws[0].metrics().await;
+    assert!(
+        sample(&m, "aadgate_rate_limited_total", &["limit=\"per-tenant\""]).unwrap_or(0.0) >= 1.0
+    );
+    // Redis gone: each replica enforces the full limit on its own.
+    f.redis.kill();
+    f.until_metric(&f.gws[1], "aadgate_store_up", 0.0).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(f.get(&f.gws[1], TENANT_A, "/orders").await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429]);
 }

@@ -292,6 +292,13 @@ impl ProxyHttp for Gateway {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
         resp.insert_header(X_REQUEST_ID, ctx.request_id.header_value().clone())?;
+        // SPEC section 11: allowed responses of rate-limited routes carry the limits' state,
+        // appended to any the upstream sends (structured-field lists combine).
+        if let Some(limits) = ctx.admitted.as_ref().and_then(|a| a.rate_limit.as_ref()) {
+            for (name, value) in limits.headers() {
+                resp.append_header(name, value)?;
+            }
+        }
         if let Some(x) = ctx.admitted.as_ref().and_then(|a| a.exchange.as_ref()) {
             if status == 401 {
                 x.upstream_refused();

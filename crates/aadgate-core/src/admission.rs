@@ -14,7 +14,11 @@
 //!    SPEC section 1 steps 2–8), unless the route is anonymous;
 //! 5. **`/me` rewrite** of the upstream target on exchange routes with `rewrite_me` (gateway
 //!    only: behind the layer the application's router owns its paths);
-//! 6. **exchange**: the app-only token of the caller's tenant ([`Exchanger::token`]).
+//! 6. **rate limits** ([`RateLimiter::admit`](crate::ratelimit::RateLimiter::admit), SPEC
+//!    section 11): every `[[rate_limits]]` entry of the route, keyed by the verified caller, so
+//!    a request refused by any step before spends no quota, and a rate-limited one costs no
+//!    token request: `429 rate_limited`;
+//! 7. **exchange**: the app-only token of the caller's tenant ([`Exchanger::token`]).
 //!
 //! The result, [`Admitted`], says what to forward: the route, the target, the
 //! [`Principal`] and the headers to set upstream ([`Admitted::upstream_headers`]). A refusal is
@@ -30,6 +34,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::auth::{Principal, RequestParts, TokenKind};
 use crate::config::{AuthMode, Config, ConsentLost, Route};
 use crate::exchange::{self, Exchanger};
+use crate::ratelimit::{CallerKeys, RateLimitState};
 use crate::reason::{Reason, Rejection};
 use crate::routing;
 use crate::runtime::Runtime;
@@ -118,6 +123,9 @@ pub struct Admitted {
     pub exchange: Option<ExchangeGrant>,
     /// How long authentication took (not set on anonymous routes).
     pub auth_time: Option<Duration>,
+    /// The rate limits that admitted it, for the `RateLimit-Policy` and `RateLimit` headers of
+    /// the response; `None` when no limit applies to the route.
+    pub rate_limit: Option<RateLimitState>,
 }
 
 /// A request refused: answer `rejection` (SPEC section 4).
@@ -251,6 +259,7 @@ pub async fn admit<R: RequestHead + ?Sized>(
             principal: None,
             exchange: None,
             auth_time: None,
+            rate_limit: None,
         });
     }
     let auth = runtime.authenticator();
@@ -265,24 +274,23 @@ pub async fn admit<R: RequestHead + ?Sized>(
     let result = auth.authenticate(&route, &parts).await;
     let auth_time = Some(started.elapsed());
     let principal = result.map_err(|r| refused(Some(&route), auth_time, r))?;
-    let exchange = match &route.exchange {
+    let exchanger =
+        route_exchanger(runtime, &route).map_err(|r| refused(Some(&route), auth_time, r))?;
+    if let (Some(exchanger), RouteChoice::Select, Some(uri)) = (exchanger, choice, &upstream_target)
+    {
+        let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if let Some(rewritten) = me_rewrite(exchanger, &principal, edge.target.path, path)
+            .map_err(|r| refused(Some(&route), auth_time, r))?
+        {
+            upstream_target = Some(rewritten);
+        }
+    }
+    let rate_limit = rate_limit(runtime, &route, &principal)
+        .await
+        .map_err(|r| refused(Some(&route), auth_time, r))?;
+    let exchange = match exchanger {
         None => None,
-        Some(name) => {
-            let exchanger = runtime.exchanger(name).ok_or_else(|| {
-                let r = Rejection::new(
-                    Reason::ExchangeUnavailable,
-                    format!("exchange {name:?} is not configured"),
-                );
-                refused(Some(&route), auth_time, r)
-            })?;
-            if let (RouteChoice::Select, Some(uri)) = (choice, &upstream_target) {
-                let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-                if let Some(rewritten) = me_rewrite(exchanger, &principal, edge.target.path, path)
-                    .map_err(|r| refused(Some(&route), auth_time, r))?
-                {
-                    upstream_target = Some(rewritten);
-                }
-            }
+        Some(exchanger) => {
             let token = exchange_token(runtime, exchanger, principal.tenant_id())
                 .await
                 .map_err(|r| refused(Some(&route), auth_time, r))?;
@@ -299,10 +307,51 @@ pub async fn admit<R: RequestHead + ?Sized>(
         principal: Some(principal),
         exchange,
         auth_time,
+        rate_limit,
     })
 }
 
-/// Step 6: the app-only token of `tid`. With a tenant registry, a failure cached from before the
+/// The exchanger of the route's `exchange`, if it has one; `503` when it names none configured.
+fn route_exchanger<'r>(
+    runtime: &'r Runtime,
+    route: &Route,
+) -> Result<Option<&'r Arc<Exchanger>>, Rejection> {
+    let Some(name) = &route.exchange else {
+        return Ok(None);
+    };
+    runtime.exchanger(name).map(Some).ok_or_else(|| {
+        Rejection::new(
+            Reason::ExchangeUnavailable,
+            format!("exchange {name:?} is not configured"),
+        )
+    })
+}
+
+/// Step 6: the route's rate limits for the verified caller (keys read only when one applies).
+async fn rate_limit(
+    runtime: &Runtime,
+    route: &Route,
+    principal: &Principal,
+) -> Result<Option<RateLimitState>, Rejection> {
+    let limiter = runtime.rate_limiter();
+    if !limiter.applies(route) {
+        return Ok(None);
+    }
+    let token = principal.token();
+    let user = token.claim_text("oid").or_else(|| token.claim_text("sub"));
+    let keys = CallerKeys {
+        tenant: principal.tenant_id(),
+        client: principal.client_id(),
+        user: user.as_deref(),
+    };
+    let now = runtime.authenticator().clock().now_micros();
+    limiter
+        .admit(route, &keys, now)
+        .await
+        .map_err(|r| r.from_caller(principal.tenant_id(), principal.client_id()))
+}
+
+/// Step 7: the app-only token of `tid`. With a tenant registry, a failure cached from before the
 /// tenant became `active` is not answered again, and a "not consented" answer for an active
 /// tenant revokes it (`on_consent_lost = "revoke"`, SPEC section 9).
 async fn exchange_token(

@@ -11,10 +11,25 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Current Unix time in microseconds (0 if the system clock is before 1970).
+pub fn unix_now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// A source of the current time in Unix seconds (injectable for tests and `explain --at`).
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in Unix seconds.
     fn now(&self) -> i64;
+
+    /// Now, in Unix microseconds: the rate limits' clock (GCRA needs sub-second steps). The
+    /// default is [`Clock::now`] in whole seconds, so a stopped clock stays stopped.
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.now())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+    }
 }
 
 /// The system clock.
@@ -24,6 +39,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
         unix_now()
+    }
+
+    fn now_micros(&self) -> u64 {
+        unix_now_micros()
     }
 }
 

@@ -46,6 +46,7 @@ use crate::auth::Principal;
 use crate::config::Route;
 use crate::exchange::rewrite::CLIENT_REQUEST_ID;
 use crate::metrics::NO_ROUTE;
+use crate::ratelimit::RateLimitState;
 use crate::reason::Rejection;
 use crate::runtime::Runtime;
 pub use crate::runtime::StartError;
@@ -158,7 +159,8 @@ impl<S> tower::Layer<S> for AuthLayer {
 /// `client-request-id` headers; `Authorization` is removed when `pass_authorization = false`),
 /// inserts the [`Principal`] and the [`ExchangeGrant`] into the extensions and calls the inner
 /// service; an inner answer of 401 on an exchange route drops that app-only token from the
-/// cache, as the gateway does on an upstream 401. On failure it answers with
+/// cache, as the gateway does on an upstream 401. On a rate-limited route the inner service's
+/// response gets `RateLimit-Policy` and `RateLimit` appended. On failure it answers with
 /// [`rejection_response`] without calling the inner service. Counts
 /// `aadgate_requests_total` and `aadgate_auth_duration_seconds` in the runtime's metrics.
 #[derive(Debug, Clone)]
@@ -212,13 +214,17 @@ where
             forward(&mut req, &a);
             let route = a.route.clone();
             let exchange = a.exchange.clone();
+            let limits = a.rate_limit.clone();
             if let Some(p) = a.principal {
                 req.extensions_mut().insert(p);
             }
             if let Some(x) = a.exchange {
                 req.extensions_mut().insert(x);
             }
-            let resp = inner.call(req).await?;
+            let mut resp = inner.call(req).await?;
+            if let Some(limits) = limits {
+                add_rate_limit_headers(resp.headers_mut(), &limits);
+            }
             let status = resp.status().as_u16();
             if let (401, Some(x)) = (status, &exchange) {
                 x.upstream_refused();
@@ -226,6 +232,16 @@ where
             metrics.request_done(&route.name, status, None);
             Ok(resp)
         })
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` on an admitted request's response (SPEC section 11),
+/// appended to any the inner service set.
+fn add_rate_limit_headers(headers: &mut http::HeaderMap, limits: &RateLimitState) {
+    for (name, value) in limits.headers() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.append(HeaderName::from_static(name), v);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod jwks;
 pub mod layer;
 pub mod metrics;
 pub mod onboarding;
+pub mod ratelimit;
 pub mod reason;
 pub mod registry;
 pub mod request_id;

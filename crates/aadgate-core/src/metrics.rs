@@ -68,6 +68,8 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// `aadgate_store_errors_total{op}`: failed store operations.
     pub store_errors: IntCounterVec,
+    /// `aadgate_rate_limited_total{route, limit}`: requests refused by a rate limit.
+    pub rate_limited: IntCounterVec,
 }
 
 /// Results of `aadgate_onboarding_total`.
@@ -308,6 +310,12 @@ impl Metrics {
             config_reloads.with_label_values(&[result]);
         }
         let build_info = build_info(&r);
+        let rate_limited = counter_vec(
+            &r,
+            "aadgate_rate_limited_total",
+            "Requests refused with 429 rate_limited, by route and by the [[rate_limits]] entry that refused them.",
+            &["route", "limit"],
+        );
         Metrics {
             jwks_keys: register(
                 &r,
@@ -356,6 +364,7 @@ impl Metrics {
             exchange_requests,
             config_reloads,
             build_info,
+            rate_limited,
         }
     }
 
@@ -379,6 +388,12 @@ impl Metrics {
             auth_duration: self.auth_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
         }
+    }
+
+    /// The `aadgate_rate_limited_total{route, limit}` series (created at 0 when new), resolved
+    /// once per route and limit when the runtime is built.
+    pub fn rate_limited(&self, route: &str, limit: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[route, limit])
     }
 
     /// The Prometheus text exposition of every metric.

@@ -79,6 +79,9 @@ pub enum Reason {
     ExchangeUnavailable,
     /// `upstream_unavailable`, 502: the upstream refused, reset or timed out before answering.
     UpstreamUnavailable,
+    /// `rate_limited`, 429: a `[[rate_limits]]` entry that applies to the route is exhausted for
+    /// the caller's key; has `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+    RateLimited,
     /// `registry_unavailable`, 503: a sign-up could not be recorded because the tenant registry
     /// cannot be written (the sign-up pages only; requests are served from the registry last
     /// read).
@@ -87,7 +90,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in SPEC order (for docs, tests and pre-registered metric series).
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::BadRequest,
         Reason::UriTooLong,
         Reason::RouteNotFound,
@@ -114,6 +117,7 @@ impl Reason {
         Reason::TenantNotConsented,
         Reason::ExchangeUnavailable,
         Reason::UpstreamUnavailable,
+        Reason::RateLimited,
         Reason::RegistryUnavailable,
     ];
 
@@ -146,6 +150,7 @@ impl Reason {
             Reason::TenantNotConsented => "tenant_not_consented",
             Reason::ExchangeUnavailable => "exchange_unavailable",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::RateLimited => "rate_limited",
             Reason::RegistryUnavailable => "registry_unavailable",
         }
     }
@@ -179,6 +184,7 @@ impl Reason {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -211,6 +217,7 @@ impl Reason {
             | Reason::ExchangeUnavailable
             | Reason::RegistryUnavailable => "temporarily_unavailable",
             Reason::UpstreamUnavailable => "bad_gateway",
+            Reason::RateLimited => "too_many_requests",
         }
     }
 
@@ -249,6 +256,8 @@ pub struct Rejection {
     /// was verified (tenant not allowed, missing role, hook denied…), for the access log. Never
     /// part of the response.
     pub caller: Option<Box<Caller>>,
+    /// Further response headers (`RateLimit-Policy` and `RateLimit` on a `429 rate_limited`).
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 /// The verified caller of a refused request: tenant (`tid`) and client application
@@ -269,7 +278,14 @@ impl Rejection {
             message: message.into(),
             retry_after: None,
             caller: None,
+            extra_headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header (lower-case name).
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.extra_headers.push((name, value));
+        self
     }
 
     /// Names the verified caller (see [`Rejection::caller`]).
@@ -335,6 +351,7 @@ impl Rejection {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.push(("retry-after", secs.max(1).to_string()));
         }
+        h.extend(self.extra_headers.iter().cloned());
         h
     }
 }
@@ -395,6 +412,7 @@ mod tests {
             ("tenant_not_consented", 403, "access_denied"),
             ("exchange_unavailable", 503, "temporarily_unavailable"),
             ("upstream_unavailable", 502, "bad_gateway"),
+            ("rate_limited", 429, "too_many_requests"),
             ("registry_unavailable", 503, "temporarily_unavailable"),
         ];
         assert_eq!(table.len(), Reason::ALL.len());

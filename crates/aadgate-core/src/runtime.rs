@@ -14,6 +14,7 @@
 //! | tenant registry (its last read, its poll task) | the registry file is the same |
 //! | shared store (its connection, its health task) | its URL, key prefix and timeout are the same |
 //! | onboarding `state`s already used | while the shared store is the same |
+//! | a rate limit (and its buckets) | its `name`, `key`, `rate`, `period`, `burst` and `overrides` are the same (`routes` may change); its shared buckets while the shared store is the same |
 //! | metrics, clock | always |
 //!
 //! A CEL validator is compiled again (it holds no state). Building has no side effects on the
@@ -33,9 +34,10 @@ use crate::jwks::KeyStore;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::onboarding::RedisLedger;
 use crate::onboarding::{LocalLedger, Onboarding, StateLedger};
+use crate::ratelimit::{Buckets, RateLimiter};
 use crate::registry::{FileStore, Registry, RegistryStore};
 use crate::routing::RouteTable;
-use crate::store::{RedisRegistry, SharedStore};
+use crate::store::{RedisBuckets, RedisRegistry, SharedStore};
 
 /// Why [`Runtime::from_config_file`] or [`Runtime::from_config`] could not give a running
 /// runtime.
@@ -64,6 +66,7 @@ pub struct Runtime {
     /// The shared store (`[store] kind = "redis"`).
     store: Option<Arc<SharedStore>>,
     start: Arc<std::sync::Mutex<Option<Start>>>,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// Every route's metric handles, by [`Route::index`], and those of requests that matched none.
@@ -99,6 +102,7 @@ pub struct Builder<'a> {
     clock: Option<Arc<dyn Clock>>,
     keys: Option<Arc<KeyStore>>,
     token_cache: Option<Arc<TokenCache>>,
+    shared_buckets: Option<Arc<dyn Buckets>>,
 }
 
 impl<'a> Builder<'a> {
@@ -111,6 +115,7 @@ impl<'a> Builder<'a> {
             clock: None,
             keys: None,
             token_cache: None,
+            shared_buckets: None,
         }
     }
 
@@ -143,6 +148,13 @@ impl<'a> Builder<'a> {
     /// A verified-token cache to use as it is (e.g. one shared by several runtimes in a test).
     pub fn token_cache(mut self, cache: Arc<TokenCache>) -> Self {
         self.token_cache = Some(cache);
+        self
+    }
+
+    /// The shared store of rate-limit buckets (the Redis store's), which decides before the
+    /// local buckets (default: the previous runtime's, else none: limits hold per process).
+    pub fn shared_buckets(mut self, buckets: Arc<dyn Buckets>) -> Self {
+        self.shared_buckets = Some(buckets);
         self
     }
 
@@ -217,7 +229,21 @@ impl<'a> Builder<'a> {
                 .collect(),
             none: auth.metrics().route(NO_ROUTE),
         };
+        // The fleet's buckets live in the shared store, when there is one.
+        let shared_buckets = (self.shared_buckets).or_else(|| {
+            store
+                .as_ref()
+                .map(|s| Arc::new(RedisBuckets::new(s.clone())) as Arc<dyn Buckets>)
+        });
+        let rate_limiter = Arc::new(RateLimiter::new(
+            &auth.config().rate_limits,
+            &auth.config().routes,
+            prev.map(|p| &*p.rate_limiter),
+            shared_buckets,
+            auth.metrics().clone(),
+        ));
         Ok(Runtime {
+            rate_limiter,
             routes: Arc::new(RouteTable::new(&auth.config().routes)),
             route_metrics: Arc::new(route_metrics),
             auth,
@@ -552,6 +578,11 @@ impl Runtime {
     /// The exchanger of `[exchange.NAME]`.
     pub fn exchanger(&self, name: &str) -> Option<&Arc<Exchanger>> {
         self.exchangers.get(name)
+    }
+
+    /// The rate limits (`[[rate_limits]]`), with their buckets.
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.rate_limiter
     }
 
     /// Every exchanger, by name.

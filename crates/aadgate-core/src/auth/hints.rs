@@ -32,6 +32,7 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::TenantNotConsented => "An administrator of the tenant must grant admin consent to the gateway's application (https://login.microsoftonline.com/{tenant}/adminconsent?client_id={client_id}).",
         Reason::ExchangeUnavailable => "The token endpoint failed; retry after Retry-After. Check the certificate registered on the app and egress to login.microsoftonline.com.",
         Reason::UpstreamUnavailable => "The upstream refused, reset or timed out; check that it runs and that upstream_read_timeout suits it.",
+        Reason::RateLimited => "A [[rate_limits]] entry is exhausted for this caller: wait Retry-After seconds (RateLimit says how many requests remain and when the bucket is full again), spread requests out, or have the operator raise the limit or add an override for this tenant/client.",
         Reason::RegistryUnavailable => "The tenant registry cannot be written: check the [tenants] registry file's folder (space, permissions, read-only mount); `aadgate tenants list` shows what it holds.",
     }
 }

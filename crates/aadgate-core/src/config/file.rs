@@ -101,10 +101,12 @@ pub struct ConfigFile {
     pub onboarding: Option<Spanned<OnboardingFile>>,
     /// `[store]`; optional: absent means the local store.
     pub store: Option<Spanned<StoreFile>>,
+    /// The `[[rate_limits]]` entries that could be read, in file order.
+    pub rate_limits: Vec<Spanned<RateLimitFile>>,
 }
 
 /// The top-level tables a configuration file may have.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "identity",
     "tenants",
@@ -114,6 +116,7 @@ const SECTIONS: [&str; 9] = [
     "exchange",
     "onboarding",
     "store",
+    "rate_limits",
 ];
 
 /// Reads `source` into the file model, recording every problem in `r`. Returns `None` only for
@@ -171,6 +174,7 @@ pub fn parse(source: &str, r: &mut Reporter<'_>) -> Option<ConfigFile> {
                     ),
                 }
             }
+            "rate_limits" => f.rate_limits = array_of_tables(r, value, "rate_limits"),
             other => r.error(
                 key.span(),
                 format!(
@@ -199,6 +203,28 @@ fn read<'i, T: Deserialize<'i>>(r: &mut Reporter<'_>, value: Spanned<DeValue<'i>
         Err(e) => {
             r.error(e.span().unwrap_or(span), e.message().trim_end().to_string());
             None
+        }
+    }
+}
+
+/// The entries of a `[[NAME]]` array of tables that could be read; the others are reported.
+fn array_of_tables<'i, T: Deserialize<'i>>(
+    r: &mut Reporter<'_>,
+    value: Spanned<DeValue<'i>>,
+    what: &str,
+) -> Vec<T> {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Array(list) => list.into_iter().filter_map(|v| read(r, v)).collect(),
+        other => {
+            r.error(
+                span,
+                format!(
+                    "invalid type: {}, expected an array of tables ([[{what}]])",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
         }
     }
 }
@@ -505,4 +531,35 @@ pub struct CertificateFile {
     /// `key`: path of the unencrypted PEM RSA key (≥ 2048 bits), relative to the config file's
     /// folder.
     pub key: Spanned<String>,
+}
+
+/// `[[rate_limits]]` (SPEC section 11).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// `name`: unique; letters, digits, `-`, `_`, `.`; the metrics label and header policy name;
+    /// required.
+    pub name: Spanned<String>,
+    /// `key`: `"tenant"`, `"client"`, `"tenant_client"` or `"user"`; required.
+    pub key: Spanned<String>,
+    /// `rate`: requests per `period`, ≥ 1; required.
+    pub rate: Raw<u64>,
+    /// `period`: at least `"1ms"`; required.
+    pub period: Raw<Duration>,
+    /// `burst`: requests a fresh key admits at once, ≥ 1; default `rate`.
+    pub burst: Option<Raw<u64>>,
+    /// `routes`: names of `[[routes]]` it applies to; absent = every authenticated route.
+    pub routes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `[rate_limits.overrides]`: key value = `{ rate, burst }`; absent = none.
+    pub overrides: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RateOverrideFile>>>>,
+}
+
+/// One `"<key value>" = { rate = …, burst = … }` of `[rate_limits.overrides]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverrideFile {
+    /// `rate`: ≥ 1; default the limit's `rate`.
+    pub rate: Option<Raw<u64>>,
+    /// `burst`: ≥ 1; default this override's `rate` when it sets one, else the limit's `burst`.
+    pub burst: Option<Raw<u64>>,
 }

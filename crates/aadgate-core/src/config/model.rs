@@ -51,6 +51,8 @@ pub struct Config {
     /// form (lower case, `_` as `-`): made from them on first use by
     /// [`Config::spoofable_headers`].
     pub(crate) unprefixed_names: std::sync::OnceLock<Vec<Box<[u8]>>>,
+    /// `[[rate_limits]]` in file order (SPEC section 11); empty = no rate limits.
+    pub rate_limits: Vec<RateLimitSettings>,
 }
 
 impl Config {
@@ -597,6 +599,39 @@ pub struct ExchangeSettings {
     pub rewrite_me: bool,
     /// `oid` or `upn`: the claim that names the user in that rewrite. Default `oid`.
     pub user_claim: String,
+}
+
+/// What a `[[rate_limits]]` entry counts by: the bucket key of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// `"tenant"`: the token's `tid` (lower case).
+    Tenant,
+    /// `"client"`: the client application, `appid`/`azp` (lower case).
+    Client,
+    /// `"tenant_client"`: `tid:client`.
+    TenantClient,
+    /// `"user"`: `tid:oid`, or `tid:sub` for a token without `oid`.
+    User,
+}
+
+/// One `[[rate_limits]]` entry, compiled: GCRA with `burst` at once, then `rate` per `period`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// `name`: unique; the `limit` label of metrics and the policy name in the headers.
+    pub name: String,
+    /// `key`: what the buckets are per.
+    pub key: RateLimitKey,
+    /// `rate`: requests per `period`, ≥ 1.
+    pub rate: u64,
+    /// `period`: ≥ 1 ms.
+    pub period: Duration,
+    /// `burst`: requests a fresh key admits at once, ≥ 1 (default `rate`).
+    pub burst: u64,
+    /// `routes`: the route names it applies to; `None` = every authenticated route.
+    pub routes: Option<Vec<String>>,
+    /// `[rate_limits.overrides]`: `(rate, burst)` by key value in its canonical form (GUIDs in
+    /// lower case: `tid`, `client`, `tid:client`, `tid:oid`).
+    pub overrides: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// The claim headers sent when a route configures none (SPEC section 3).

@@ -19,8 +19,10 @@
 //! random 96-bit nonce per value, and the key name as associated data, so a value copied to
 //! another key does not open.
 
+mod buckets;
 mod registry;
 
+pub use buckets::RedisBuckets;
 pub use registry::RedisRegistry;
 
 use std::sync::atomic::{AtomicBool, Ordering};

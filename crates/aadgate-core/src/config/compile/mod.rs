@@ -7,6 +7,7 @@ mod clients;
 mod exchange;
 mod identity;
 mod onboarding;
+mod ratelimit;
 mod routes;
 mod server;
 mod store;
@@ -173,6 +174,7 @@ impl Compiler<'_> {
             claim_header_names.extend(route.claim_headers.iter().map(|(h, _)| h.clone()));
         }
         let validator_header_names = self.validator_headers(&f, &claim_header_names);
+        let rate_limits = self.rate_limits(&f.rate_limits, &routes);
         Some(Config {
             path: path.to_path_buf(),
             server: server?,
@@ -191,6 +193,7 @@ impl Compiler<'_> {
             validator_header_names,
             warnings: Vec::new(),
             unprefixed_names: std::sync::OnceLock::new(),
+            rate_limits,
         })
     }
 
