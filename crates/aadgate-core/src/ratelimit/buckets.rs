@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use super::gcra::{gcra, Decision, GcraParams, Mode};
 
 /// Why a bucket store could not decide (a shared store that is down, slow or erroring). The
-/// limiter then decides with its local buckets and counts
-/// `aadgate_store_errors_total{op="ratelimit"}`.
+/// limiter then decides with its local buckets; the store counts the failure
+/// (`aadgate_store_errors_total{op="ratelimit"}`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rate-limit store: {0}")]
 pub struct BucketsError(pub String);

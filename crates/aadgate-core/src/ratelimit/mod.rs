@@ -353,10 +353,7 @@ impl RateLimiter {
             match shared.check(&key, params, now_us, mode).await {
                 Ok(d) => return d,
                 Err(e) => {
-                    self.metrics
-                        .store_errors
-                        .with_label_values(&["ratelimit"])
-                        .inc();
+                    // The store counts its failures in aadgate_store_errors_total.
                     tracing::debug!(error = %e, limit = %limit.settings.name, "rate-limit store failed; deciding with the local buckets");
                 }
             }

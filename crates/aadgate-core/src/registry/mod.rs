@@ -62,6 +62,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Says where the registry lives, for messages (`file /var/lib/aadgate/tenants.json`).
     fn describe(&self) -> String;
 
+    /// Whether the store counts its own failures in `aadgate_store_errors_total` (a shared
+    /// store does); otherwise the registry counts them.
+    fn counts_errors(&self) -> bool {
+        false
+    }
+
     /// The stored version, cheaply (`None`: nothing stored yet).
     async fn version(&self) -> Result<Option<Version>, RegistryError>;
 
@@ -196,7 +202,7 @@ impl Registry {
         let now = crate::clock::unix_now();
         let result = self.store.update(change, now).await;
         let (snapshot, version, applied) = result.inspect_err(|e| {
-            if matches!(e, RegistryError::Unavailable(_)) {
+            if matches!(e, RegistryError::Unavailable(_)) && !self.store.counts_errors() {
                 self.metrics.store_errors.with_label_values(&["set"]).inc();
             }
         })?;
@@ -276,7 +282,9 @@ impl Registry {
                 changed
             }
             Err(e) => {
-                self.metrics.store_errors.with_label_values(&["get"]).inc();
+                if !self.store.counts_errors() {
+                    self.metrics.store_errors.with_label_values(&["get"]).inc();
+                }
                 let message = e.to_string();
                 if let Ok(mut last) = self.error.lock() {
                     if last.as_deref() != Some(&message) {

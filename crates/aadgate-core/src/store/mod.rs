@@ -53,6 +53,12 @@ pub struct SharedStore {
     key: LessSafeKey,
     conn: ArcSwapOption<ConnectionManager>,
     up: AtomicBool,
+    /// Whether the health task has pinged once (a store down from the start is logged once).
+    pinged: AtomicBool,
+    /// Why the last ping failed.
+    last_error: std::sync::Mutex<Option<String>>,
+    /// A fingerprint of the encryption key: a new key makes a new store on reload.
+    key_id: [u8; 8],
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -96,6 +102,9 @@ impl SharedStore {
             key: LessSafeKey::new(key),
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            pinged: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new(None),
+            key_id: key_id(&encryption_key[..]),
             metrics,
             stop: tokio::sync::watch::channel(false).0,
         })))
@@ -103,7 +112,8 @@ impl SharedStore {
 
     /// Whether `settings` describe this store (a reload keeps it and its connection).
     pub fn same_settings(&self, settings: &StoreSettings) -> bool {
-        matches!(&settings.kind, StoreKind::Redis { url, .. } if *url == self.url)
+        matches!(&settings.kind, StoreKind::Redis { url, encryption_key, .. }
+            if *url == self.url && key_id(&encryption_key[..]) == self.key_id)
             && settings.key_prefix == self.prefix
             && settings.timeout == self.timeout
     }
@@ -150,10 +160,15 @@ impl SharedStore {
     pub async fn connect(&self) -> Result<(), StoreError> {
         self.ping().await;
         if self.is_up() {
-            Ok(())
-        } else {
-            Err(StoreError(format!("{} does not answer", self.describe())))
+            return Ok(());
         }
+        let why = (self.last_error.lock().ok())
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "no answer".into());
+        Err(StoreError(format!(
+            "{} does not answer: {why}",
+            self.describe()
+        )))
     }
 
     async fn ping(&self) {
@@ -165,11 +180,29 @@ impl SharedStore {
                     ping.query_async::<String>(&mut conn),
                 )
                 .await;
-                matches!(answer, Ok(Ok(_)))
+                match answer {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within {:?}",
+                        self.timeout.max(Duration::from_millis(250))
+                    )),
+                }
             }
-            Err(_) => false,
+            Err(e) => Err(e.0),
         };
-        self.mark(result, None);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = result.as_ref().err().cloned();
+        }
+        let first = !self.pinged.swap(true, Ordering::Relaxed);
+        if let (true, Err(why)) = (first, &result) {
+            tracing::warn!(store = %self.describe(), error = %why, "shared store does not answer at start-up: serving from this replica's state until it does");
+        } else if let (false, Err(why)) = (self.is_up(), &result) {
+            tracing::debug!(store = %self.describe(), error = %why, "shared store still down");
+        } else if let (true, Err(why)) = (self.is_up(), &result) {
+            tracing::warn!(store = %self.describe(), error = %why, "shared store health check failed");
+        }
+        self.mark(result.is_ok(), None);
     }
 
     fn connection(&self) -> Result<ConnectionManager, StoreError> {
@@ -212,6 +245,7 @@ impl SharedStore {
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
         if !self.is_up() {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
             return Err(StoreError("down (waiting for the health check)".into()));
         }
         let mut conn = self.connection()?;
@@ -228,6 +262,7 @@ impl SharedStore {
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
         if !self.is_up() {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
             return Err(StoreError("down (waiting for the health check)".into()));
         }
         let mut conn = self.connection()?;
@@ -345,6 +380,14 @@ impl SharedStore {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+/// The first 8 bytes of SHA-256 of `key`: tells keys apart without keeping a copy.
+fn key_id(key: &[u8]) -> [u8; 8] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d.as_ref()[..8]);
+    out
 }
 
 #[cfg(test)]

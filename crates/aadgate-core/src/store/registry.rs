@@ -124,6 +124,10 @@ impl RegistryStore for RedisRegistry {
         format!("{} key {}", self.store.describe(), self.records)
     }
 
+    fn counts_errors(&self) -> bool {
+        true
+    }
+
     async fn version(&self) -> Result<Option<Version>, RegistryError> {
         let v = self
             .store
