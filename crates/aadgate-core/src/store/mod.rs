@@ -29,12 +29,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use redis::aio::ConnectionManager;
+use std::cell::RefCell;
+use std::sync::atomic::AtomicU64;
 
 use crate::config::{redact_url, StoreKind, StoreSettings};
 use crate::metrics::Metrics;
+
+/// Each store's id, for [`THREAD_CONNECTIONS`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connection to each store: (store id, the store, its connection).
+    static THREAD_CONNECTIONS: RefCell<Vec<(u64, std::sync::Weak<SharedStore>, ConnectionManager)>> =
+        const { RefCell::new(Vec::new()) };
+}
 
 /// How often the health task pings Redis.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,7 +61,10 @@ pub struct SharedStore {
     timeout: Duration,
     client: redis::Client,
     key: LessSafeKey,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Tells this store's connections apart in [`THREAD_CONNECTIONS`].
+    id: u64,
+    /// This store, weakly: a thread's connection goes when its store does.
+    me: std::sync::Weak<SharedStore>,
     up: AtomicBool,
     /// Whether the health task has pinged once (a store down from the start is logged once).
     pinged: AtomicBool,
@@ -94,13 +107,14 @@ impl SharedStore {
         let key = UnboundKey::new(&AES_256_GCM, &encryption_key[..])
             .map_err(|_| StoreError("the encryption key is not an AES-256 key".into()))?;
         metrics.store_up.set(0);
-        Ok(Some(Arc::new(SharedStore {
+        Ok(Some(Arc::new_cyclic(|me| SharedStore {
             url: url.clone(),
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             client,
             key: LessSafeKey::new(key),
-            conn: ArcSwapOption::empty(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
             up: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(None),
@@ -205,9 +219,21 @@ impl SharedStore {
         self.mark(result.is_ok(), None);
     }
 
+    /// The connection of this thread: each thread that talks to Redis (a proxy worker, the
+    /// control runtime) has its own multiplexed connection whose driver task runs on its own
+    /// runtime, so a request's round trip wakes no other thread.
     fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(conn) = self.conn.load_full() {
-            return Ok((*conn).clone());
+        let id = self.id;
+        let found = THREAD_CONNECTIONS.with(|c| {
+            (c.borrow().iter())
+                .find(|(i, _, _)| *i == id)
+                .map(|(_, _, conn)| conn.clone())
+        });
+        if let Some(conn) = found {
+            return Ok(conn);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError("no async runtime on this thread".into()));
         }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
@@ -216,7 +242,12 @@ impl SharedStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             .map_err(|e| StoreError(e.to_string()))?;
-        self.conn.store(Some(Arc::new(conn.clone())));
+        THREAD_CONNECTIONS.with(|c| {
+            let mut c = c.borrow_mut();
+            // Connections of stores that a reload replaced are closed here.
+            c.retain(|(_, store, _)| store.strong_count() > 0);
+            c.push((id, self.me.clone(), conn.clone()));
+        });
         Ok(conn)
     }
 
