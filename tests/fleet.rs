@@ -49,34 +49,11 @@ kind = "redis"
 url = "{url}"
 encryption_key_file = "{{dir}}/store.key"
 timeout = "200ms"
-
-[[routes]]
-name = "api"
-path_prefix = "/"
-upstream = "{{echo}}"
-
-[[routes]]
-name = "graph"
-path_prefix = "/v1.0/"
-upstream = "{{echo}}"
-exchange = "graph"
-
-[exchange.graph]
-client_id = "{APP}"
-token_endpoint = "{{idp}}/{{tenantid}}/oauth2/v2.0/token"
-scope = "https://graph.microsoft.com/.default"
-certificates = [ {{ cert = "{{dir}}/app.crt", key = "{{dir}}/app.key" }} ]
-
-[onboarding]
-client_id = "{APP}"
-redirect_uri = "http://127.0.0.1:{{port}}/.aadgate/onboarding/callback"
-authority = "{{idp}}"
-state_key_file = "{{dir}}/state.key"
-verify_exchange = "graph"
-{extra}
 "#,
                 url = redis.url()
-            );
+            )
+            + &signup_sections(APP, "verify_exchange = \"graph\"")
+            + extra;
         let p = Prepared::new(&template, &w);
         let dir = p.dir.path();
         std::fs::write(dir.join("app.crt"), cert.certificate_pem()).expect("cert");

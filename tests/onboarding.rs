@@ -44,35 +44,7 @@ async fn setup(verify: bool, extra: &str) -> Setup {
     let tenants = format!(
         "mode = \"registry\"\nregistry = \"{{dir}}/tenants.json\"\ndeny = [\"{DENIED}\"]\n"
     );
-    let template = base_config("", &tenants)
-        + &format!(
-            r#"
-[[routes]]
-name = "api"
-path_prefix = "/"
-upstream = "{{echo}}"
-
-[[routes]]
-name = "graph"
-path_prefix = "/v1.0/"
-upstream = "{{echo}}"
-exchange = "graph"
-
-[exchange.graph]
-client_id = "{APP}"
-token_endpoint = "{{idp}}/{{tenantid}}/oauth2/v2.0/token"
-scope = "https://graph.microsoft.com/.default"
-certificates = [ {{ cert = "{{dir}}/app.crt", key = "{{dir}}/app.key" }} ]
-
-[onboarding]
-client_id = "{APP}"
-redirect_uri = "http://127.0.0.1:{{port}}/.aadgate/onboarding/callback"
-authority = "{{idp}}"
-state_key_file = "{{dir}}/state.key"
-{verify_line}
-{extra}
-"#
-        );
+    let template = base_config("", &tenants) + &signup_sections(APP, verify_line) + extra;
     let p = Prepared::new(&template, &w);
     // The application as registered in Entra ID: its certificate, the gateway's callback as
     // redirect URI, and the application permission an administrator's consent grants.

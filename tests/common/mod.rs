@@ -99,6 +99,40 @@ audiences = ["{AUD}", "{AUD_ID}"]
     )
 }
 
+/// The sign-up tests' routes (a catch-all API route to the echo upstream and an exchange route
+/// `/v1.0/` with `[exchange.graph]` for `app`), and `[onboarding]` for `app` with `verify_line`
+/// (`verify_exchange = "graph"`, or a `scope` for pending sign-ups). The certificate, its key
+/// and the state key are `{dir}/app.crt`, `{dir}/app.key` and `{dir}/state.key`.
+pub(crate) fn signup_sections(app: &str, verify_line: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "{{echo}}"
+
+[[routes]]
+name = "graph"
+path_prefix = "/v1.0/"
+upstream = "{{echo}}"
+exchange = "graph"
+
+[exchange.graph]
+client_id = "{app}"
+token_endpoint = "{{idp}}/{{tenantid}}/oauth2/v2.0/token"
+scope = "https://graph.microsoft.com/.default"
+certificates = [ {{ cert = "{{dir}}/app.crt", key = "{{dir}}/app.key" }} ]
+
+[onboarding]
+client_id = "{app}"
+redirect_uri = "http://127.0.0.1:{{port}}/.aadgate/onboarding/callback"
+authority = "{{idp}}"
+state_key_file = "{{dir}}/state.key"
+{verify_line}
+"#
+    )
+}
+
 impl Gateway {
     /// Writes the config (a template, see [`render`]) and starts `aadgate run` on it; returns
     /// once the data-plane port accepts connections.
