@@ -89,6 +89,14 @@ client_id = "{app_id}"
 token_endpoint = "{{idp}}/{{tenantid}}/oauth2/v2.0/token"
 scope = "https://outlook.office365.com/.default"
 certificates = [ {{ cert = "{d}/app.crt", key = "{d}/app.key" }} ]
+
+# A generous limit: the rate-limit series exist (the dashboard shows them) without a refusal.
+[[rate_limits]]
+name = "per-tenant"
+key = "tenant"
+rate = 1000
+period = "1s"
+routes = ["orders"]
 "#,
             outlook = outlook.base_url()
         );
