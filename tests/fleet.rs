@@ -380,3 +380,65 @@ routes = ["api"]
     }
     assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429]);
 }
+
+#[tokio::test]
+async fn a_gateway_starts_and_serves_while_redis_is_down() {
+    let w = World::start().await;
+    let closed = free_port();
+    let template = base_config(
+        "",
+        &format!("mode = \"registry\"\nallow = [\"{TENANT_A}\"]\n"),
+    ) + &format!(
+        r#"
+[store]
+kind = "redis"
+url = "redis://127.0.0.1:{closed}/0"
+encryption_key_file = "{{dir}}/store.key"
+
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "{{echo}}"
+"#
+    );
+    let p = Prepared::new(&template, &w);
+    std::fs::write(p.dir.path().join("store.key"), STORE_KEY).expect("store key");
+    let path = p.dir.path().join("aadgate.toml");
+    std::fs::write(&path, &p.rendered).expect("config");
+    let gw = p.launch(path, &[]).await;
+    gw.wait_ready().await;
+    let ready = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.expect("body").contains("store degraded"));
+    // Tenants in `allow` are served; the registry is empty until Redis answers.
+    let token = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Read"]));
+    let r = client()
+        .get(gw.url("/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sample(&gw.metrics().await, "aadgate_store_up", &[]),
+        Some(0.0)
+    );
+    // The reason is logged once, at start-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .logs()
+        .contains("shared store does not answer at start-up")
+    {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `aadgate tenants` says why, with exit code 3.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aadgate"))
+        .args(["tenants", "list", "-c"])
+        .arg(&gw.config_path)
+        .output()
+        .await
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
+}
