@@ -442,3 +442,41 @@ upstream = "{{echo}}"
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_from_before_a_withdrawal_does_not_prove_consent() {
+    let Some(f) = fleet(1).await else { return };
+    let gw = &f.gws[0];
+    f.w.idp.consent(TENANT_B, APP, roles());
+    assert_eq!(f.cli(gw, &["add", TENANT_B]).await.0, 0);
+    f.until(gw, TENANT_B, 200).await;
+    // An app-only token for B is now cached in process and in Redis, valid for an hour.
+    assert_eq!(f.get(gw, TENANT_B, "/v1.0/users/x").await.0, 200);
+    f.w.idp.revoke_consent(TENANT_B, APP);
+    // A sign-up callback for B: the proof is a new token request, not the cached token.
+    let start = client()
+        .get(gw.url("/.aadgate/onboarding/start"))
+        .send()
+        .await
+        .expect("start");
+    let location = start.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let state = reqwest::Url::parse(&location)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let r = client()
+        .get(gw.url(&format!(
+            "/.aadgate/onboarding/callback?admin_consent=True&tenant={TENANT_B}&state={}",
+            state.replace('.', "%2E")
+        )))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-aadgate-reason"], "tenant_not_consented");
+}

@@ -300,6 +300,11 @@ impl AppTokenCache {
         (slot, led && fetched)
     }
 
+    /// Sets `key`'s entry (a token request made outside [`AppTokenCache::get_or_fetch`]).
+    pub fn put(&self, key: CacheKey, slot: Slot) {
+        self.entries.insert(key, Arc::new(slot));
+    }
+
     /// Removes `key`'s entry, whatever it holds.
     pub fn forget(&self, key: &CacheKey) {
         self.entries.invalidate(key);

@@ -167,10 +167,26 @@ impl Exchanger {
     /// A token for `tid` from a new token request, whatever the cache holds: proof that the
     /// application is consented in the tenant now (the sign-up callback). The answer replaces
     /// the cache entry, as [`Exchanger::token`]'s would.
+    /// Neither cache level answers it: a token cached before the tenant withdrew consent must
+    /// not pass for consent now.
     pub async fn verify(&self, tid: &str, metrics: &Metrics) -> Result<AppToken, Rejection> {
-        let key = CacheKey::new(&tid.to_ascii_lowercase(), &self.settings.target);
-        self.cache.forget(&key);
-        self.token(tid, metrics).await
+        let tenant = tid.to_ascii_lowercase();
+        if !crate::config::is_guid(&tenant) {
+            return self.token(tid, metrics).await;
+        }
+        let key = CacheKey::new(&tenant, &self.settings.target);
+        let mut stale = false;
+        let slot = self.fetch_here(&tenant, None, &mut stale).await;
+        metrics
+            .exchange_requests
+            .with_label_values(&[self.settings.name.as_str(), slot.metric_result(true)])
+            .inc();
+        if let Some(store) = &self.store {
+            self.share(store, &tenant, &slot).await;
+        }
+        let answer = slot.answer(self.clock.now());
+        self.cache.put(key, slot);
+        answer
     }
 
     /// Forgets a failure cached for `tid` that happened at or before `since` (Unix seconds):

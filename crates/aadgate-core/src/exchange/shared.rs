@@ -154,6 +154,12 @@ impl Exchanger {
         }
     }
 
+    /// Writes `slot`, just obtained for `tenant`, as the fleet's entry.
+    pub(super) async fn share(&self, store: &SharedStore, tenant: &str, slot: &Slot) {
+        let key = self.shared_key(store, tenant);
+        self.shared_put(store, &key, slot, self.clock.now()).await;
+    }
+
     /// A fresh entry for `tenant` through the shared store: its entry, or one replica's token
     /// request for the fleet. `from_cache` is set when the entry came from the store. `None`
     /// when the store cannot help (down, or the holder never wrote): the caller requests here.
