@@ -201,25 +201,7 @@ async fn the_registry_and_sign_up_links_are_shared_by_the_fleet() {
     f.w.idp.set_token_lifetime(1);
     // Sign-up through one replica: the other accepts the tenant.
     f.w.idp.consent(TENANT_B, APP, roles());
-    let start = client()
-        .get(a.url("/.aadgate/onboarding/start"))
-        .send()
-        .await
-        .expect("start");
-    let location = start.headers()["location"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
-    let state = reqwest::Url::parse(&location)
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
-    let query = format!(
-        "admin_consent=True&tenant={TENANT_B}&state={}",
-        state.replace('.', "%2E")
-    );
+    let query = consent_callback(a, TENANT_B).await;
     let done = client()
         .get(a.url(&format!("/.aadgate/onboarding/callback?{query}")))
         .send()
@@ -306,6 +288,30 @@ async fn redis_dying_and_coming_back_fails_no_request() {
         assert!(Instant::now() < deadline, "registry not restored: {out}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The query of Entra ID's redirect after an administrator of `tid` accepted, for a sign-up
+/// started at `gw` (its `state` signed by `gw`).
+async fn consent_callback(gw: &Gateway, tid: &str) -> String {
+    let start = client()
+        .get(gw.url("/.aadgate/onboarding/start"))
+        .send()
+        .await
+        .expect("start");
+    let location = start.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let state = reqwest::Url::parse(&location)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    format!(
+        "admin_consent=True&tenant={tid}&state={}",
+        state.replace('.', "%2E")
+    )
 }
 
 /// One request on each route of each replica, at once.
@@ -454,26 +460,9 @@ async fn a_shared_token_from_before_a_withdrawal_does_not_prove_consent() {
     assert_eq!(f.get(gw, TENANT_B, "/v1.0/users/x").await.0, 200);
     f.w.idp.revoke_consent(TENANT_B, APP);
     // A sign-up callback for B: the proof is a new token request, not the cached token.
-    let start = client()
-        .get(gw.url("/.aadgate/onboarding/start"))
-        .send()
-        .await
-        .expect("start");
-    let location = start.headers()["location"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
-    let state = reqwest::Url::parse(&location)
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let query = consent_callback(gw, TENANT_B).await;
     let r = client()
-        .get(gw.url(&format!(
-            "/.aadgate/onboarding/callback?admin_consent=True&tenant={TENANT_B}&state={}",
-            state.replace('.', "%2E")
-        )))
+        .get(gw.url(&format!("/.aadgate/onboarding/callback?{query}")))
         .send()
         .await
         .expect("callback");
