@@ -1,6 +1,7 @@
 //! `aadgate tenants list|show|add|remove|approve|verify [TENANT] -c FILE [--json]`: the tenant
-//! registry of the configuration's `[tenants] registry` (SPEC section 9). Changes go through the
-//! same locked, atomic writes the gateway makes; running gateways apply them within a second.
+//! registry of the configuration (SPEC section 9) — the `[tenants] registry` file, or Redis with
+//! `[store] kind = "redis"`. Changes go through the same locked, atomic writes (or Redis
+//! compare-and-set) the gateway makes; running gateways apply them within a second.
 //!
 //! Exit codes: 0 done; 1 `verify` found no consent (or could not ask); 2 usage or
 //! configuration error, a tenant id that is not a GUID, an unknown tenant, approving a tenant

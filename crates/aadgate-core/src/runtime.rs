@@ -333,7 +333,7 @@ fn registry(
         return Ok(Some(p.clone()));
     }
     let registry = if shared.is_some() {
-        Registry::unread(wanted, metrics.clone())
+        Ok(Registry::unread(wanted, metrics.clone()))
     } else {
         Registry::open_blocking(wanted, metrics.clone())
     };

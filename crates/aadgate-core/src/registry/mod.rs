@@ -139,15 +139,12 @@ impl Registry {
 
     /// A registry not read yet: empty, with the error "not read yet" until its poll task reads
     /// the store (a shared store that may be down at start-up).
-    pub fn unread(
-        store: Arc<dyn RegistryStore>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Registry>, RegistryError> {
+    pub fn unread(store: Arc<dyn RegistryStore>, metrics: Arc<Metrics>) -> Arc<Registry> {
         let registry = Self::with(store, metrics, Snapshot::default(), None);
         if let Ok(mut e) = registry.error.lock() {
             *e = Some("not read yet".to_string());
         }
-        Ok(Arc::new(registry))
+        Arc::new(registry)
     }
 
     fn with(
