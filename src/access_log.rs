@@ -45,6 +45,8 @@ pub(crate) fn set_style(style: Style) {
 pub(crate) struct AccessLine<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
+    /// `HTTP/1.1` or `HTTP/2` (and `HTTP/1.0`).
+    pub proto: &'a str,
     /// The request target as received; written up to the query (never the query).
     pub raw_target: &'a [u8],
     pub route: &'a str,
@@ -289,6 +291,8 @@ impl AccessLine<'_> {
         put_text_value(buf, self.request_id.as_bytes());
         field(buf, "method");
         put_text_value(buf, self.method.as_bytes());
+        field(buf, "proto");
+        put_text_value(buf, self.proto.as_bytes());
         field(buf, "path");
         put_text_value(buf, path_of(self.raw_target));
         field(buf, "route");
@@ -334,6 +338,7 @@ impl AccessLine<'_> {
         };
         string(buf, "request_id", self.request_id.as_bytes());
         string(buf, "method", self.method.as_bytes());
+        string(buf, "proto", self.proto.as_bytes());
         string(buf, "path", path_of(self.raw_target));
         string(buf, "route", self.route.as_bytes());
         number(buf, "status");
@@ -367,6 +372,7 @@ mod tests {
         AccessLine {
             request_id: "req-1",
             method: "GET",
+            proto: "HTTP/1.1",
             raw_target: b"/orders/1?code=secret",
             route: "orders",
             status: 200,
@@ -400,7 +406,7 @@ mod tests {
         assert_eq!(
             text(&sample()),
             "2026-12-02T01:55:00.000001Z  INFO aadgate::access: request request_id=req-1 \
-             method=GET path=/orders/1 route=orders status=200 reason=ok upstream_status=200 \
+             method=GET proto=HTTP/1.1 path=/orders/1 route=orders status=200 reason=ok upstream_status=200 \
              latency_ms=0.278 auth_us=3 upstream_ms=0.150 \
              tenant_id=72f988bf-86f1-41af-91ab-2d7cd011db47 client_id=- \
              client_addr=127.0.0.1:5555 error=-\n"
@@ -440,9 +446,10 @@ mod tests {
         assert_eq!(v["tenant_id"], "72f988bf-86f1-41af-91ab-2d7cd011db47");
     }
 
-    const FIELDS: [&str; 14] = [
+    const FIELDS: [&str; 15] = [
         "request_id",
         "method",
+        "proto",
         "path",
         "route",
         "status",
@@ -511,8 +518,8 @@ mod tests {
             let fields = logfmt(&t);
             let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(names, FIELDS, "{t}");
-            assert_eq!(fields[4].1, "200", "{t}");
-            assert_eq!(fields[2].1, String::from_utf8_lossy(path_of(raw)), "{t}");
+            assert_eq!(fields[5].1, "200", "{t}");
+            assert_eq!(fields[3].1, String::from_utf8_lossy(path_of(raw)), "{t}");
             let v = json(&line);
             let path = v["path"].as_str().expect("path");
             let expected = String::from_utf8_lossy(path_of(raw));

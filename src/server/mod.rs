@@ -228,15 +228,25 @@ pub(crate) fn run(path: PathBuf, upgrade: bool) -> Result<(), ServerError> {
     server.bootstrap();
     let mut service =
         pingora::proxy::http_proxy_service(&server.configuration, proxy::Gateway { state });
+    if let Some(proxy) = service.app_logic_mut() {
+        // SPEC section 13: cleartext HTTP/2 with prior knowledge beside HTTP/1.1 (pingora
+        // peeks at the connection preface), when `h2c = true`.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = server_settings.h2c;
+        proxy.server_options = Some(options);
+    }
     for addr in &server_settings.listen {
         match &server_settings.tls {
-            Some(tls) => service
-                .add_tls(
-                    &addr.to_string(),
+            Some(tls) => {
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
                     &tls.cert.to_string_lossy(),
                     &tls.key.to_string_lossy(),
                 )
-                .map_err(|error| ServerError::Tls { addr: *addr, error })?,
+                .map_err(|error| ServerError::Tls { addr: *addr, error })?;
+                // ALPN: h2, then http/1.1.
+                settings.enable_h2();
+                service.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
             None => service.add_tcp(&addr.to_string()),
         }
     }

@@ -12,13 +12,14 @@ use http::header::{AUTHORIZATION, HOST};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::state::SharedState;
 use crate::access_log::{self, AccessLine};
 use aadgate_core::admission::{self, Admitted, RequestHead, RouteChoice};
 use aadgate_core::auth::{Principal, Reason, Rejection};
-use aadgate_core::config::Route;
+use aadgate_core::config::{Route, UpstreamProtocol};
 use aadgate_core::exchange::rewrite::CLIENT_REQUEST_ID;
 use aadgate_core::metrics::{RequestOutcome, NO_ROUTE};
 use aadgate_core::onboarding::Page;
@@ -46,7 +47,56 @@ pub(crate) struct RequestCtx {
     client_request_id: Option<String>,
     /// The verified caller of a request refused after its token was verified.
     caller: Option<Box<Caller>>,
+    /// A gRPC call (`content-type: application/grpc…`): refusals are gRPC statuses.
+    grpc: bool,
+    /// An upgrade (WebSocket) request: its tunnel's limits.
+    tunnel: Option<Tunnel>,
 }
+
+/// The limits of an upgraded connection (SPEC section 13): idle in both directions for
+/// `tunnel_idle_timeout` closes it, and so does the caller's token expiring when the route sets
+/// `close_on_token_expiry`.
+struct Tunnel {
+    idle: Duration,
+    /// When the token stops being accepted (`exp` + `clock_skew`).
+    deadline: Option<Instant>,
+    /// Closed because the token expired: the client is sent a WebSocket close frame.
+    expired: bool,
+}
+
+impl Tunnel {
+    /// The read timeout that ends the tunnel at the deadline at the latest; `None` once the
+    /// deadline has passed.
+    fn read_timeout(&self, now: Instant) -> Option<Duration> {
+        match self.deadline {
+            None => Some(self.idle),
+            Some(d) => d
+                .checked_duration_since(now)
+                .filter(|left| !left.is_zero())
+                .map(|left| left.min(self.idle)),
+        }
+    }
+
+    /// Called for each chunk either way: refuses the chunk once the token has expired, and
+    /// otherwise renews the downstream read timeout so that a silent tunnel still ends at the
+    /// deadline (pingora waits on the downstream read afresh after every chunk).
+    fn on_chunk(&mut self, session: &mut Session) -> Result<()> {
+        match self.read_timeout(Instant::now()) {
+            Some(t) => {
+                session.set_read_timeout(Some(t));
+                Ok(())
+            }
+            None => {
+                self.expired = true;
+                Error::e_explain(ErrorType::ReadTimedout, "the caller's token expired")
+            }
+        }
+    }
+}
+
+/// A WebSocket close frame from the server (unmasked, RFC 6455 section 5.5.1): status 1008
+/// (policy violation) and the reason `token expired`.
+const WS_CLOSE_TOKEN_EXPIRED: &[u8] = b"\x88\x0f\x03\xf0token expired";
 
 /// pingora's request header as admission sees it. Header changes go through pingora's own
 /// methods, which keep its record of header-name case in step.
@@ -93,8 +143,34 @@ impl RequestHead for Head<'_> {
     }
 }
 
-/// Writes a rejection as the gateway's own JSON response.
-async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
+/// Writes a rejection as the gateway's own JSON response, or for a gRPC call as a
+/// trailers-only gRPC status (SPEC section 13).
+async fn respond(
+    session: &mut Session,
+    rejection: &Rejection,
+    request_id: &str,
+    grpc: bool,
+) -> Result<()> {
+    if grpc {
+        let headers = rejection.grpc_headers(request_id);
+        let mut resp = ResponseHeader::build(200, Some(headers.len()))?;
+        for (name, value) in headers {
+            resp.append_header(name, value)?;
+        }
+        // HTTP/1.1 (gRPC-Web) needs framing; on HTTP/2 the header block ends the stream.
+        if !session.is_http2() {
+            resp.insert_header("content-length", "0")?;
+        }
+        discard_request_body(session);
+        // As one header block that ends the stream (a trailers-only response): pingora's
+        // `write_response_header` would leave the HTTP/2 stream open until the session
+        // finishes, and a session that ends in an error would then reset it.
+        session
+            .downstream_session
+            .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), true)])
+            .await?;
+        return Ok(());
+    }
     let body = rejection.body(request_id);
     let headers = rejection.headers(request_id);
     let mut resp = ResponseHeader::build(rejection.status(), Some(headers.len() + 1))?;
@@ -102,23 +178,23 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str)
         resp.insert_header(name, value)?;
     }
     resp.insert_header("content-length", body.len().to_string())?;
-    // A request body the caller is still sending would otherwise have to be drained.
-    if session
-        .req_header()
-        .headers
-        .contains_key(http::header::CONTENT_LENGTH)
-        || session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-    {
-        session.set_keepalive(None);
-    }
+    discard_request_body(session);
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
+}
+
+/// A request body the caller is still sending would otherwise have to be drained: an HTTP/1.1
+/// connection is not kept alive after the answer. (HTTP/2 resets just that stream.)
+fn discard_request_body(session: &mut Session) {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        || headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        session.set_keepalive(None);
+    }
 }
 
 /// Writes a sign-up page or redirect (`[onboarding]`).
@@ -158,12 +234,15 @@ impl ProxyHttp for Gateway {
             admitted: None,
             client_request_id: None,
             caller: None,
+            grpc: false,
+            tunnel: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         ctx.request_id = request_id(session.req_header().headers.get("x-request-id"));
+        ctx.grpc = aadgate_core::reason::is_grpc(&session.req_header().headers);
         let runtime = self.state.current();
         if runtime.onboarding().is_some() {
             let req = session.req_header();
@@ -203,7 +282,7 @@ impl ProxyHttp for Gateway {
                 ctx.caller = rejection.caller.take();
                 ctx.rejection = Some(rejection.reason);
                 tracing::debug!(request_id = %ctx.request_id, reason = %rejection.reason, message = %rejection.message, "rejected");
-                respond(session, &rejection, ctx.request_id.as_str()).await?;
+                respond(session, &rejection, ctx.request_id.as_str(), ctx.grpc).await?;
                 Ok(true)
             }
         }
@@ -211,7 +290,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(runtime)) = (&ctx.route, &ctx.runtime) else {
@@ -229,6 +308,31 @@ impl ProxyHttp for Gateway {
         let server = &runtime.config().server;
         peer.options.connection_timeout = Some(server.upstream_connect_timeout);
         peer.options.read_timeout = Some(server.upstream_read_timeout);
+        match up.protocol {
+            UpstreamProtocol::Http1 => {}
+            // h2 offered first by ALPN, HTTP/1.1 accepted.
+            UpstreamProtocol::H2 => peer.options.set_http_version(2, 1),
+            // Prior knowledge: no ALPN on cleartext, so HTTP/2 only.
+            UpstreamProtocol::H2c => peer.options.set_http_version(2, 2),
+        }
+        if up.protocol.is_h2() {
+            // Requests share the upstream's connections as streams (pingora's default is one
+            // stream per connection).
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+        if session.is_upgrade_req() {
+            let tunnel = tunnel_for(
+                route,
+                runtime,
+                ctx.admitted.as_ref(),
+                server.tunnel_idle_timeout,
+            );
+            // Before the 101 the upstream answers within upstream_read_timeout as usual; after
+            // it, both directions wait on each other, so the idle limit applies to both reads.
+            peer.options.read_timeout = Some(server.upstream_read_timeout.max(tunnel.idle));
+            session.set_read_timeout(tunnel.read_timeout(Instant::now()));
+            ctx.tunnel = Some(tunnel);
+        }
         Ok(Box::new(peer))
     }
 
@@ -247,7 +351,13 @@ impl ProxyHttp for Gateway {
             upstream.set_uri(uri.clone());
         }
         // Header values are prepared ones (shared bytes) or built once; names are static.
-        let original_host = session.req_header().headers.get(HOST).cloned();
+        // HTTP/2 callers send `:authority` instead of `Host`.
+        let req = session.req_header();
+        let original_host = req.headers.get(HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         upstream.insert_header(HOST, route.upstream.host_header.clone())?;
         if let Some(h) = original_host {
             upstream.insert_header(X_FORWARDED_HOST, h)?;
@@ -326,12 +436,55 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match &mut ctx.tunnel {
+            Some(t) if session.was_upgraded() => t.on_chunk(session),
+            _ => Ok(()),
+        }
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        match &mut ctx.tunnel {
+            Some(t) if session.was_upgraded() => t.on_chunk(session).map(|()| None),
+            _ => Ok(None),
+        }
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(t) = &mut ctx.tunnel {
+            if session.was_upgraded() {
+                // A silent tunnel reaches its deadline as a read timeout.
+                t.expired |= t.deadline.is_some_and(|d| Instant::now() >= d);
+                if t.expired {
+                    tracing::info!(request_id = %ctx.request_id, route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name), "tunnel closed: the caller's token expired");
+                    let close = Bytes::from_static(WS_CLOSE_TOKEN_EXPIRED);
+                    if let Err(err) = session.write_response_body(Some(close), true).await {
+                        tracing::debug!(error = %err, "could not send the WebSocket close frame");
+                    }
+                }
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         let upstream_failure = matches!(e.esource(), pingora::ErrorSource::Upstream)
             || matches!(
                 e.etype(),
@@ -348,12 +501,14 @@ impl ProxyHttp for Gateway {
                 format!("the upstream did not answer: {}", e.etype().as_str()),
             );
             ctx.rejection = Some(Reason::UpstreamUnavailable);
-            if let Err(err) = respond(session, &r, ctx.request_id.as_str()).await {
+            if let Err(err) = respond(session, &r, ctx.request_id.as_str(), ctx.grpc).await {
                 tracing::debug!(error = %err, "could not send the 502 response");
             }
             return FailToProxy {
                 error_code: 502,
-                can_reuse_downstream: false,
+                // HTTP/2: "reuse" finishes the stream cleanly, so the answer is not cut by a
+                // reset; the connection carries other streams anyway.
+                can_reuse_downstream: session.is_http2(),
             };
         }
         let code = match e.etype() {
@@ -366,13 +521,17 @@ impl ProxyHttp for Gateway {
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: session.is_http2() && code > 0,
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let Some(runtime) = &ctx.runtime else { return };
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // A gRPC refusal is HTTP 200 on the wire; it counts with its section-4 status.
+        let status = match ctx.rejection {
+            Some(r) if ctx.grpc => r.status().as_u16(),
+            _ => session.response_written().map_or(0, |r| r.status.as_u16()),
+        };
         let outcome = RequestOutcome {
             status,
             reason: ctx.rejection,
@@ -394,6 +553,11 @@ impl ProxyHttp for Gateway {
         access_log::write(&AccessLine {
             request_id: ctx.request_id.as_str(),
             method: req.method.as_str(),
+            proto: match req.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
             raw_target: req.raw_path(),
             route: ctx.route.as_ref().map_or(NO_ROUTE, |r| &r.name),
             status,
@@ -413,6 +577,36 @@ impl ProxyHttp for Gateway {
             client_addr: session.client_addr().and_then(|a| a.as_inet()).copied(),
             error: e.map_or("-", |e| e.etype().as_str()),
         });
+    }
+}
+
+/// Concurrent streams per HTTP/2 upstream connection before another is opened.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// The limits of an upgrade request's tunnel: the idle timeout, and on a
+/// `close_on_token_expiry` route the moment the caller's token stops being accepted.
+fn tunnel_for(
+    route: &Route,
+    runtime: &Runtime,
+    admitted: Option<&Admitted>,
+    idle: Duration,
+) -> Tunnel {
+    let deadline = admitted
+        .and_then(|a| a.principal.as_ref())
+        .filter(|_| route.close_on_token_expiry)
+        .map(|p| {
+            let skew = runtime.config().identity.clock_skew.as_micros();
+            let until = i128::from(p.token().exp) * 1_000_000 + skew as i128;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i128);
+            let left = u64::try_from(until - now).unwrap_or(0);
+            Instant::now() + Duration::from_micros(left)
+        });
+    Tunnel {
+        idle,
+        deadline,
+        expired: false,
     }
 }
 

@@ -88,6 +88,27 @@ pub fn rejection_response<B: From<Bytes>>(rejection: &Rejection, request_id: &st
     resp
 }
 
+/// The gRPC form of the gateway's response for `rejection` (SPEC section 13): HTTP 200 with no
+/// body, `content-type: application/grpc`, `grpc-status`, `grpc-message` and the other headers
+/// of [`rejection_response`] — a trailers-only response, so gRPC clients see the status and
+/// the reason.
+pub fn grpc_rejection_response<B: From<Bytes>>(
+    rejection: &Rejection,
+    request_id: &str,
+) -> Response<B> {
+    let mut resp = Response::new(B::from(Bytes::new()));
+    let headers = resp.headers_mut();
+    for (name, value) in rejection.grpc_headers(request_id) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    resp
+}
+
 /// A [`tower::Layer`] that admits requests for one route of the configuration.
 ///
 /// Wrap any `Service<http::Request<B>, Response = http::Response<ResBody>>` whose body type can
@@ -282,7 +303,11 @@ fn reject<B, ResBody: From<Bytes>>(
     runtime
         .metrics()
         .request_done(route, rejection.status().as_u16(), Some(rejection.reason));
-    rejection_response(rejection, id.as_str())
+    if crate::reason::is_grpc(req.headers()) {
+        grpc_rejection_response(rejection, id.as_str())
+    } else {
+        rejection_response(rejection, id.as_str())
+    }
 }
 
 /// A handler argument (`async fn h(principal: Principal)`) for routes behind [`AuthLayer`].

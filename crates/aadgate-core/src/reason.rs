@@ -189,6 +189,14 @@ impl Reason {
         }
     }
 
+    /// The gRPC status code of this reason's rejection of a gRPC call (SPEC section 13), from its
+    /// HTTP status: 401 → 16 `UNAUTHENTICATED`, 403 → 7 `PERMISSION_DENIED`, 404 → 12
+    /// `UNIMPLEMENTED`, 400/414 → 3 `INVALID_ARGUMENT`, 429 → 8 `RESOURCE_EXHAUSTED`, 502/503 → 14
+    /// `UNAVAILABLE`.
+    pub fn grpc_code(self) -> u8 {
+        grpc_code_of(self.status())
+    }
+
     /// The OAuth-style `error` field of the JSON body (SPEC section 8).
     pub fn oauth_error(self) -> &'static str {
         match self {
@@ -356,6 +364,64 @@ impl Rejection {
     }
 }
 
+/// The gRPC status code for an HTTP status of the gateway's own answers (SPEC section 13); any
+/// other status is 2 `UNKNOWN`.
+pub fn grpc_code_of(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 | 414 => 3,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 => 8,
+        502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// Whether a request is a gRPC call: its `content-type` is `application/grpc` or starts with
+/// `application/grpc+` / `application/grpc;` (gRPC over HTTP/2), or is gRPC-Web
+/// (`application/grpc-web…`), whose clients read the status from the headers the same way.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+fn is_grpc_content_type(v: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    v.len() >= GRPC.len()
+        && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(v.get(GRPC.len()), None | Some(b'+' | b';' | b'-'))
+}
+
+/// Bytes kept as they are in `grpc-message`: printable ASCII except `%` (the gRPC HTTP/2
+/// protocol's percent-encoding; everything else, including non-ASCII UTF-8, is `%XX`).
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+impl Rejection {
+    /// The headers of the gRPC form of this rejection (SPEC section 13): a trailers-only
+    /// response, HTTP 200, `content-type: application/grpc`, `grpc-status`, `grpc-message` (the
+    /// message, percent-encoded), and the same `x-aadgate-reason`, `x-request-id`,
+    /// `WWW-Authenticate`, `Retry-After` and extra headers as the HTTP form. No body.
+    pub fn grpc_headers(&self, request_id: &str) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("content-type", "application/grpc".to_string()),
+            ("grpc-status", self.reason.grpc_code().to_string()),
+            (
+                "grpc-message",
+                percent_encoding::utf8_percent_encode(&self.message, GRPC_MESSAGE_ESCAPED)
+                    .to_string(),
+            ),
+        ];
+        h.extend(
+            self.headers(request_id)
+                .into_iter()
+                .filter(|(name, _)| *name != "content-type"),
+        );
+        h
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.reason, self.message)
@@ -382,6 +448,62 @@ fn rfc6750_description(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_has_the_grpc_status_of_its_http_status() {
+        for r in Reason::ALL {
+            let want = match r.status().as_u16() {
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                400 | 414 => 3,
+                429 => 8,
+                502 | 503 => 14,
+                other => panic!("{r}: status {other} has no gRPC mapping in SPEC section 13"),
+            };
+            assert_eq!(r.grpc_code(), want, "{r}");
+        }
+    }
+
+    #[test]
+    fn grpc_content_types_are_recognised_exactly() {
+        for (ct, want) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC;charset=utf-8", true),
+            ("application/grpc-web+proto", true),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("application/grp", false),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(ct),
+            );
+            assert_eq!(is_grpc(&h), want, "{ct}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_grpc_form_is_trailers_only_with_an_encoded_message() {
+        let r = Rejection::new(Reason::MissingRole, "needs role Orders.Read — 100% café\n")
+            .retry_after(Duration::from_millis(1500));
+        let h = r.grpc_headers("req-1");
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("content-type"), Some("application/grpc"));
+        assert_eq!(get("grpc-status"), Some("7"));
+        assert_eq!(
+            get("grpc-message"),
+            Some("needs role Orders.Read %E2%80%94 100%25 caf%C3%A9%0A")
+        );
+        assert_eq!(get("x-aadgate-reason"), Some("missing_role"));
+        assert_eq!(get("x-request-id"), Some("req-1"));
+        assert_eq!(get("retry-after"), Some("2"));
+        assert!(get("www-authenticate").is_some_and(|v| v.contains("insufficient_scope")));
+        assert_eq!(h.iter().filter(|(k, _)| *k == "content-type").count(), 1);
+    }
 
     #[test]
     fn every_reason_maps_to_the_spec_status_and_error() {

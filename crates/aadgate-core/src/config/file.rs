@@ -286,6 +286,12 @@ pub struct ServerFile {
     pub upgrade_sock: Option<Spanned<String>>,
     /// `tls`: PEM certificate chain and key for every `listen` address; absent = plain HTTP.
     pub tls: Option<Spanned<TlsFile>>,
+    /// `h2c`: also accept cleartext HTTP/2 with prior knowledge on `listen`; default `false`;
+    /// read at start.
+    pub h2c: Option<Raw<bool>>,
+    /// `tunnel_idle_timeout`: an upgraded connection (WebSocket) with no bytes in either
+    /// direction for this long is closed; default `"5m"`.
+    pub tunnel_idle_timeout: Option<Raw<Duration>>,
 }
 
 /// `[server] tls = { cert = …, key = … }`
@@ -455,8 +461,14 @@ pub struct RouteFile {
     pub host: Option<Spanned<String>>,
     /// `methods`: case-insensitive method names; absent = all methods.
     pub methods: Option<Vec<Spanned<String>>>,
-    /// `upstream`: `scheme://host[:port]`, `http` or `https`, no path; required.
+    /// `upstream`: `scheme://host[:port]`, `http`, `https` or `h2c`, no path; required.
     pub upstream: Spanned<String>,
+    /// `upstream_protocol`: `"http1"` (default for `http`/`https`) or `"h2"` (`https`: offer h2
+    /// then HTTP/1.1 by ALPN; implied by `h2c://`).
+    pub upstream_protocol: Option<Spanned<String>>,
+    /// `close_on_token_expiry`: close an open WebSocket tunnel when the caller's token expires;
+    /// default `false`.
+    pub close_on_token_expiry: Option<Raw<bool>>,
     /// `strip_prefix`: removed from the front of the path before forwarding; absent = none.
     pub strip_prefix: Option<Spanned<String>>,
     /// `auth`: `"required"` (default) or `"anonymous"`.

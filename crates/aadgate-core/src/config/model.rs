@@ -140,8 +140,13 @@ pub struct ServerSettings {
     /// An explicit `upgrade_sock`; `None` = `upgrade.sock` in the private runtime folder
     /// (the binary's `server::runtime_dir`).
     pub upgrade_sock: Option<PathBuf>,
-    /// `tls`: TLS on every `listen` address; `None` = plain HTTP.
+    /// `tls`: TLS on every `listen` address (ALPN `h2` and `http/1.1`); `None` = plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// `h2c`: cleartext HTTP/2 with prior knowledge is accepted on `listen` beside HTTP/1.1.
+    pub h2c: bool,
+    /// `tunnel_idle_timeout`: an upgraded connection silent in both directions this long is
+    /// closed (default 5 min).
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -160,6 +165,8 @@ impl ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             upgrade_sock: None,
             tls: None,
+            h2c: false,
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -403,11 +410,31 @@ pub enum ClaimSource {
     TokenKind,
 }
 
+/// The HTTP version the gateway speaks to a route's upstream (SPEC section 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (`http://`, `https://`).
+    Http1,
+    /// `https://` with `upstream_protocol = "h2"`: ALPN offers `h2`, then `http/1.1`.
+    H2,
+    /// `h2c://`: cleartext HTTP/2 with prior knowledge (gRPC services).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// Whether requests may go upstream as HTTP/2.
+    pub fn is_h2(self) -> bool {
+        !matches!(self, UpstreamProtocol::Http1)
+    }
+}
+
 /// Where requests of a route go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// `https` (TLS verified, SNI = `host`) rather than `http`.
+    /// `https` (TLS verified, SNI = `host`) rather than `http` or `h2c`.
     pub tls: bool,
+    /// HTTP/1.1, h2 over TLS, or h2c.
+    pub protocol: UpstreamProtocol,
     /// The host as written, without IPv6 brackets; resolved when a request is forwarded.
     pub host: String,
     /// The port as written, else 443 for `https` and 80 for `http`.
@@ -466,6 +493,9 @@ pub struct Route {
     /// The headers sent upstream after the checks passed and their sources: the route's
     /// `[routes.claim_headers]`, else [`default_claim_headers`]; empty = no identity headers.
     pub claim_headers: Vec<(HeaderName, ClaimSource)>,
+    /// `close_on_token_expiry`: an open WebSocket tunnel is closed when the caller's token
+    /// expires.
+    pub close_on_token_expiry: bool,
 }
 
 /// `[validators.NAME]`, validated.
@@ -681,6 +711,7 @@ impl Route {
             methods: None,
             upstream: Upstream {
                 tls: false,
+                protocol: UpstreamProtocol::Http1,
                 host: "127.0.0.1".into(),
                 port: 1,
                 addr: None,
@@ -700,6 +731,7 @@ impl Route {
             pass_authorization: true,
             exchange: None,
             claim_headers: default_claim_headers(),
+            close_on_token_expiry: false,
         }
     }
 }

@@ -13,7 +13,11 @@ use crate::config::file::{ConfigFile, RouteFile};
 use crate::config::model::*;
 
 impl Compiler<'_> {
-    fn upstream(&mut self, s: &Spanned<String>) -> Option<Upstream> {
+    fn upstream(
+        &mut self,
+        s: &Spanned<String>,
+        protocol: Option<&Spanned<String>>,
+    ) -> Option<Upstream> {
         let text = s.get_ref();
         let bad = |msg: &str| {
             format!("upstream {text:?} {msg}; write scheme://host[:port], e.g. \"http://127.0.0.1:3000\"")
@@ -25,14 +29,16 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let tls = match url.scheme() {
-            "http" => false,
-            "https" => true,
+        let (tls, h2c) = match url.scheme() {
+            "http" => (false, false),
+            "https" => (true, false),
+            "h2c" => (false, true),
             _ => {
-                self.r.error(s.span(), bad("must use http or https"));
+                self.r.error(s.span(), bad("must use http, https or h2c"));
                 return None;
             }
         };
+        let protocol = self.upstream_protocol(protocol, tls, h2c)?;
         if !(url.path() == "/" || url.path().is_empty())
             || url.query().is_some()
             || url.fragment().is_some()
@@ -53,6 +59,7 @@ impl Compiler<'_> {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        // `h2c` is not a scheme the url crate knows: its default port is 80, like `http`.
         let port = url
             .port_or_known_default()
             .unwrap_or(if tls { 443 } else { 80 });
@@ -71,12 +78,53 @@ impl Compiler<'_> {
         };
         Some(Upstream {
             tls,
+            protocol,
             host,
             port,
             addr,
             authority,
             host_header,
         })
+    }
+
+    /// `upstream_protocol`: `"http1"` or `"h2"`; `h2c://` implies (and only allows) `"h2"`, and
+    /// `"h2"` on `http://` is refused with a pointer to `h2c://`.
+    fn upstream_protocol(
+        &mut self,
+        protocol: Option<&Spanned<String>>,
+        tls: bool,
+        h2c: bool,
+    ) -> Option<UpstreamProtocol> {
+        let Some(p) = protocol else {
+            return Some(if h2c {
+                UpstreamProtocol::H2c
+            } else {
+                UpstreamProtocol::Http1
+            });
+        };
+        match (p.get_ref().as_str(), tls, h2c) {
+            ("http1", _, false) => Some(UpstreamProtocol::Http1),
+            ("h2", true, _) => Some(UpstreamProtocol::H2),
+            ("h2", false, true) => Some(UpstreamProtocol::H2c),
+            ("h2", false, false) => {
+                self.r.error(p.span(), "upstream_protocol = \"h2\" over cleartext needs the upstream written h2c://host:port (HTTP/2 with prior knowledge)");
+                None
+            }
+            ("http1", _, true) => {
+                self.r.error(
+                    p.span(),
+                    "an h2c:// upstream speaks HTTP/2; remove upstream_protocol or use http://",
+                );
+                None
+            }
+            (other, _, _) => {
+                self.r.error(
+                    p.span(),
+                    format!("upstream_protocol {other:?} must be \"http1\" or \"h2\""),
+                );
+                None
+            }
+        }
     }
 
     /// Every `[[routes]]` entry, in file order. A route whose upstream is bad is left out (its
@@ -106,7 +154,7 @@ impl Compiler<'_> {
             let (prefix, strip_prefix) = self.route_prefixes(f);
             let host = f.host.as_ref().map(|h| route_host(h.get_ref()));
             let methods = f.methods.as_ref().map(|ms| self.route_methods(ms));
-            let upstream = self.upstream(&f.upstream);
+            let upstream = self.upstream(&f.upstream, f.upstream_protocol.as_ref());
             let auth = self.route_auth(f);
             let token_kind = self.route_token_kind(f);
             let route_clients = f.clients.as_ref().map(|c| self.client_ids(c));
@@ -145,6 +193,11 @@ impl Compiler<'_> {
                 pass_authorization: pass_authorization.unwrap_or(true),
                 exchange,
                 claim_headers,
+                close_on_token_expiry: f
+                    .close_on_token_expiry
+                    .as_ref()
+                    .and_then(|b| self.raw(b))
+                    .unwrap_or(false),
             }));
         }
         out
@@ -306,6 +359,7 @@ impl Compiler<'_> {
             ),
             (f.token_kind.is_some(), "token_kind"),
             (f.clients.is_some(), "clients"),
+            (f.close_on_token_expiry.is_some(), "close_on_token_expiry"),
         ] {
             if present {
                 let span = f.auth.as_ref().map_or(f.name.span(), |a| a.span());

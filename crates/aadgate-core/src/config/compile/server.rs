@@ -106,6 +106,13 @@ impl Compiler<'_> {
             shutdown_grace: self.dur(&f.shutdown_grace, Duration::from_secs(30)),
             upgrade_sock: f.upgrade_sock.as_ref().map(|p| self.path(p.get_ref())),
             tls,
+            h2c: f.h2c.as_ref().and_then(|b| self.raw(b)).unwrap_or(false),
+            tunnel_idle_timeout: self.dur_at_least(
+                &f.tunnel_idle_timeout,
+                Duration::from_secs(300),
+                Duration::from_secs(1),
+                "`tunnel_idle_timeout` must be at least 1s",
+            ),
         })
     }
 }

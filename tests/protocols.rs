@@ -1,0 +1,590 @@
+//! End-to-end: HTTP/2 (h2c and TLS with ALPN), gRPC and WebSocket through the real gateway
+//! binary (SPEC section 13), with the emulator, the echo upstream (HTTP/1.1 and h2c, WebSocket)
+//! and the gRPC echo service, and real clients: reqwest over HTTP/1.1 and HTTP/2, tonic, and
+//! tokio-tungstenite.
+
+mod common;
+
+use aadgate_emulator::TokenSpec;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const DEAD: &str = "http://127.0.0.1:1";
+
+/// Routes reaching every refusal of section 4 that one configuration can produce, plus the
+/// plain routes the protocol tests use.
+fn config(extra_server: &str) -> String {
+    let base = base_config(
+        "",
+        &format!(
+            "mode = \"allow_list\"\nallow = [\"{TENANT_A}\", \"{TENANT_B}\"]\ndeny = [\"{TENANT_C}\"]\n"
+        ),
+    )
+    .replace(
+        "workers = 2",
+        &format!("workers = 2\nh2c = true\nmax_uri_bytes = 512\n{extra_server}"),
+    );
+    base + &format!(
+        r#"
+[clients]
+allow = ["{CLIENT}"]
+
+[validators.no-guests]
+kind = "cel"
+expr = "!has(claims.acct) || claims.acct == 0"
+message = "guest accounts are not allowed"
+
+[validators.dead-hook]
+kind = "http"
+url = "{DEAD}/authorize"
+timeout = "200ms"
+on_error = "deny"
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders/"
+upstream = "{{echo}}"
+roles_any = ["Orders.Read"]
+validators = ["no-guests"]
+
+[[routes]]
+name = "profile"
+path_prefix = "/profile/"
+upstream = "{{echo}}"
+token_kind = "user"
+scopes_any = ["profile.read"]
+
+[[routes]]
+name = "jobs"
+path_prefix = "/jobs/"
+upstream = "{{echo}}"
+token_kind = "app"
+min_auth_strength = 2
+
+[[routes]]
+name = "hooked"
+path_prefix = "/hooked/"
+upstream = "{{echo}}"
+validators = ["dead-hook"]
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited/"
+upstream = "{{echo}}"
+
+[[routes]]
+name = "dead"
+path_prefix = "/dead/"
+upstream = "{DEAD}"
+
+[[routes]]
+name = "graph"
+path_prefix = "/v1.0/"
+upstream = "{{echo}}"
+exchange = "graph"
+
+[exchange.graph]
+client_id = "{CLIENT}"
+token_endpoint = "{DEAD}/{{tenantid}}/oauth2/v2.0/token"
+scope = "https://graph.microsoft.com/.default"
+certificates = [ {{ cert = "{{dir}}/app.crt", key = "{{dir}}/app.key" }} ]
+timeout = "1s"
+
+[[rate_limits]]
+name = "tight"
+key = "tenant"
+rate = 1
+period = "1h"
+burst = 1
+routes = ["limited"]
+"#
+    )
+}
+
+/// A throwaway certificate and key for the exchange (its token endpoint is dead, so they are
+/// never used to sign anything that leaves the test).
+fn write_exchange_credentials(dir: &std::path::Path) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .or_else(|_| rcgen::KeyPair::generate())
+        .expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["aadgate-test".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    std::fs::write(dir.join("app.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("app.key"), key.serialize_pem()).expect("write");
+}
+
+async fn start(world: &World, extra_server: &str) -> Gateway {
+    let p = Prepared::new(&config(extra_server), world);
+    write_exchange_credentials(p.dir.path());
+    let path = p.dir.path().join("aadgate.toml");
+    std::fs::write(&path, &p.rendered).expect("write config");
+    let gw = p.launch(path, &[]).await;
+    gw.wait_ready().await;
+    gw
+}
+
+fn app(tid: &str) -> TokenSpec {
+    TokenSpec::app(tid, AUD, &["Orders.Read"])
+}
+
+fn tamper_claims(token: &str, f: impl FnOnce(&mut Value)) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+    f(&mut claims);
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    )
+}
+
+fn with_header(token: &str, header: Value) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        parts[1],
+        parts[2]
+    )
+}
+
+/// One refusal to provoke: the path, the bearer token, and the expected status and reason.
+struct Case {
+    path: String,
+    token: Option<String>,
+    status: u16,
+    reason: &'static str,
+}
+
+fn cases(w: &World) -> Vec<Case> {
+    let idp = &w.idp;
+    let ok = idp.mint(&app(TENANT_A));
+    let case = |path: &str, token: Option<String>, status: u16, reason: &'static str| Case {
+        path: path.to_string(),
+        token,
+        status,
+        reason,
+    };
+    vec![
+        case("/orders/a%2Fb", None, 400, "bad_request"),
+        case(
+            &format!("/orders/{}", "a".repeat(600)),
+            None,
+            414,
+            "uri_too_long",
+        ),
+        case("/nowhere", None, 404, "route_not_found"),
+        case("/orders/1", None, 401, "missing_token"),
+        case(
+            "/orders/1",
+            Some("not-a-jwt".into()),
+            401,
+            "malformed_token",
+        ),
+        case(
+            "/orders/1",
+            Some(with_header(&ok, json!({"alg": "none", "typ": "JWT"}))),
+            401,
+            "unsupported_alg",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_A).with_header("kid", json!("no-such-kid")))),
+            401,
+            "unknown_kid",
+        ),
+        case(
+            "/orders/1",
+            Some(tamper_claims(&ok, |c| c["roles"] = json!(["Orders.Admin"]))),
+            401,
+            "bad_signature",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_A).with_lifetime(-3600))),
+            401,
+            "expired",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_A).with_not_before_offset(3600))),
+            401,
+            "not_yet_valid",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&TokenSpec::app(TENANT_A, "api://other", &["Orders.Read"]))),
+            401,
+            "bad_audience",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&{
+                let mut id_token = app(TENANT_A).without_claim("idtyp");
+                id_token.appid = None;
+                id_token.app_auth_strength = None;
+                id_token
+            })),
+            401,
+            "not_access_token",
+        ),
+        case(
+            "/orders/1",
+            Some(
+                idp.mint(
+                    &app(TENANT_A)
+                        .with_claim("iss", json!(format!("https://sts.windows.net/{TENANT_B}/"))),
+                ),
+            ),
+            401,
+            "bad_issuer",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app("44444444-4444-4444-8444-444444444444"))),
+            401,
+            "tenant_not_allowed",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_C))),
+            401,
+            "tenant_denied",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_A).with_appid("99999999-9999-4999-8999-999999999999"))),
+            403,
+            "client_not_allowed",
+        ),
+        case(
+            "/jobs/1",
+            Some(idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Jobs.Run"]).with_auth_strength("1"))),
+            403,
+            "weak_client_auth",
+        ),
+        case("/profile/me", Some(ok.clone()), 403, "wrong_token_kind"),
+        case(
+            "/orders/1",
+            Some(idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"]))),
+            403,
+            "missing_role",
+        ),
+        case(
+            "/profile/me",
+            Some(idp.mint(&TokenSpec::user(TENANT_A, AUD, "other.scope"))),
+            403,
+            "missing_scope",
+        ),
+        case(
+            "/orders/1",
+            Some(idp.mint(&app(TENANT_A).with_claim("acct", json!(1)))),
+            403,
+            "hook_denied",
+        ),
+        case("/hooked/1", Some(ok.clone()), 503, "hook_unavailable"),
+        case("/v1.0/users", Some(ok.clone()), 503, "exchange_unavailable"),
+        case("/dead/1", Some(ok.clone()), 502, "upstream_unavailable"),
+    ]
+}
+
+/// What a refusal looked like to the caller.
+#[derive(Debug)]
+struct Seen {
+    version: reqwest::Version,
+    status: u16,
+    header: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.header
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn send(client: &reqwest::Client, gw: &Gateway, case: &Case, grpc: bool) -> Seen {
+    let mut req = client.post(gw.url(&case.path));
+    if let Some(t) = &case.token {
+        req = req.bearer_auth(t);
+    }
+    if grpc {
+        // An empty unary gRPC frame: compressed flag 0, length 0.
+        req = req
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8; 5]);
+    }
+    let r = req.send().await.expect("response");
+    let version = r.version();
+    let status = r.status().as_u16();
+    let header = r
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let body = r.text().await.expect("body");
+    Seen {
+        version,
+        status,
+        header,
+        body,
+    }
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+fn h1_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// The gRPC status and encoded message of section 13 for a section-4 status.
+fn grpc_code(status: u16) -> &'static str {
+    match status {
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        400 | 414 => "3",
+        429 => "8",
+        502 | 503 => "14",
+        _ => panic!("no mapping for {status}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_the_same_over_http2_and_a_grpc_status_for_grpc_calls() {
+    let w = World::start().await;
+    let gw = start(&w, "").await;
+    let (h1, h2) = (h1_client(), h2c_client());
+    let mut all = cases(&w);
+    // The rate limit: the first call of the tenant is admitted, every later one refused.
+    let limited_token = w.idp.mint(&app(TENANT_B));
+    let first = send(
+        &h2,
+        &gw,
+        &Case {
+            path: "/limited/1".into(),
+            token: Some(limited_token.clone()),
+            status: 200,
+            reason: "ok",
+        },
+        false,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.version, reqwest::Version::HTTP_2);
+    all.push(Case {
+        path: "/limited/1".into(),
+        token: Some(limited_token),
+        status: 429,
+        reason: "rate_limited",
+    });
+
+    for case in &all {
+        let over_h1 = send(&h1, &gw, case, false).await;
+        let over_h2 = send(&h2, &gw, case, false).await;
+        let what = format!(
+            "{} {}",
+            case.reason,
+            case.path.get(..40).unwrap_or(&case.path)
+        );
+        assert_eq!(over_h1.version, reqwest::Version::HTTP_11, "{what}");
+        assert_eq!(over_h2.version, reqwest::Version::HTTP_2, "{what}");
+        for seen in [&over_h1, &over_h2] {
+            assert_eq!(seen.status, case.status, "{what}: {seen:?}");
+            assert_eq!(seen.get("x-aadgate-reason"), Some(case.reason), "{what}");
+            let body: Value = serde_json::from_str(&seen.body).expect("JSON body");
+            assert_eq!(body["reason"], case.reason, "{what}");
+            assert!(seen.get("x-request-id").is_some(), "{what}");
+        }
+        // The same response apart from the request id and the date.
+        let strip = |s: &Seen| {
+            let mut h: Vec<(String, String)> = s
+                .header
+                .iter()
+                .filter(|(n, _)| !matches!(n.as_str(), "x-request-id" | "date" | "connection"))
+                .filter(|(n, _)| !n.starts_with("ratelimit"))
+                .cloned()
+                .collect();
+            h.sort();
+            let mut body: Value = serde_json::from_str(&s.body).expect("JSON");
+            body["request_id"] = Value::Null;
+            (h, body)
+        };
+        assert_eq!(strip(&over_h1), strip(&over_h2), "{what}");
+
+        let grpc = send(&h2, &gw, case, true).await;
+        assert_eq!(
+            grpc.status, 200,
+            "{what}: a gRPC refusal is HTTP 200: {grpc:?}"
+        );
+        assert_eq!(grpc.body, "", "{what}: trailers-only, no body");
+        assert_eq!(grpc.get("content-type"), Some("application/grpc"), "{what}");
+        assert_eq!(
+            grpc.get("grpc-status"),
+            Some(grpc_code(case.status)),
+            "{what}"
+        );
+        assert_eq!(grpc.get("x-aadgate-reason"), Some(case.reason), "{what}");
+        let message = grpc.get("grpc-message").expect("grpc-message");
+        let http_message: Value = serde_json::from_str(&over_h2.body).expect("JSON");
+        let decoded = percent_encoding::percent_decode_str(message)
+            .decode_utf8()
+            .expect("UTF-8");
+        assert_eq!(
+            decoded,
+            http_message["message"].as_str().expect("message"),
+            "{what}"
+        );
+        assert!(
+            message.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{what}: percent-encoded: {message}"
+        );
+        if case.status == 401 {
+            assert!(grpc.get("www-authenticate").is_some(), "{what}");
+        }
+        if case.reason == "rate_limited" {
+            assert!(grpc.get("retry-after").is_some(), "{what}");
+        }
+    }
+
+    // Metrics count a gRPC refusal with its section-4 status, like HTTP.
+    let m = gw.metrics().await;
+    let count = |reason: &str, status: &str| {
+        sample(
+            &m,
+            "aadgate_requests_total",
+            &[
+                &format!("status=\"{status}\""),
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("missing_token", "401"), 3.0, "h1 + h2 + gRPC");
+    assert_eq!(count("missing_role", "403"), 3.0);
+    assert_eq!(count("missing_token", "200"), 0.0);
+    let logs = gw.logs();
+    assert!(
+        logs.contains("proto=HTTP/2 path=/orders/1 route=orders status=401 reason=missing_token"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_http1_share_the_listener_and_reach_http1_upstreams() {
+    let w = World::start().await;
+    let gw = start(&w, "").await;
+    let token = w.idp.mint(&app(TENANT_A));
+    for (client, version) in [
+        (h1_client(), reqwest::Version::HTTP_11),
+        (h2c_client(), reqwest::Version::HTTP_2),
+    ] {
+        let r = client
+            .get(gw.url("/orders/7?q=1"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-request-id"));
+        let seen = w.echo.last_request().expect("upstream saw it");
+        assert_eq!(seen.path, "/orders/7");
+        assert_eq!(seen.query.as_deref(), Some("q=1"));
+        assert_eq!(seen.header("x-auth-tenant-id"), Some(TENANT_A));
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+        let host = format!("127.0.0.1:{}", gw.addr.port());
+        assert_eq!(seen.header("x-forwarded-host"), Some(host.as_str()));
+    }
+    // Without `h2c = true` the listener speaks HTTP/1.1 only: prior-knowledge HTTP/2 fails.
+    let plain = Gateway::start(
+        &(base_config("", &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]"))
+            + "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"{echo}\"\nauth = \"anonymous\"\n"),
+        &w,
+    )
+    .await;
+    plain.wait_ready().await;
+    assert!(h2c_client().get(plain.url("/x")).send().await.is_err());
+    assert_eq!(
+        h1_client()
+            .get(plain.url("/x"))
+            .send()
+            .await
+            .expect("h1")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_negotiate_h2_by_alpn_and_still_serve_http1() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+    std::fs::write(dir.path().join("gw.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).expect("write");
+    let d = dir.path().display();
+    let gw = start(
+        &w,
+        &format!("tls = {{ cert = \"{d}/gw.crt\", key = \"{d}/gw.key\" }}"),
+    )
+    .await;
+    let ca = reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("cert");
+    let url = format!("https://127.0.0.1:{}/orders/1", gw.addr.port());
+    let token = w.idp.mint(&app(TENANT_A));
+    for (h1_only, version) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let mut b = reqwest::Client::builder().tls_certs_only([ca.clone()]);
+        if h1_only {
+            b = b.http1_only();
+        }
+        let client = b.build().expect("client");
+        let r = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("TLS");
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        let seen = w.echo.last_request().expect("request");
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+        // A refusal over TLS is the same JSON whatever the version.
+        let r = client.get(&url).send().await.expect("TLS");
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()
+                .get("x-aadgate-reason")
+                .and_then(|v| v.to_str().ok()),
+            Some("missing_token")
+        );
+    }
+}
