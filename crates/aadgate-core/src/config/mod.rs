@@ -6,6 +6,7 @@ pub mod duration;
 mod error;
 pub mod file;
 mod model;
+mod route;
 
 pub use compile::{
     is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_AUTHORITY,
