@@ -588,3 +588,229 @@ async fn tls_listeners_negotiate_h2_by_alpn_and_still_serve_http1() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+mod websocket {
+    use super::*;
+    use aadgate_emulator::WsEnd;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Routes to the echo's `/ws`: one plain, one that closes tunnels when the token expires.
+    fn ws_config(extra_server: &str) -> String {
+        base_config(
+            "clock_skew = \"0s\"",
+            &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]\n"),
+        )
+        .replace("workers = 2", &format!("workers = 2\n{extra_server}"))
+            + r#"
+[[routes]]
+name = "live"
+path_prefix = "/ws"
+upstream = "{echo}"
+roles_any = ["Live.Read"]
+
+[[routes]]
+name = "expiring"
+path_prefix = "/expiring/ws"
+strip_prefix = "/expiring"
+upstream = "{echo}"
+roles_any = ["Live.Read"]
+close_on_token_expiry = true
+"#
+    }
+
+    fn live_token(w: &World, lifetime: i64) -> String {
+        w.idp
+            .mint(&TokenSpec::app(TENANT_A, AUD, &["Live.Read"]).with_lifetime(lifetime))
+    }
+
+    async fn connect(gw: &Gateway, path: &str, token: Option<&str>) -> Result<Ws, WsError> {
+        let mut req = format!("ws://127.0.0.1:{}{path}", gw.addr.port())
+            .into_client_request()
+            .expect("request");
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header value"),
+            );
+        }
+        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    }
+
+    /// The next data or close message (pongs and pings are skipped); `None` when the stream
+    /// ends without one.
+    async fn next(ws: &mut Ws) -> Option<Result<Message, WsError>> {
+        loop {
+            match ws.next().await? {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    async fn upgrade_headers(ws: &mut Ws) -> Value {
+        match next(ws).await {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+            other => panic!("expected the echo's headers message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upgrade_is_authenticated_then_tunnelled_both_ways() {
+        let w = World::start().await;
+        let gw = Gateway::start(&ws_config(""), &w).await;
+        gw.wait_ready().await;
+        let token = live_token(&w, 3600);
+        let mut ws = connect(&gw, "/ws", Some(&token)).await.expect("upgraded");
+        let seen = upgrade_headers(&mut ws).await;
+        let h = &seen["headers"];
+        assert_eq!(h["x-auth-tenant-id"][0], TENANT_A, "{seen}");
+        assert_eq!(h["x-auth-roles"][0], "Live.Read", "{seen}");
+        assert!(h["x-request-id"][0].is_string(), "{seen}");
+        assert_eq!(h["upgrade"][0].as_str().map(str::to_lowercase).as_deref(), Some("websocket"));
+
+        ws.send(Message::text("hello")).await.expect("send");
+        assert_eq!(next(&mut ws).await.expect("echo").expect("ok"), Message::text("hello"));
+        let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::binary(blob.clone())).await.expect("send");
+        assert_eq!(
+            next(&mut ws).await.expect("echo").expect("ok"),
+            Message::binary(blob)
+        );
+        ws.send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .expect("ping");
+        let pong = loop {
+            match ws.next().await.expect("frame").expect("ok") {
+                Message::Pong(p) => break p,
+                _ => continue,
+            }
+        };
+        assert_eq!(pong.as_ref(), b"are you there");
+
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("close");
+        assert_eq!(
+            w.echo.ws_ended(0).await,
+            WsEnd::Closed {
+                code: Some(1000),
+                reason: "bye".into()
+            }
+        );
+        // The access log tells the upgrade once its tunnel has closed.
+        let m = gw.metrics().await;
+        assert!(
+            sample(&m, "aadgate_requests_total", &["route=\"live\"", "status=\"101\""])
+                .is_some_and(|n| n >= 1.0),
+            "{m}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_upgrade_gets_the_json_answer_and_no_tunnel() {
+        let w = World::start().await;
+        let gw = Gateway::start(&ws_config(""), &w).await;
+        gw.wait_ready().await;
+        let refused = |e: WsError| match e {
+            WsError::Http(resp) => {
+                let reason = resp
+                    .headers()
+                    .get("x-aadgate-reason")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                        .unwrap_or(Value::Null);
+                (resp.status().as_u16(), reason, body)
+            }
+            other => panic!("expected an HTTP refusal, got {other}"),
+        };
+        let (status, reason, body) = refused(connect(&gw, "/ws", None).await.expect_err("no token"));
+        assert_eq!((status, reason.as_deref()), (401, Some("missing_token")));
+        assert_eq!(body["reason"], "missing_token");
+        let wrong_role = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"]));
+        let (status, reason, _) =
+            refused(connect(&gw, "/ws", Some(&wrong_role)).await.expect_err("no role"));
+        assert_eq!((status, reason.as_deref()), (403, Some("missing_role")));
+        let expired = live_token(&w, -60);
+        let (status, reason, _) =
+            refused(connect(&gw, "/ws", Some(&expired)).await.expect_err("expired"));
+        assert_eq!((status, reason.as_deref()), (401, Some("expired")));
+        assert!(w.echo.ws_connections().is_empty(), "no tunnel reached the upstream");
+        assert!(w.echo.requests().iter().all(|r| r.path != "/ws"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tunnel_closes_when_its_token_expires_on_routes_that_ask_for_it() {
+        let w = World::start().await;
+        let gw = Gateway::start(&ws_config(""), &w).await;
+        gw.wait_ready().await;
+        // Both tunnels carry a token that expires in two seconds.
+        let token = live_token(&w, 2);
+        let mut expiring = connect(&gw, "/expiring/ws", Some(&token)).await.expect("upgraded");
+        upgrade_headers(&mut expiring).await;
+        let mut kept = connect(&gw, "/ws", Some(&token)).await.expect("upgraded");
+        upgrade_headers(&mut kept).await;
+        expiring.send(Message::text("before")).await.expect("send");
+        assert_eq!(
+            next(&mut expiring).await.expect("echo").expect("ok"),
+            Message::text("before")
+        );
+        // Silent from here on: the gateway closes it at the expiry with 1008.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), next(&mut expiring))
+            .await
+            .expect("closed within the token's lifetime and a margin");
+        match closed {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, CloseCode::Policy);
+                assert_eq!(frame.reason.as_str(), "token expired");
+            }
+            other => panic!("expected a close frame 1008, got {other:?}"),
+        }
+        // The upstream saw its side of the tunnel end (the first connection is the expiring one).
+        assert_eq!(w.echo.ws_connections()[0].request.path, "/ws");
+        assert_eq!(w.echo.ws_ended(0).await, WsEnd::Dropped);
+        // The route without close_on_token_expiry keeps its tunnel past the expiry.
+        kept.send(Message::text("after")).await.expect("send");
+        assert_eq!(next(&mut kept).await.expect("echo").expect("ok"), Message::text("after"));
+        assert!(w.echo.ws_connections()[1].end.is_none());
+        assert!(
+            gw.logs().contains("tunnel closed: the caller's token expired"),
+            "{}",
+            gw.logs()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
+        let w = World::start().await;
+        let gw = Gateway::start(&ws_config("tunnel_idle_timeout = \"1s\""), &w).await;
+        gw.wait_ready().await;
+        let mut ws = connect(&gw, "/ws", Some(&live_token(&w, 3600)))
+            .await
+            .expect("upgraded");
+        upgrade_headers(&mut ws).await;
+        let end = tokio::time::timeout(std::time::Duration::from_secs(30), next(&mut ws))
+            .await
+            .expect("closed by the idle timeout");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+            "{end:?}"
+        );
+        assert_eq!(w.echo.ws_ended(0).await, WsEnd::Dropped);
+    }
+}
