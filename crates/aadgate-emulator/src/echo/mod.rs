@@ -9,6 +9,7 @@
 //! | `GET /status/{code}` | that status, headers `request-id: <GUID>` and `x-ms-diagnostics: test` |
 //! | `GET /hold/{name}` | waits until [`EchoHandle::release`]`(name)`, then answers like any other request |
 //! | `POST /upload-echo` | 200, the request body streamed back unchanged (same `content-type`) |
+//! | `GET /ws` | WebSocket echo (see [`WsConnection`], [`WsEnd`]): a JSON hello with the upgrade request's headers, then every message back; 400 without the upgrade headers |
 //! | `/trailers` | the JSON echo below, then the trailer `x-echo-trailer: done` (HTTP/2; HTTP/1.1 sends none) |
 //! | anything else | 200 JSON `{"method","path","query","version","headers":{name:[values]},"body_bytes","body_sha256"}` |
 //!
@@ -36,6 +37,10 @@ use http_body_util::BodyExt as _;
 use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::watch;
+
+mod ws;
+
+pub use ws::{WsConnection, WsEnd};
 
 use super::serve::{base_url, lock, version_name, RecordedRequest, ServerTask};
 use super::{new_guid, EmulatorError};
@@ -91,6 +96,7 @@ struct EchoState {
     requests: Mutex<Vec<RecordedRequest>>,
     count: AtomicU64,
     holds: Mutex<HashMap<String, watch::Sender<HoldStatus>>>,
+    ws: ws::WsState,
 }
 
 impl EchoState {
@@ -101,10 +107,13 @@ impl EchoState {
             .clone()
     }
 
+    /// Lets every held request finish and closes every WebSocket: what stopping the server
+    /// needs, since neither would end by itself.
     fn release_all(&self) {
         for hold in lock(&self.holds).values() {
             hold.send_modify(|s| s.released = true);
         }
+        self.ws.close_all();
     }
 
     fn record(&self, req: &Request) {
@@ -130,6 +139,7 @@ impl EchoServer {
                 .route("/hold/{name}", get(hold).fallback(echo))
                 .route("/upload-echo", post(upload_echo).fallback(echo))
                 .route("/trailers", any(trailers))
+                .route("/ws", get(ws::upgrade).fallback(echo))
                 .fallback(echo)
                 .layer(axum::extract::DefaultBodyLimit::disable())
                 .with_state(router_state)
@@ -192,7 +202,8 @@ impl EchoHandle {
         self.inner.state.hold(name).borrow().arrived
     }
 
-    /// Releases every held request, stops the server gracefully and waits for it.
+    /// Releases every held request, closes every WebSocket (code 1001), stops the server
+    /// gracefully and waits for it.
     pub async fn shutdown(&self) {
         self.inner.state.release_all();
         self.inner.server.shutdown().await;
@@ -218,13 +229,7 @@ async fn echo_json(req: Request) -> Result<serde_json::Value, Response> {
     let version = version_name(req.version());
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in req.headers() {
-        headers
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
+    let headers = headers_json(req.headers());
     let mut body = req.into_body();
     let mut hasher = digest::Context::new(&digest::SHA256);
     let mut body_bytes: u64 = 0;
@@ -260,6 +265,18 @@ async fn echo_json(req: Request) -> Result<serde_json::Value, Response> {
         "body_bytes": body_bytes,
         "body_sha256": sha256,
     }))
+}
+
+/// Headers as the echoes report them: `{name: [values in arrival order]}`, names lower-case,
+/// values decoded lossily as UTF-8.
+fn headers_json(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        map.entry(name.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    map
 }
 
 /// `POST /upload-echo`: the request body goes back as the response body frame by frame, so a

@@ -202,3 +202,144 @@ async fn upload_echo_streams_five_megabytes_back_over_both_protocols() {
     }
     assert_eq!(echo.request_count(), 2);
 }
+
+mod websocket {
+    use super::*;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+    fn ws_url(echo: &EchoHandle) -> String {
+        format!("{}/ws", echo.base_url().replacen("http://", "ws://", 1))
+    }
+
+    /// Connects with `x-user: alice` and returns the client and the hello's JSON.
+    async fn connect(echo: &EchoHandle) -> (Client, Value) {
+        let mut request = ws_url(echo).into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("x-user", HeaderValue::from_static("alice"));
+        let (mut client, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
+        assert_eq!(response.status(), 101);
+        let hello = match client.next().await {
+            Some(Ok(Message::Text(text))) => parse(text.as_bytes()),
+            other => panic!("expected the headers hello, got {other:?}"),
+        };
+        (client, hello)
+    }
+
+    async fn next(client: &mut Client) -> Message {
+        client
+            .next()
+            .await
+            .expect("a message")
+            .expect("not an error")
+    }
+
+    #[tokio::test]
+    async fn sends_the_upgrade_headers_then_echoes_text_binary_and_pings() {
+        let echo = start().await;
+        let (mut client, hello) = connect(&echo).await;
+        assert_eq!(hello["headers"]["x-user"], json!(["alice"]));
+        assert_eq!(hello["headers"]["upgrade"], json!(["websocket"]));
+
+        client.send(Message::text("hello")).await.expect("send");
+        assert_eq!(next(&mut client).await, Message::text("hello"));
+        let binary = Bytes::from_static(&[0, 1, 2, 254, 255]);
+        client
+            .send(Message::Binary(binary.clone()))
+            .await
+            .expect("send");
+        assert_eq!(next(&mut client).await, Message::Binary(binary));
+        client
+            .send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .expect("ping");
+        assert_eq!(
+            next(&mut client).await,
+            Message::Pong(Bytes::from_static(b"are you there"))
+        );
+
+        let open = echo.ws_opened(0).await;
+        assert_eq!(open.request.path, "/ws");
+        assert_eq!(open.request.header("x-user"), Some("alice"));
+        assert_eq!(echo.ws_connections()[0].messages, 2);
+        assert_eq!(echo.ws_connections()[0].end, None);
+    }
+
+    #[tokio::test]
+    async fn records_the_clients_close_code_and_reason() {
+        let echo = start().await;
+        let (mut client, _) = connect(&echo).await;
+        client
+            .close(Some(CloseFrame {
+                code: CloseCode::Library(4001),
+                reason: "token expired".into(),
+            }))
+            .await
+            .expect("close");
+        assert_eq!(
+            echo.ws_ended(0).await,
+            WsEnd::Closed {
+                code: Some(4001),
+                reason: "token expired".into()
+            }
+        );
+        // The server answered the close handshake.
+        assert!(matches!(next(&mut client).await, Message::Close(_)));
+    }
+
+    #[tokio::test]
+    async fn records_a_connection_dropped_without_a_close_frame() {
+        let echo = start().await;
+        let (client, _) = connect(&echo).await;
+        drop(client);
+        assert_eq!(echo.ws_ended(0).await, WsEnd::Dropped);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_open_connections_with_going_away() {
+        let echo = start().await;
+        let (mut client, _) = connect(&echo).await;
+        echo.shutdown().await;
+        assert_eq!(echo.ws_ended(0).await, WsEnd::ServerShutdown);
+        match next(&mut client).await {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_get_without_upgrade_headers_is_refused() {
+        let echo = start().await;
+        let resp = reqwest::get(format!("{}/ws", echo.base_url()))
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 400);
+        let resp = h2c_client()
+            .get(format!("{}/ws", echo.base_url()))
+            .send()
+            .await
+            .expect("h2c get");
+        assert_eq!(resp.status(), 400);
+        let resp = reqwest::Client::new()
+            .get(format!("{}/ws", echo.base_url()))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "8")
+            .send()
+            .await
+            .expect("old version");
+        assert_eq!(resp.status(), 426);
+        assert_eq!(resp.headers()["sec-websocket-version"], "13");
+        assert!(echo.ws_connections().is_empty());
+    }
+}
