@@ -24,8 +24,9 @@
 //!   Cancel redirects and AADSTS error pages;
 //! - [`outlook`]: [`MockOutlook`], an Outlook REST / Microsoft Graph mail API that checks bearer
 //!   tokens the way Exchange Online does and answers its `x-ms-diagnostics`;
-//! - [`echo`]: [`EchoServer`], an upstream that reports what it received (streaming) and can hold
-//!   requests until a test releases them;
+//! - [`echo`]: [`EchoServer`], an HTTP/1.1 and h2c upstream that reports what it received
+//!   (streaming), echoes bodies, sends trailers, runs a WebSocket echo and can hold requests
+//!   until a test releases them;
 //! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
 #![forbid(unsafe_code)]
 
@@ -44,7 +45,7 @@ pub use dev::{
     dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, AppRolesArg, ConsentArg,
     DevIdpOptions, DevTokenOptions, RedirectUriArg,
 };
-pub use echo::{download_pattern_byte, EchoHandle, EchoServer};
+pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEnd};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
 pub use mint::{issuer_v1, issuer_v2, TokenSpec};
 pub use outlook::{MockOutlook, MockOutlookHandle};

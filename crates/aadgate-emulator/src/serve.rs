@@ -21,12 +21,15 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// Headers in arrival order, names lower-case.
     pub headers: Vec<(String, String)>,
+    /// Protocol version it arrived with: `HTTP/1.1` or `HTTP/2.0` (`HTTP/2.0` for h2c too).
+    pub version: String,
 }
 
 impl RecordedRequest {
     pub(crate) fn from_parts(
         method: &http::Method,
         uri: &http::Uri,
+        version: http::Version,
         headers: &http::HeaderMap,
     ) -> Self {
         RecordedRequest {
@@ -42,6 +45,7 @@ impl RecordedRequest {
                     )
                 })
                 .collect(),
+            version: version_name(version).to_string(),
         }
     }
 
@@ -148,6 +152,19 @@ pub(crate) fn base_url(addr: SocketAddr) -> String {
         addr.set_ip(loopback);
     }
     format!("http://{addr}")
+}
+
+/// `HTTP/1.1`, `HTTP/2.0`, … : how the emulator's servers name a protocol version in records
+/// and JSON echoes.
+pub(crate) fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "unknown",
+    }
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.

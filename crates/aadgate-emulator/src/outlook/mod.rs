@@ -232,6 +232,7 @@ async fn serve(State(state): State<Arc<OutlookState>>, req: Request) -> Response
     lock(&state.requests).push(RecordedRequest::from_parts(
         req.method(),
         req.uri(),
+        req.version(),
         req.headers(),
     ));
     let headers = req.headers().clone();

@@ -1,14 +1,21 @@
-//! An echo upstream for the gateway's end-to-end tests and the demo.
+//! An echo upstream for the gateway's end-to-end tests, the demo and the benchmarks.
+//!
+//! One port answers HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c), so a test can check
+//! which protocol the gateway spoke upstream.
 //!
 //! | request | answer |
 //! |---|---|
 //! | `GET /download/{bytes}` | 200, that many bytes of [`download_pattern_byte`], chunked |
 //! | `GET /status/{code}` | that status, headers `request-id: <GUID>` and `x-ms-diagnostics: test` |
 //! | `GET /hold/{name}` | waits until [`EchoHandle::release`]`(name)`, then answers like any other request |
-//! | anything else | 200 JSON `{"method","path","query","headers":{name:[values]},"body_bytes","body_sha256"}` |
+//! | `POST /upload-echo` | 200, the request body streamed back unchanged (same `content-type`) |
+//! | `GET /ws` | WebSocket echo (see [`WsConnection`], [`WsEnd`]): a JSON hello with the upgrade request's headers, then every message back; 400 without the upgrade headers |
+//! | `/trailers` | the JSON echo below, then the trailer `x-echo-trailer: done` (HTTP/2; HTTP/1.1 sends none) |
+//! | anything else | 200 JSON `{"method","path","query","version","headers":{name:[values]},"body_bytes","body_sha256"}` |
 //!
-//! Bodies are read as a stream and hashed incrementally, so multi-megabyte uploads are never
-//! held in memory. Every request is recorded (method, path, query, headers) on arrival.
+//! `version` is `HTTP/1.1` or `HTTP/2.0`. Bodies are read as a stream and hashed (or echoed)
+//! chunk by chunk, so multi-megabyte uploads are never held in memory. Every request is recorded
+//! (method, path, query, version, headers) on arrival.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -21,9 +28,9 @@ use std::task::{Context, Poll};
 use aws_lc_rs::digest;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -31,7 +38,11 @@ use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::serve::{base_url, lock, RecordedRequest, ServerTask};
+mod ws;
+
+pub use ws::{WsConnection, WsEnd};
+
+use super::serve::{base_url, lock, version_name, RecordedRequest, ServerTask};
 use super::{new_guid, EmulatorError};
 
 /// Size of the chunks `/download/{bytes}` sends.
@@ -85,6 +96,7 @@ struct EchoState {
     requests: Mutex<Vec<RecordedRequest>>,
     count: AtomicU64,
     holds: Mutex<HashMap<String, watch::Sender<HoldStatus>>>,
+    ws: ws::WsState,
 }
 
 impl EchoState {
@@ -95,10 +107,13 @@ impl EchoState {
             .clone()
     }
 
+    /// Lets every held request finish and closes every WebSocket: what stopping the server
+    /// needs, since neither would end by itself.
     fn release_all(&self) {
         for hold in lock(&self.holds).values() {
             hold.send_modify(|s| s.released = true);
         }
+        self.ws.close_all();
     }
 
     fn record(&self, req: &Request) {
@@ -106,6 +121,7 @@ impl EchoState {
         lock(&self.requests).push(RecordedRequest::from_parts(
             req.method(),
             req.uri(),
+            req.version(),
             req.headers(),
         ));
     }
@@ -121,6 +137,9 @@ impl EchoServer {
                 .route("/download/{bytes}", get(download).fallback(echo))
                 .route("/status/{code}", get(status).fallback(echo))
                 .route("/hold/{name}", get(hold).fallback(echo))
+                .route("/upload-echo", post(upload_echo).fallback(echo))
+                .route("/trailers", any(trailers))
+                .route("/ws", get(ws::upgrade).fallback(echo))
                 .fallback(echo)
                 .layer(axum::extract::DefaultBodyLimit::disable())
                 .with_state(router_state)
@@ -183,7 +202,8 @@ impl EchoHandle {
         self.inner.state.hold(name).borrow().arrived
     }
 
-    /// Releases every held request, stops the server gracefully and waits for it.
+    /// Releases every held request, closes every WebSocket (code 1001), stops the server
+    /// gracefully and waits for it.
     pub async fn shutdown(&self) {
         self.inner.state.release_all();
         self.inner.server.shutdown().await;
@@ -196,16 +216,20 @@ async fn echo(State(state): State<Arc<EchoState>>, req: Request) -> Response {
 }
 
 async fn echo_body(req: Request) -> Response {
+    match echo_json(req).await {
+        Ok(json) => Json(json).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The JSON echo of a request (its body read to the end and hashed), or the 400 answer when the
+/// body could not be read.
+async fn echo_json(req: Request) -> Result<serde_json::Value, Response> {
     let method = req.method().as_str().to_string();
+    let version = version_name(req.version());
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in req.headers() {
-        headers
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
+    let headers = headers_json(req.headers());
     let mut body = req.into_body();
     let mut hasher = digest::Context::new(&digest::SHA256);
     let mut body_bytes: u64 = 0;
@@ -218,11 +242,11 @@ async fn echo_body(req: Request) -> Response {
                 }
             }
             Err(e) => {
-                return (
+                return Err((
                     StatusCode::BAD_REQUEST,
                     Json(json!({ "error": format!("request body: {e}") })),
                 )
-                    .into_response()
+                    .into_response())
             }
         }
     }
@@ -232,15 +256,61 @@ async fn echo_body(req: Request) -> Response {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Json(json!({
+    Ok(json!({
         "method": method,
         "path": path,
         "query": query,
+        "version": version,
         "headers": headers,
         "body_bytes": body_bytes,
         "body_sha256": sha256,
     }))
-    .into_response()
+}
+
+/// Headers as the echoes report them: `{name: [values in arrival order]}`, names lower-case,
+/// values decoded lossily as UTF-8.
+fn headers_json(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        map.entry(name.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    map
+}
+
+/// `POST /upload-echo`: the request body goes back as the response body frame by frame, so a
+/// large upload streams through both directions at once and is never held whole.
+async fn upload_echo(State(state): State<Arc<EchoState>>, req: Request) -> Response {
+    state.record(&req);
+    let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+    let mut response = Response::new(req.into_body());
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+/// `/trailers`: the JSON echo followed by the trailer `x-echo-trailer: done`. HTTP/2 always
+/// carries trailers; hyper's HTTP/1.1 sends a sized body here and so drops them.
+async fn trailers(State(state): State<Arc<EchoState>>, req: Request) -> Response {
+    state.record(&req);
+    let json = match echo_json(req).await {
+        Ok(json) => json,
+        Err(response) => return response,
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-echo-trailer", HeaderValue::from_static("done"));
+    let body = http_body_util::Full::new(Bytes::from(json.to_string()))
+        .with_trailers(async move { Some(Ok(trailers)) });
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn download(
@@ -340,123 +410,4 @@ async fn hold(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    fn parse(body: &[u8]) -> Value {
-        serde_json::from_slice(body).unwrap_or(Value::Null)
-    }
-
-    async fn start() -> EchoHandle {
-        EchoServer::start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start echo")
-    }
-
-    #[tokio::test]
-    async fn echoes_method_path_query_headers_and_body_hash() {
-        let echo = start().await;
-        let client = reqwest::Client::new();
-        let resp = client
-            .put(format!("{}/a/b%20c?x=1&x=2", echo.base_url()))
-            .header("x-test", "one")
-            .header("x-test", "two")
-            .body("hello")
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200);
-        let body = parse(&resp.bytes().await.expect("body"));
-        assert_eq!(body["method"], "PUT");
-        assert_eq!(body["path"], "/a/b%20c");
-        assert_eq!(body["query"], "x=1&x=2");
-        assert_eq!(body["headers"]["x-test"], json!(["one", "two"]));
-        assert_eq!(body["body_bytes"], 5);
-        assert_eq!(
-            body["body_sha256"],
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        let recorded = echo.last_request().expect("recorded");
-        assert_eq!(recorded.method, "PUT");
-        assert_eq!(recorded.header_all("x-test"), vec!["one", "two"]);
-        assert_eq!(echo.request_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn streams_a_ten_megabyte_upload_and_download() {
-        let echo = start().await;
-        let size: u64 = 10 * 1024 * 1024 + 7;
-        let upload: Vec<u8> = (0..size).map(download_pattern_byte).collect();
-        let expected_sha: String = digest::digest(&digest::SHA256, &upload)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let client = reqwest::Client::new();
-        let resp = client
-            .post(format!("{}/upload", echo.base_url()))
-            .body(upload)
-            .send()
-            .await
-            .expect("upload");
-        let body = parse(&resp.bytes().await.expect("body"));
-        assert_eq!(body["body_bytes"], size);
-        assert_eq!(body["body_sha256"], expected_sha);
-
-        let resp = client
-            .get(format!("{}/download/{size}", echo.base_url()))
-            .send()
-            .await
-            .expect("download");
-        assert_eq!(resp.status(), 200);
-        assert!(resp.headers().get("content-length").is_none(), "chunked");
-        let bytes = resp.bytes().await.expect("bytes");
-        assert_eq!(bytes.len() as u64, size);
-        assert!(bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| *b == download_pattern_byte(i as u64)));
-    }
-
-    #[tokio::test]
-    async fn status_endpoint_sets_diagnostic_headers() {
-        let echo = start().await;
-        let resp = reqwest::get(format!("{}/status/503", echo.base_url()))
-            .await
-            .expect("get");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(resp.headers()["x-ms-diagnostics"], "test");
-        assert!(resp.headers().get("request-id").is_some());
-        let resp = reqwest::get(format!("{}/status/abc", echo.base_url()))
-            .await
-            .expect("get");
-        assert_eq!(resp.status(), 400);
-    }
-
-    #[tokio::test]
-    async fn hold_waits_for_release_without_sleeping() {
-        let echo = start().await;
-        let url = format!("{}/hold/slow", echo.base_url());
-        let request = tokio::spawn(async move { reqwest::get(url).await });
-        echo.arrived("slow").await;
-        assert_eq!(echo.arrived_count("slow"), 1);
-        assert!(!request.is_finished());
-        echo.release("slow");
-        let resp = request.await.expect("join").expect("response");
-        assert_eq!(resp.status(), 200);
-        let body = parse(&resp.bytes().await.expect("body"));
-        assert_eq!(body["path"], "/hold/slow");
-    }
-
-    #[tokio::test]
-    async fn shutdown_releases_held_requests() {
-        let echo = start().await;
-        let url = format!("{}/hold/forever", echo.base_url());
-        let request = tokio::spawn(async move { reqwest::get(url).await });
-        echo.arrived("forever").await;
-        echo.shutdown().await;
-        let resp = request.await.expect("join").expect("response");
-        assert_eq!(resp.status(), 200);
-    }
-}
+mod tests;
