@@ -644,7 +644,9 @@ close_on_token_expiry = true
                 format!("Bearer {t}").parse().expect("header value"),
             );
         }
-        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
     }
 
     /// The next data or close message (pongs and pings are skipped); `None` when the stream
@@ -677,10 +679,16 @@ close_on_token_expiry = true
         assert_eq!(h["x-auth-tenant-id"][0], TENANT_A, "{seen}");
         assert_eq!(h["x-auth-roles"][0], "Live.Read", "{seen}");
         assert!(h["x-request-id"][0].is_string(), "{seen}");
-        assert_eq!(h["upgrade"][0].as_str().map(str::to_lowercase).as_deref(), Some("websocket"));
+        assert_eq!(
+            h["upgrade"][0].as_str().map(str::to_lowercase).as_deref(),
+            Some("websocket")
+        );
 
         ws.send(Message::text("hello")).await.expect("send");
-        assert_eq!(next(&mut ws).await.expect("echo").expect("ok"), Message::text("hello"));
+        assert_eq!(
+            next(&mut ws).await.expect("echo").expect("ok"),
+            Message::text("hello")
+        );
         let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         ws.send(Message::binary(blob.clone())).await.expect("send");
         assert_eq!(
@@ -714,8 +722,12 @@ close_on_token_expiry = true
         // The access log tells the upgrade once its tunnel has closed.
         let m = gw.metrics().await;
         assert!(
-            sample(&m, "aadgate_requests_total", &["route=\"live\"", "status=\"101\""])
-                .is_some_and(|n| n >= 1.0),
+            sample(
+                &m,
+                "aadgate_requests_total",
+                &["route=\"live\"", "status=\"101\""]
+            )
+            .is_some_and(|n| n >= 1.0),
             "{m}"
         );
     }
@@ -739,18 +751,28 @@ close_on_token_expiry = true
             }
             other => panic!("expected an HTTP refusal, got {other}"),
         };
-        let (status, reason, body) = refused(connect(&gw, "/ws", None).await.expect_err("no token"));
+        let (status, reason, body) =
+            refused(connect(&gw, "/ws", None).await.expect_err("no token"));
         assert_eq!((status, reason.as_deref()), (401, Some("missing_token")));
         assert_eq!(body["reason"], "missing_token");
         let wrong_role = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"]));
-        let (status, reason, _) =
-            refused(connect(&gw, "/ws", Some(&wrong_role)).await.expect_err("no role"));
+        let (status, reason, _) = refused(
+            connect(&gw, "/ws", Some(&wrong_role))
+                .await
+                .expect_err("no role"),
+        );
         assert_eq!((status, reason.as_deref()), (403, Some("missing_role")));
         let expired = live_token(&w, -60);
-        let (status, reason, _) =
-            refused(connect(&gw, "/ws", Some(&expired)).await.expect_err("expired"));
+        let (status, reason, _) = refused(
+            connect(&gw, "/ws", Some(&expired))
+                .await
+                .expect_err("expired"),
+        );
         assert_eq!((status, reason.as_deref()), (401, Some("expired")));
-        assert!(w.echo.ws_connections().is_empty(), "no tunnel reached the upstream");
+        assert!(
+            w.echo.ws_connections().is_empty(),
+            "no tunnel reached the upstream"
+        );
         assert!(w.echo.requests().iter().all(|r| r.path != "/ws"));
     }
 
@@ -761,7 +783,9 @@ close_on_token_expiry = true
         gw.wait_ready().await;
         // Both tunnels carry a token that expires in two seconds.
         let token = live_token(&w, 2);
-        let mut expiring = connect(&gw, "/expiring/ws", Some(&token)).await.expect("upgraded");
+        let mut expiring = connect(&gw, "/expiring/ws", Some(&token))
+            .await
+            .expect("upgraded");
         upgrade_headers(&mut expiring).await;
         let mut kept = connect(&gw, "/ws", Some(&token)).await.expect("upgraded");
         upgrade_headers(&mut kept).await;
@@ -786,10 +810,14 @@ close_on_token_expiry = true
         assert_eq!(w.echo.ws_ended(0).await, WsEnd::Dropped);
         // The route without close_on_token_expiry keeps its tunnel past the expiry.
         kept.send(Message::text("after")).await.expect("send");
-        assert_eq!(next(&mut kept).await.expect("echo").expect("ok"), Message::text("after"));
+        assert_eq!(
+            next(&mut kept).await.expect("echo").expect("ok"),
+            Message::text("after")
+        );
         assert!(w.echo.ws_connections()[1].end.is_none());
         assert!(
-            gw.logs().contains("tunnel closed: the caller's token expired"),
+            gw.logs()
+                .contains("tunnel closed: the caller's token expired"),
             "{}",
             gw.logs()
         );

@@ -650,8 +650,37 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded_for;
+    use super::{forwarded_for, Tunnel};
     use http::HeaderValue;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_tunnel_reads_until_the_idle_limit_or_the_token_deadline_whichever_is_first() {
+        let now = Instant::now();
+        let idle = Duration::from_secs(300);
+        let open = |deadline| Tunnel {
+            idle,
+            deadline,
+            expired: false,
+        };
+        assert_eq!(open(None).read_timeout(now), Some(idle));
+        let soon = now + Duration::from_secs(10);
+        assert_eq!(
+            open(Some(soon)).read_timeout(now),
+            Some(Duration::from_secs(10))
+        );
+        let late = now + Duration::from_secs(3600);
+        assert_eq!(open(Some(late)).read_timeout(now), Some(idle));
+        assert_eq!(
+            open(Some(now)).read_timeout(now),
+            None,
+            "expired: no more reads"
+        );
+        assert_eq!(
+            open(Some(now)).read_timeout(now + Duration::from_secs(1)),
+            None
+        );
+    }
 
     #[test]
     fn the_peer_address_is_appended_to_the_callers_forwarded_for() {
