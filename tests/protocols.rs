@@ -483,11 +483,8 @@ async fn every_refusal_is_the_same_over_http2_and_a_grpc_status_for_grpc_calls()
     assert_eq!(count("missing_token", "401"), 3.0, "h1 + h2 + gRPC");
     assert_eq!(count("missing_role", "403"), 3.0);
     assert_eq!(count("missing_token", "200"), 0.0);
-    let logs = gw.logs();
-    assert!(
-        logs.contains("proto=HTTP/2 path=/orders/1 route=orders status=401 reason=missing_token"),
-        "{logs}"
-    );
+    gw.wait_for_log("proto=HTTP/2 path=/orders/1 route=orders status=401 reason=missing_token")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,12 +812,8 @@ close_on_token_expiry = true
             Message::text("after")
         );
         assert!(w.echo.ws_connections()[1].end.is_none());
-        assert!(
-            gw.logs()
-                .contains("tunnel closed: the caller's token expired"),
-            "{}",
-            gw.logs()
-        );
+        gw.wait_for_log("tunnel closed: the caller's token expired")
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -840,5 +833,148 @@ close_on_token_expiry = true
             "{end:?}"
         );
         assert_eq!(w.echo.ws_ended(0).await, WsEnd::Dropped);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 upstreams, streaming bodies and trailers
+
+mod streaming {
+    use super::*;
+
+    /// The echo twice: as an `h2c://` upstream and as an HTTP/1.1 one.
+    fn stream_config(w: &World) -> String {
+        let h2c = w.echo.base_url().replace("http://", "h2c://");
+        base_config(
+            "",
+            &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]\n"),
+        )
+        .replace("workers = 2", "workers = 2\nh2c = true")
+            + &format!(
+                r#"
+[[routes]]
+name = "via-h2c"
+path_prefix = "/h2/"
+strip_prefix = "/h2"
+upstream = "{h2c}"
+
+[[routes]]
+name = "via-h1"
+path_prefix = "/h1/"
+strip_prefix = "/h1"
+upstream = "{{echo}}"
+"#
+            )
+    }
+
+    fn sha256(data: &[u8]) -> Vec<u8> {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+            .as_ref()
+            .to_vec()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_client_version_reaches_each_upstream_version_with_the_identity() {
+        let w = World::start().await;
+        let gw = Gateway::start(&stream_config(&w), &w).await;
+        gw.wait_ready().await;
+        let token = w.idp.mint(&app(TENANT_A));
+        for (client, client_version) in [(h1_client(), "HTTP/1.1"), (h2c_client(), "HTTP/2")] {
+            for (prefix, upstream_version) in [("/h2", "HTTP/2.0"), ("/h1", "HTTP/1.1")] {
+                let r = client
+                    .get(gw.url(&format!("{prefix}/orders/1?x=1")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("response");
+                assert_eq!(r.status(), 200, "{client_version} -> {prefix}");
+                let body: Value = r.json().await.expect("JSON");
+                assert_eq!(
+                    body["version"], upstream_version,
+                    "{client_version} -> {prefix}"
+                );
+                assert_eq!(body["path"], "/orders/1");
+                assert_eq!(body["query"], "x=1");
+                assert_eq!(body["headers"]["x-auth-tenant-id"][0], TENANT_A);
+                let host = format!("127.0.0.1:{}", gw.addr.port());
+                assert_eq!(body["headers"]["x-forwarded-host"][0], host.as_str());
+            }
+        }
+        gw.wait_for_log("proto=HTTP/2 path=/h2/orders/1 route=via-h2c status=200")
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn five_megabytes_stream_through_both_ways_on_every_combination() {
+        let w = World::start().await;
+        let gw = Gateway::start(&stream_config(&w), &w).await;
+        gw.wait_ready().await;
+        let token = w.idp.mint(&app(TENANT_A));
+        let upload: Vec<u8> = (0..5 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let want = sha256(&upload);
+        for client in [h1_client(), h2c_client()] {
+            for prefix in ["/h2", "/h1"] {
+                let r = client
+                    .post(gw.url(&format!("{prefix}/upload-echo")))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/octet-stream")
+                    .body(upload.clone())
+                    .send()
+                    .await
+                    .expect("response");
+                assert_eq!(r.status(), 200, "{prefix}");
+                let back = r.bytes().await.expect("body");
+                assert_eq!(back.len(), upload.len(), "{prefix}");
+                assert_eq!(sha256(&back), want, "{prefix}: the same bytes came back");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trailers_from_an_h2c_upstream_reach_an_http2_client() {
+        let w = World::start().await;
+        let gw = Gateway::start(&stream_config(&w), &w).await;
+        gw.wait_ready().await;
+        let token = w.idp.mint(&app(TENANT_A));
+        let tcp = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{}/h2/trailers", gw.addr.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (response, mut send) = h2.send_request(req, false).expect("send");
+        send.send_data(bytes::Bytes::from_static(b"ping"), true)
+            .expect("body");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("chunk");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let json: Value = serde_json::from_slice(&data).expect("JSON");
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert_eq!(json["body_bytes"], 4);
+        let trailers = body
+            .trailers()
+            .await
+            .expect("trailers")
+            .expect("some trailers");
+        assert_eq!(
+            trailers.get("x-echo-trailer").and_then(|v| v.to_str().ok()),
+            Some("done")
+        );
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log: Arc<Mutex<String>>,
+    /// Counts the lines read so far: [`Gateway::wait_for_log`] waits on it.
+    log_lines: tokio::sync::watch::Receiver<usize>,
     log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -205,12 +207,14 @@ impl Prepared {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let log2 = log.clone();
+        let (lines_tx, log_lines) = tokio::sync::watch::channel(0usize);
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut l) = log2.lock() {
                     l.push_str(&line);
                     l.push('\n');
                 }
+                lines_tx.send_modify(|n| *n += 1);
             }
         });
         let gw = Gateway {
@@ -220,6 +224,7 @@ impl Prepared {
             dir,
             config_path,
             log,
+            log_lines,
             log_reader: Some(reader),
         };
         gw.wait_for_port().await;
@@ -264,6 +269,28 @@ impl Gateway {
 
     pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// Waits until the log contains `needle` (access lines are written in batches, off the
+    /// request path); panics with the log after 10 s. Returns the log.
+    pub(crate) async fn wait_for_log(&self, needle: &str) -> String {
+        let mut lines = self.log_lines.clone();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let logs = self.logs();
+                if logs.contains(needle) {
+                    return logs;
+                }
+                if lines.changed().await.is_err() {
+                    return self.logs();
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(logs) if logs.contains(needle) => logs,
+            _ => panic!("the log never said {needle:?}:\n{}", self.logs()),
+        }
     }
 
     pub(crate) fn logs(&self) -> String {
