@@ -703,6 +703,15 @@ close_on_token_expiry = true
         };
         assert_eq!(pong.as_ref(), b"are you there");
 
+        // A reload leaves an open tunnel alone.
+        gw.signal("HUP");
+        gw.wait_for_log("configuration reloaded").await;
+        ws.send(Message::text("after reload")).await.expect("send");
+        assert_eq!(
+            next(&mut ws).await.expect("echo").expect("ok"),
+            Message::text("after reload")
+        );
+
         ws.close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "bye".into(),
@@ -717,6 +726,8 @@ close_on_token_expiry = true
             }
         );
         // The access log tells the upgrade once its tunnel has closed.
+        gw.wait_for_log("proto=HTTP/1.1 path=/ws route=live status=101")
+            .await;
         let m = gw.metrics().await;
         assert!(
             sample(
@@ -967,6 +978,10 @@ upstream = "{{echo}}"
         let json: Value = serde_json::from_slice(&data).expect("JSON");
         assert_eq!(json["version"], "HTTP/2.0");
         assert_eq!(json["body_bytes"], 4);
+        assert_eq!(
+            json["headers"]["te"][0], "trailers",
+            "gRPC servers expect it"
+        );
         let trailers = body
             .trailers()
             .await
