@@ -28,7 +28,8 @@
 //!   (streaming), echoes bodies, sends trailers, runs a WebSocket echo and can hold requests
 //!   until a test releases them;
 //! - [`grpc`]: [`GrpcEchoServer`], the gRPC service `aadgate.echo.v1.Echo` (unary, server
-//!   streaming, chosen failures) over h2c or TLS, and its client [`GrpcEchoClient`];
+//!   streaming, chosen failures) over h2c or TLS, and its clients: [`GrpcEchoClient`],
+//!   [`grpc_call`] for the demo and [`grpc_load`] for the benchmarks;
 //! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
 #![forbid(unsafe_code)]
 
@@ -49,7 +50,10 @@ pub use dev::{
     DevIdpOptions, DevTokenOptions, RedirectUriArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEnd};
-pub use grpc::{GrpcClientError, GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer};
+pub use grpc::{
+    grpc_call, grpc_load, GrpcClientError, GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer,
+    LoadReport,
+};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
 pub use mint::{issuer_v1, issuer_v2, TokenSpec};
 pub use outlook::{MockOutlook, MockOutlookHandle};

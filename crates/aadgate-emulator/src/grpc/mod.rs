@@ -5,17 +5,25 @@
 //!   `ServerStream` and `Fail`; it reports each request's metadata back, sets header and trailer
 //!   metadata, and accepts messages up to [`MAX_MESSAGE_SIZE`] both ways;
 //! - [`GrpcEchoClient`]: a client that keeps response headers and trailers apart and returns the
-//!   [`Status`] of a failed call with its metadata (e.g. the gateway's `x-aadgate-reason`).
+//!   [`Status`] of a failed call with its metadata (e.g. the gateway's `x-aadgate-reason`);
+//! - [`grpc_call`]: one `Unary` call summarised on one line, for `aadgate demo` when `grpcurl`
+//!   is absent;
+//! - [`grpc_load`]: unary calls as fast as possible over several HTTP/2 connections, for the
+//!   benchmarks.
 //!
 //! The messages and the service are written by hand (no protoc, no build script) the way tonic's
 //! generated code is; the service definition is [`ECHO_PROTO`], also in `proto/echo.proto`, so
 //! generic clients such as `grpcurl -proto` can call it.
 
+mod call;
 mod client;
+mod load;
 mod messages;
 mod server;
 
+pub use call::grpc_call;
 pub use client::{GrpcClientError, GrpcEchoClient, StreamOutcome, UnaryOutcome};
+pub use load::{grpc_load, LoadReport};
 pub use messages::{EchoReply, EchoRequest, FailRequest, StreamRequest};
 pub use server::{EchoService, GrpcEchoHandle, GrpcEchoServer};
 /// gRPC status codes and statuses, as the client returns them and tests compare them.

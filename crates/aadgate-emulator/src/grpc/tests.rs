@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::*;
@@ -161,9 +163,23 @@ async fn bad_urls_and_unreachable_servers_are_errors() {
     };
     let url = format!("http://127.0.0.1:{port}");
     assert!(matches!(
-        GrpcEchoClient::connect(&url).await,
+        grpc_call(&url, None, "x").await,
         Err(GrpcClientError::Connect { .. })
     ));
+}
+
+#[tokio::test]
+async fn grpc_call_summarises_one_call_without_the_token() {
+    let (server, _client) = start().await;
+    let line = grpc_call(&server.base_url(), Some("secret-token"), "hello")
+        .await
+        .expect("call");
+    assert_eq!(
+        line,
+        r#"OK: reply "hello"; trailers grpc-status=0, x-echo-trailer=done"#
+    );
+    let request = server.last_request().expect("recorded");
+    assert_eq!(request.header("authorization"), Some("Bearer secret-token"));
 }
 
 #[tokio::test]
@@ -189,4 +205,33 @@ async fn tls_with_alpn_h2_and_a_given_ca() {
         .expect("unary");
     assert_eq!(outcome.reply.message, "secure");
     assert_eq!(outcome.trailers[ECHO_TRAILER], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_counts_every_call_over_several_connections() {
+    let (server, _client) = start().await;
+    let report = grpc_load(
+        &server.base_url(),
+        Some("t"),
+        2,
+        4,
+        Duration::from_millis(200),
+    )
+    .await
+    .expect("load");
+    assert!(report.calls > 0);
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert!(report.p50 <= report.p99 && report.p99 > Duration::ZERO);
+    assert_eq!(server.calls(), report.calls);
+    assert_eq!(
+        server
+            .last_request()
+            .expect("recorded")
+            .header("authorization"),
+        Some("Bearer t")
+    );
+    assert!(matches!(
+        grpc_load(&server.base_url(), None, 0, 1, Duration::ZERO).await,
+        Err(GrpcClientError::Invalid(_))
+    ));
 }
