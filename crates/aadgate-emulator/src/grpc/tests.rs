@@ -235,3 +235,19 @@ async fn load_counts_every_call_over_several_connections() {
         Err(GrpcClientError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn shutdown_finishes_with_a_client_connected_and_later_calls_fail() {
+    let (server, client) = start().await;
+    client
+        .unary("before", Bytes::new(), &[])
+        .await
+        .expect("call");
+    server.shutdown().await;
+    let status = client
+        .unary("after", Bytes::new(), &[])
+        .await
+        .expect_err("the server is gone");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(server.calls(), 1);
+}
