@@ -27,12 +27,16 @@
 //! - [`echo`]: [`EchoServer`], an HTTP/1.1 and h2c upstream that reports what it received
 //!   (streaming), echoes bodies, sends trailers, runs a WebSocket echo and can hold requests
 //!   until a test releases them;
+//! - [`grpc`]: [`GrpcEchoServer`], the gRPC service `aadgate.echo.v1.Echo` (unary, server
+//!   streaming, chosen failures) over h2c or TLS, and its clients: [`GrpcEchoClient`],
+//!   [`grpc_call`] for the demo and [`grpc_load`] for the benchmarks;
 //! - [`dev`]: what the `aadgate dev-idp` and `aadgate dev-token` commands do.
 #![forbid(unsafe_code)]
 
 mod consent;
 pub mod dev;
 pub mod echo;
+pub mod grpc;
 pub mod keys;
 pub mod mint;
 pub mod outlook;
@@ -46,6 +50,10 @@ pub use dev::{
     DevIdpOptions, DevTokenOptions, RedirectUriArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEnd};
+pub use grpc::{
+    grpc_call, grpc_load, GrpcClientError, GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer,
+    LoadReport,
+};
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
 pub use mint::{issuer_v1, issuer_v2, TokenSpec};
 pub use outlook::{MockOutlook, MockOutlookHandle};

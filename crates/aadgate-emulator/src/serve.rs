@@ -1,7 +1,9 @@
 //! Plumbing shared by the emulator's servers: bind-then-serve with graceful shutdown, and the
 //! record of a received request that tests inspect.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use axum::Router;
@@ -67,7 +69,10 @@ impl RecordedRequest {
     }
 }
 
-/// A running axum server. Dropping it (or calling [`ServerTask::shutdown`]) starts a graceful
+/// Resolves when a server should stop gracefully.
+pub(crate) type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A running server (axum, or any other given the listener). Dropping it (or calling [`ServerTask::shutdown`]) starts a graceful
 /// shutdown: the listener closes and in-flight requests finish.
 pub(crate) struct ServerTask {
     addr: SocketAddr,
@@ -84,6 +89,29 @@ impl ServerTask {
         name: &'static str,
         make_router: impl FnOnce(SocketAddr) -> Router,
     ) -> Result<Self, EmulatorError> {
+        Self::spawn_with(listen, name, move |listener, addr, stop| {
+            let router = make_router(addr);
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Binds `listen` first, then runs the server `serve` makes of the listener on a task of the
+    /// current tokio runtime. `serve` gets the bound address and the signal that resolves when
+    /// the server should stop gracefully (on [`ServerTask::shutdown`] or when this is dropped).
+    pub(crate) async fn spawn_with<F, E>(
+        listen: SocketAddr,
+        name: &'static str,
+        serve: impl FnOnce(tokio::net::TcpListener, SocketAddr, StopSignal) -> F,
+    ) -> Result<Self, EmulatorError>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| EmulatorError::Bind {
@@ -93,17 +121,14 @@ impl ServerTask {
         let addr = listener
             .local_addr()
             .map_err(|e| EmulatorError::io(format!("{name}: local address"), e))?;
-        let router = make_router(addr);
         let (stop, mut stopped) = watch::channel(false);
+        // Resolves on `true`, or when every sender is gone (the owner was dropped).
+        let signal: StopSignal = Box::pin(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        let server = serve(listener, addr, signal);
         let join = tokio::spawn(async move {
-            // Resolves on `true`, or when every sender is gone (the owner was dropped).
-            let signal = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-            {
+            if let Err(e) = server.await {
                 tracing::warn!(server = name, error = %e, "server stopped with an error");
             }
         });
