@@ -993,3 +993,373 @@ upstream = "{{echo}}"
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// gRPC through the gateway, with tonic as client and service
+
+mod grpc {
+    use super::*;
+    use aadgate_emulator::grpc::{Code, Status};
+    use aadgate_emulator::{GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer};
+
+    /// The echo service behind `/aadgate.echo.v1.Echo/` (h2c upstream), a rate-limited second
+    /// route for it under a prefix, and a dead h2c upstream.
+    fn grpc_config(service: &GrpcEchoHandle, extra_server: &str) -> String {
+        let upstream = format!("h2c://{}", service.addr());
+        base_config(
+            "",
+            &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\", \"{TENANT_B}\"]\n"),
+        )
+        .replace(
+            "workers = 2",
+            &format!("workers = 2\nh2c = true\n{extra_server}"),
+        ) + &format!(
+            r#"
+[[routes]]
+name = "echo-grpc"
+path_prefix = "/aadgate.echo.v1.Echo/"
+upstream = "{upstream}"
+roles_any = ["Echo.Call"]
+
+[[routes]]
+name = "limited-grpc"
+path_prefix = "/limited/aadgate.echo.v1.Echo/"
+strip_prefix = "/limited"
+upstream = "{upstream}"
+roles_any = ["Echo.Call"]
+
+[[routes]]
+name = "dead-grpc"
+path_prefix = "/dead/aadgate.echo.v1.Echo/"
+strip_prefix = "/dead"
+upstream = "h2c://127.0.0.1:1"
+
+[[rate_limits]]
+name = "one-call"
+key = "tenant"
+rate = 1
+period = "1h"
+burst = 1
+routes = ["limited-grpc"]
+"#
+        )
+    }
+
+    fn caller(w: &World) -> String {
+        w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Echo.Call"]))
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    fn reason(status: &Status) -> Option<&str> {
+        status
+            .metadata()
+            .get("x-aadgate-reason")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    async fn started(extra_server: &str) -> (World, GrpcEchoHandle, Gateway) {
+        let w = World::start().await;
+        let service = GrpcEchoServer::start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("gRPC echo starts");
+        let gw = Gateway::start(&grpc_config(&service, extra_server), &w).await;
+        gw.wait_ready().await;
+        (w, service, gw)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unary_calls_carry_metadata_identity_and_trailers_both_ways() {
+        let (w, service, gw) = started("").await;
+        let client = GrpcEchoClient::connect(&gw.url("")).await.expect("connect");
+        let token = caller(&w);
+        let auth = bearer(&token);
+        let out = client
+            .unary(
+                "hello",
+                vec![7u8; 1024],
+                &[("authorization", &auth), ("x-caller-tag", "blue")],
+            )
+            .await
+            .expect("the call succeeds");
+        assert_eq!(out.reply.message, "hello");
+        assert_eq!(out.reply.payload.len(), 1024);
+        // What the service received: the caller's metadata and the verified identity.
+        let seen = &out.reply.metadata;
+        assert_eq!(seen.get("x-caller-tag").map(String::as_str), Some("blue"));
+        assert_eq!(
+            seen.get("x-auth-tenant-id").map(String::as_str),
+            Some(TENANT_A)
+        );
+        assert_eq!(
+            seen.get("x-auth-roles").map(String::as_str),
+            Some("Echo.Call")
+        );
+        assert_eq!(seen.get("te").map(String::as_str), Some("trailers"));
+        assert!(seen.contains_key("x-request-id"));
+        // What the caller received: the service's header metadata and trailers.
+        assert_eq!(
+            out.headers
+                .get("x-echo-header")
+                .and_then(|v| v.to_str().ok()),
+            Some("unary")
+        );
+        assert!(out.headers.contains_key("x-request-id"));
+        assert_eq!(
+            out.trailers
+                .get("x-echo-trailer")
+                .and_then(|v| v.to_str().ok()),
+            Some("done")
+        );
+        assert_eq!(service.calls(), 1);
+        let m = gw.metrics().await;
+        assert_eq!(
+            sample(
+                &m,
+                "aadgate_requests_total",
+                &["route=\"echo-grpc\"", "status=\"200\""]
+            ),
+            Some(1.0),
+            "{m}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_large_messages_and_the_services_own_statuses_pass_through() {
+        let (w, _service, gw) = started("").await;
+        let client = GrpcEchoClient::connect(&gw.url("")).await.expect("connect");
+        let auth = bearer(&caller(&w));
+        let md = [("authorization", auth.as_str())];
+        // Server streaming: 100 replies of 10 KiB.
+        let stream = client
+            .server_stream(100, 10 * 1024, &md)
+            .await
+            .expect("stream");
+        assert!(stream.error.is_none(), "{:?}", stream.error);
+        assert_eq!(stream.replies.len(), 100);
+        assert!(stream.replies.iter().all(|r| r.payload.len() == 10 * 1024));
+        assert_eq!(stream.replies[99].message, "reply 99");
+        // Large messages both ways: 5 MiB up and the same 5 MiB back.
+        let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let out = client
+            .unary("big", big.clone(), &md)
+            .await
+            .expect("5 MiB call");
+        assert_eq!(out.reply.payload.as_ref(), big.as_slice());
+        // The service's own non-OK status and message reach the caller untouched, and the
+        // gateway adds no reason: it did not refuse anything.
+        for code in [Code::NotFound, Code::PermissionDenied, Code::Internal] {
+            let status = client
+                .fail(code, "from the service", &md)
+                .await
+                .expect_err("the service fails the call");
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), "from the service");
+            assert_eq!(reason(&status), None);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_calls_are_grpc_statuses_a_tonic_client_understands() {
+        let (w, service, gw) = started("").await;
+        let client = GrpcEchoClient::connect(&gw.url("")).await.expect("connect");
+        let expect = |result: Result<aadgate_emulator::grpc::UnaryOutcome, Status>,
+                      code: Code,
+                      want: &str| {
+            let status = result.expect_err("refused");
+            assert_eq!(status.code(), code, "{want}: {status:?}");
+            assert_eq!(reason(&status), Some(want), "{status:?}");
+            assert!(!status.message().is_empty());
+            status
+        };
+        let status = expect(
+            client.unary("x", vec![], &[]).await,
+            Code::Unauthenticated,
+            "missing_token",
+        );
+        assert!(
+            status.message().contains("Authorization"),
+            "{}",
+            status.message()
+        );
+        assert!(status.metadata().get("www-authenticate").is_some());
+        let wrong_role = bearer(&w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Other"])));
+        let status = expect(
+            client
+                .unary("x", vec![], &[("authorization", &wrong_role)])
+                .await,
+            Code::PermissionDenied,
+            "missing_role",
+        );
+        assert!(
+            status.message().contains("Echo.Call"),
+            "{}",
+            status.message()
+        );
+        let stranger = bearer(&w.idp.mint(&TokenSpec::app(TENANT_C, AUD, &["Echo.Call"])));
+        expect(
+            client
+                .unary("x", vec![], &[("authorization", &stranger)])
+                .await,
+            Code::Unauthenticated,
+            "tenant_not_allowed",
+        );
+        let expired = bearer(
+            &w.idp
+                .mint(&TokenSpec::app(TENANT_A, AUD, &["Echo.Call"]).with_lifetime(-3600)),
+        );
+        expect(
+            client
+                .unary("x", vec![], &[("authorization", &expired)])
+                .await,
+            Code::Unauthenticated,
+            "expired",
+        );
+        assert_eq!(service.calls(), 0, "no refused call reached the service");
+
+        let auth = bearer(&caller(&w));
+        let md = [("authorization", auth.as_str())];
+        // No route for the service under another prefix: UNIMPLEMENTED.
+        let elsewhere = GrpcEchoClient::connect(&gw.url("/nowhere"))
+            .await
+            .expect("connect");
+        expect(
+            elsewhere.unary("x", vec![], &md).await,
+            Code::Unimplemented,
+            "route_not_found",
+        );
+        // The rate limit: one call, then RESOURCE_EXHAUSTED with Retry-After.
+        let limited = GrpcEchoClient::connect(&gw.url("/limited"))
+            .await
+            .expect("connect");
+        limited
+            .unary("first", vec![], &md)
+            .await
+            .expect("the first call passes");
+        let status = expect(
+            limited.unary("second", vec![], &md).await,
+            Code::ResourceExhausted,
+            "rate_limited",
+        );
+        assert!(status.metadata().get("retry-after").is_some());
+        // A service that cannot be reached: UNAVAILABLE.
+        let dead = GrpcEchoClient::connect(&gw.url("/dead"))
+            .await
+            .expect("connect");
+        expect(
+            dead.unary("x", vec![], &md).await,
+            Code::Unavailable,
+            "upstream_unavailable",
+        );
+        // A refused server-streaming call is refused before any message.
+        let status = client.server_stream(3, 1, &[]).await.expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+
+        let m = gw.metrics().await;
+        let count = |route: &str, status: &str, reason: &str| {
+            sample(
+                &m,
+                "aadgate_requests_total",
+                &[
+                    &format!("route=\"{route}\""),
+                    &format!("status=\"{status}\""),
+                    &format!("reason=\"{reason}\""),
+                ],
+            )
+        };
+        assert_eq!(count("echo-grpc", "401", "missing_token"), Some(2.0), "{m}");
+        assert_eq!(count("echo-grpc", "403", "missing_role"), Some(1.0), "{m}");
+        assert_eq!(
+            count("limited-grpc", "429", "rate_limited"),
+            Some(1.0),
+            "{m}"
+        );
+        assert_eq!(
+            count("dead-grpc", "502", "upstream_unavailable"),
+            Some(1.0),
+            "{m}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_over_tls_with_alpn_reaches_an_h2_tls_service() {
+        let w = World::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = |name: &str| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("certificate");
+            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).expect("write");
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem())
+                .expect("write");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (gw_cert, _) = cert("gw");
+        let (svc_cert, svc_key) = cert("svc");
+        let service = GrpcEchoServer::start_tls(
+            "127.0.0.1:0".parse().expect("addr"),
+            svc_cert.as_bytes(),
+            svc_key.as_bytes(),
+        )
+        .await
+        .expect("TLS gRPC echo starts");
+        let d = dir.path().display();
+        let template = base_config(
+            "",
+            &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\"]\n"),
+        )
+        .replace(
+            "workers = 2",
+            &format!("workers = 2\ntls = {{ cert = \"{d}/gw.crt\", key = \"{d}/gw.key\" }}"),
+        ) + &format!(
+            "[[routes]]\nname = \"echo-grpc\"\npath_prefix = \"/aadgate.echo.v1.Echo/\"\n\
+                 upstream = \"https://localhost:{}\"\nupstream_protocol = \"h2\"\n\
+                 roles_any = [\"Echo.Call\"]\n",
+            service.addr().port()
+        );
+        // The gateway trusts the service's self-signed certificate through SSL_CERT_FILE.
+        let p = Prepared::new(&template, &w);
+        let path = p.dir.path().join("aadgate.toml");
+        std::fs::write(&path, &p.rendered).expect("write config");
+        let ca = dir.path().join("svc.crt");
+        let gw = p
+            .launch_with_env(
+                path,
+                &[],
+                &[("SSL_CERT_FILE", Some(&ca.display().to_string()))],
+            )
+            .await;
+        gw.wait_ready().await;
+        let client = GrpcEchoClient::connect_tls(
+            &format!("https://localhost:{}", gw.addr.port()),
+            gw_cert.as_bytes(),
+        )
+        .await
+        .expect("TLS connect");
+        let auth = bearer(&caller(&w));
+        let out = client
+            .unary("over tls", vec![1, 2, 3], &[("authorization", &auth)])
+            .await
+            .expect("the call succeeds");
+        assert_eq!(out.reply.message, "over tls");
+        assert_eq!(
+            out.reply
+                .metadata
+                .get("x-forwarded-proto")
+                .map(String::as_str),
+            Some("https")
+        );
+        assert_eq!(
+            out.trailers
+                .get("x-echo-trailer")
+                .and_then(|v| v.to_str().ok()),
+            Some("done")
+        );
+        let status = client.unary("x", vec![], &[]).await.expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+}

@@ -95,6 +95,7 @@ impl GrpcEchoClient {
     /// Connects to `https://host:port` over TLS with ALPN `h2`, trusting only the CA
     /// certificate(s) in `ca_pem` and checking the certificate against the URL's host.
     pub async fn connect_tls(url: &str, ca_pem: &[u8]) -> Result<Self, GrpcClientError> {
+        super::ensure_tls_provider();
         let target = Target::parse(url)?;
         if !target.tls {
             return Err(invalid(url, "connect_tls needs an https:// URL"));

@@ -76,6 +76,16 @@ impl Method {
     }
 }
 
+/// Selects aws-lc-rs as the process's rustls provider unless one is already installed. A
+/// process that links both rustls providers (pingora brings ring) has no default, and tonic's
+/// TLS would panic on first use.
+pub(crate) fn ensure_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
 /// The canonical upper-case name of a status code, as gRPC's documentation spells it
 /// (`OK`, `UNAUTHENTICATED`, …).
 pub fn code_name(code: Code) -> &'static str {

@@ -52,6 +52,7 @@ impl GrpcEchoServer {
         cert_pem: &[u8],
         key_pem: &[u8],
     ) -> Result<GrpcEchoHandle, EmulatorError> {
+        super::ensure_tls_provider();
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
         let builder = Server::builder()
             .tls_config(tls)
