@@ -39,15 +39,31 @@ pub(crate) enum Command {
     Check,
     /// Run the full validation pipeline on one token and explain every check.
     Explain(ExplainArgs),
-    /// Start the AAD emulator, an echo upstream, a mock Outlook API and the gateway with
-    /// conf/demo.toml, and print ready-to-run curl commands.
+    /// Start the AAD emulator, an echo upstream, a mock Outlook API, a gRPC echo service and the
+    /// gateway with conf/demo.toml, and print ready-to-run curl and gRPC commands.
     Demo(DemoArgs),
     /// Run the AAD emulator alone.
     DevIdp(DevIdpArgs),
     /// Mint a token signed by the emulator's key.
     DevToken(DevTokenArgs),
+    /// Make one gRPC call to the emulator's echo service (aadgate.echo.v1.Echo/Unary), e.g.
+    /// through the gateway, and print its status, reply and metadata on one line.
+    DevGrpcCall(DevGrpcCallArgs),
     /// List or change the tenant registry ([tenants] mode = "registry").
     Tenants(crate::tenants_cli::TenantsArgs),
+}
+
+/// `dev-grpc-call`: a gRPC client for the demo when `grpcurl` is not installed.
+#[derive(Debug, Args)]
+pub(crate) struct DevGrpcCallArgs {
+    /// Where to call: `http://host:port` (cleartext HTTP/2), the gateway or the service.
+    pub url: String,
+    /// Send `authorization: Bearer <TOKEN>` (e.g. from `aadgate dev-token`).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The request's message.
+    #[arg(long, default_value = "hello")]
+    pub message: String,
 }
 
 /// `run`

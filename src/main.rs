@@ -108,6 +108,7 @@ fn dispatch(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Some(Command::DevGrpcCall(args)) => dev_grpc_call(&args),
         Some(Command::DevToken(args)) => {
             match aadgate_emulator::run_dev_token(aadgate_emulator::DevTokenOptions::from(args)) {
                 Ok(token) => {
@@ -119,6 +120,35 @@ fn dispatch(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `aadgate dev-grpc-call`: one call, one line; exit 0 when the call returned OK.
+fn dev_grpc_call(args: &cli::DevGrpcCallArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aadgate dev-grpc-call: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let call = aadgate_emulator::grpc_call(&args.url, args.token.as_deref(), &args.message);
+    match rt.block_on(call) {
+        Ok(line) => {
+            println!("{line}");
+            if line.starts_with("OK") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("aadgate dev-grpc-call: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -2,6 +2,8 @@
 //! process, with `conf/demo.toml`; prints ready-to-run `curl` commands, or with `--once` runs
 //! every scenario and prints a table.
 
+mod grpc;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,10 +16,10 @@ use serde_json::json;
 
 use crate::cli::DemoArgs;
 use crate::server::ServerError;
-use aadgate_core::config::{self, Config};
+use aadgate_core::config::{self, Config, UpstreamProtocol};
 use aadgate_emulator::{
     AppRegistration, EchoServer, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions,
-    MockOutlook, TokenSpec, DEFAULT_TENANT,
+    GrpcEchoServer, MockOutlook, TokenSpec, DEFAULT_TENANT,
 };
 
 /// The demo's second tenant: allowed by the gateway, but it never consented to the gateway's
@@ -81,13 +83,15 @@ pub(crate) enum DemoError {
 }
 
 /// Where the demo's own servers listen, read from the demo configuration: the emulator at
-/// `metadata_url`'s host and port, the echo upstream at the first plain route's upstream, the
-/// mock Outlook API at the first exchange route's upstream.
+/// `metadata_url`'s host and port, the echo upstream at the first plain HTTP/1.1 route's
+/// upstream, the mock Outlook API at the first exchange route's upstream, and the gRPC echo at
+/// the first `h2c://` route's upstream (none without one).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Addresses {
     pub emulator: SocketAddr,
     pub echo: SocketAddr,
     pub outlook: SocketAddr,
+    pub grpc: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -111,13 +115,23 @@ impl Addresses {
             config
                 .routes
                 .iter()
-                .find(|r| r.exchange.is_some() == exchange && r.upstream.addr.is_some())
+                .find(|r| {
+                    r.exchange.is_some() == exchange
+                        && r.upstream.protocol == UpstreamProtocol::Http1
+                        && r.upstream.addr.is_some()
+                })
                 .and_then(|r| r.upstream.addr)
         };
+        let grpc = config
+            .routes
+            .iter()
+            .find(|r| r.upstream.protocol == UpstreamProtocol::H2c)
+            .and_then(|r| r.upstream.addr);
         Ok(Addresses {
             emulator,
             echo: upstream(false).ok_or(DemoError::NoEchoRoute)?,
             outlook: upstream(true).ok_or(DemoError::NoOutlookRoute)?,
+            grpc,
         })
     }
 }
@@ -382,6 +396,12 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, DemoError> {
     let outlook = MockOutlook::start(at.outlook, idp.clone())
         .await
         .map_err(busy("mock Outlook API", at.outlook))?;
+    if let Some(addr) = at.grpc {
+        let grpc = GrpcEchoServer::start(addr)
+            .await
+            .map_err(busy("gRPC echo service", addr))?;
+        std::mem::forget(grpc);
+    }
     // The handles stop their servers when dropped; the demo runs until the process exits.
     std::mem::forget(echo);
     std::mem::forget(outlook);
@@ -486,7 +506,11 @@ fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) 
     ));
     out.push_str(&format!("  AAD emulator   http://{}\n", at.emulator));
     out.push_str(&format!("  echo upstream  http://{}\n", at.echo));
-    out.push_str(&format!("  mock Outlook   http://{}\n\n", at.outlook));
+    out.push_str(&format!("  mock Outlook   http://{}\n", at.outlook));
+    if let Some(g) = at.grpc {
+        out.push_str(&format!("  gRPC echo      h2c://{g}\n"));
+    }
+    out.push('\n');
     out.push_str("Try these (tokens minted just now, valid for an hour):\n\n");
     for s in scenarios {
         out.push_str(&format!(
@@ -585,6 +609,7 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
     };
     let base = format!("http://{listen}");
     let table = scenarios(&demo.idp, &aud);
+    let grpc_table = grpc::scenarios(&demo.idp, &aud);
     if args.once {
         let base2 = base.clone();
         let after = after_signup_scenarios(&demo.idp, &aud);
@@ -593,6 +618,11 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
                 Ok(()) => {
                     let (text, mut ok) = run_scenarios(&base2, &table).await;
                     println!("{text}");
+                    if at.grpc.is_some() {
+                        let (text, grpc_ok) = grpc::run(&base2, &grpc_table).await;
+                        println!("over gRPC (HTTP/2):\n{text}");
+                        ok &= grpc_ok;
+                    }
                     if let Some(start) = &start_path {
                         ok &= once_sign_up(&base2, start, &after).await;
                     }
@@ -611,6 +641,9 @@ pub(crate) fn main(args: &DemoArgs) -> ExitCode {
         });
     } else {
         println!("{}", banner(&base, admin, at, &table));
+        if let Some(service) = at.grpc {
+            println!("{}", grpc::banner(listen, service, &grpc_table));
+        }
         if let Some(start) = &start_path {
             println!("{}", sign_up_banner(&base, start, &demo.idp, &aud));
         }
