@@ -315,7 +315,7 @@ fn the_token_can_come_from_stdin() {
 fn demo_once_runs_every_scenario_as_expected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut text = std::fs::read_to_string("conf/demo.toml").expect("demo config");
-    for fixed in ["18080", "18180", "18399", "18300", "18301"] {
+    for fixed in ["18080", "18180", "18399", "18300", "18301", "18302"] {
         text = text.replace(fixed, &free_port().to_string());
     }
     std::fs::write(dir.path().join("demo.toml"), text).expect("write");
@@ -343,6 +343,20 @@ fn demo_once_runs_every_scenario_as_expected() {
     );
     assert!(stdout.contains("all as expected"));
     assert!(stdout.lines().filter(|l| l.ends_with("PASS")).count() >= 15);
+    // The gRPC calls over HTTP/2: allowed, and refused with gRPC statuses.
+    for line in [
+        "gRPC call with an app-only token",
+        "gRPC call without a token",
+        "gRPC call missing the app role",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(line) && l.ends_with("PASS")),
+            "{line}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("UNAUTHENTICATED missing_token"), "{stdout}");
     assert!(
         stdout
             .contains("sign-up of northwind.example (admin consent, Accept): 200 signed up  PASS"),
