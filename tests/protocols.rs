@@ -1006,6 +1006,7 @@ mod grpc {
     /// route for it under a prefix, and a dead h2c upstream.
     fn grpc_config(service: &GrpcEchoHandle, extra_server: &str) -> String {
         let upstream = format!("h2c://{}", service.addr());
+        let plain = service.addr();
         base_config(
             "",
             &format!("mode = \"allow_list\"\nallow = [\"{TENANT_A}\", \"{TENANT_B}\"]\n"),
@@ -1027,6 +1028,12 @@ path_prefix = "/limited/aadgate.echo.v1.Echo/"
 strip_prefix = "/limited"
 upstream = "{upstream}"
 roles_any = ["Echo.Call"]
+
+[[routes]]
+name = "misrouted-grpc"
+path_prefix = "/h1/aadgate.echo.v1.Echo/"
+strip_prefix = "/h1"
+upstream = "http://{plain}"
 
 [[routes]]
 name = "dead-grpc"
@@ -1252,6 +1259,24 @@ routes = ["limited-grpc"]
             dead.unary("x", vec![], &md).await,
             Code::Unavailable,
             "upstream_unavailable",
+        );
+        // A gRPC service behind an http:// (HTTP/1.1) upstream cannot answer: the caller gets
+        // UNAVAILABLE and the log says what to change, once.
+        let misrouted = GrpcEchoClient::connect(&gw.url("/h1"))
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            let status = misrouted.unary("x", vec![], &md).await.expect_err("fails");
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        }
+        let logs = gw
+            .wait_for_log("a gRPC call is going to an HTTP/1.1 upstream")
+            .await;
+        assert_eq!(
+            logs.matches("a gRPC call is going to an HTTP/1.1 upstream")
+                .count(),
+            1,
+            "{logs}"
         );
         // A refused server-streaming call is refused before any message.
         let status = client.server_stream(3, 1, &[]).await.expect_err("refused");

@@ -309,7 +309,19 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(server.upstream_connect_timeout);
         peer.options.read_timeout = Some(server.upstream_read_timeout);
         match up.protocol {
-            UpstreamProtocol::Http1 => {}
+            UpstreamProtocol::Http1 => {
+                if ctx.grpc
+                    && !route
+                        .warned_grpc_over_http1
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        route = %route.name,
+                        upstream = %up.authority,
+                        "a gRPC call is going to an HTTP/1.1 upstream, which cannot carry gRPC: write the upstream as h2c://host:port (cleartext HTTP/2) or set upstream_protocol = \"h2\" on an https upstream"
+                    );
+                }
+            }
             // h2 offered first by ALPN, HTTP/1.1 accepted.
             UpstreamProtocol::H2 => peer.options.set_http_version(2, 1),
             // Prior knowledge: no ALPN on cleartext, so HTTP/2 only.

@@ -126,6 +126,9 @@ pub struct Route {
     /// `close_on_token_expiry`: an open WebSocket tunnel is closed when the caller's token
     /// expires.
     pub close_on_token_expiry: bool,
+    /// Set once a gRPC call was sent to this route's HTTP/1.1 upstream and the gateway logged
+    /// why that cannot work (once per route and configuration).
+    pub warned_grpc_over_http1: std::sync::atomic::AtomicBool,
 }
 /// The claim headers sent when a route configures none (SPEC section 3).
 pub fn default_claim_headers() -> Vec<(HeaderName, ClaimSource)> {
@@ -195,6 +198,7 @@ impl Route {
             exchange: None,
             claim_headers: default_claim_headers(),
             close_on_token_expiry: false,
+            warned_grpc_over_http1: Default::default(),
         }
     }
 }

@@ -198,6 +198,7 @@ impl Compiler<'_> {
                     .as_ref()
                     .and_then(|b| self.raw(b))
                     .unwrap_or(false),
+                warned_grpc_over_http1: Default::default(),
             }));
         }
         out
