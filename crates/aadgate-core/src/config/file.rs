@@ -308,6 +308,9 @@ pub struct TlsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
+    /// `cloud`: `"public"` (default), `"usgov"` or `"china"`: the defaults of `metadata_url`,
+    /// `[tenants] issuers`, the onboarding `authority` and the federated-credential audience.
+    pub cloud: Option<Spanned<String>>,
     /// `metadata_url`: OpenID Connect metadata document whose `jwks_uri` is used; optional when
     /// `jwks_uri` is set (one of the two is required).
     pub metadata_url: Option<Spanned<String>>,

@@ -1,12 +1,14 @@
 //! Configuration: the TOML file model, its validation, and the runtime model the gateway serves
 //! from. See `docs/configuration.md` for every key.
 
+mod cloud;
 mod compile;
 pub mod duration;
 mod error;
 pub mod file;
 mod model;
 mod route;
+pub use cloud::Cloud;
 
 pub use compile::{
     is_guid, load, load_str, load_tenant_file, TenantFileError, DEFAULT_AUTHORITY,

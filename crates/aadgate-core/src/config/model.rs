@@ -184,6 +184,8 @@ pub struct TlsSettings {
 /// Where the signing keys come from and how tokens are checked against them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentitySettings {
+    /// `cloud`: the Entra ID cloud instance whose defaults apply.
+    pub cloud: super::Cloud,
     /// `metadata_url`: the OpenID Connect metadata document; not fetched when `jwks_uri` is set.
     pub metadata_url: Option<String>,
     /// `jwks_uri`: the JWKS; `None` = the one the metadata names. At least one of the two is set.

@@ -152,6 +152,7 @@ impl KeyStore {
     /// A store holding a fixed key set, never fetching (for `explain --jwks` and tests).
     pub fn fixed(set: KeySet, metrics: Arc<Metrics>) -> Arc<Self> {
         let identity = IdentitySettings {
+            cloud: Default::default(),
             metadata_url: None,
             jwks_uri: None,
             refresh_interval: Duration::from_secs(3600),

@@ -256,6 +256,7 @@ fn redirects_stay_on_the_host_asked_for_and_never_downgrade() {
 
 fn identity(min_refetch: Duration) -> IdentitySettings {
     IdentitySettings {
+        cloud: Default::default(),
         metadata_url: None,
         jwks_uri: Some("http://127.0.0.1:1/keys".into()),
         refresh_interval: Duration::from_secs(3600),

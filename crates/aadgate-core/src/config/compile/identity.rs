@@ -14,16 +14,27 @@ use crate::config::model::IdentitySettings;
 impl Compiler<'_> {
     pub(super) fn identity(&mut self, s: &Spanned<file::IdentityFile>) -> Option<IdentitySettings> {
         let f = s.get_ref();
-        if f.metadata_url.is_none() && f.jwks_uri.is_none() {
-            self.r.error(
-                s.span(),
-                "[identity] needs `metadata_url` or `jwks_uri`, e.g. metadata_url = \"https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration\"",
-            );
+        if let Some(c) = &f.cloud {
+            match crate::config::Cloud::from_name(c.get_ref()) {
+                Some(cloud) => self.cloud = cloud,
+                None => self.r.error(
+                    c.span(),
+                    format!(
+                        "cloud {:?} must be one of {}",
+                        c.get_ref(),
+                        crate::config::Cloud::NAMES
+                            .map(|n| format!("\"{n}\""))
+                            .join(", ")
+                    ),
+                ),
+            }
         }
-        let metadata_url = f
-            .metadata_url
-            .as_ref()
-            .and_then(|u| self.url(u, "metadata_url"));
+        // Without either key the keys come from the cloud's `common` metadata.
+        let metadata_url = match (&f.metadata_url, &f.jwks_uri) {
+            (Some(u), _) => self.url(u, "metadata_url"),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.cloud.metadata_url()),
+        };
         let jwks_uri = f.jwks_uri.as_ref().and_then(|u| self.url(u, "jwks_uri"));
         let mut algorithms = Vec::new();
         match &f.algorithms {
@@ -84,6 +95,7 @@ impl Compiler<'_> {
             .unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
         let clock_skew = self.dur(&f.clock_skew, DEFAULT_CLOCK_SKEW);
         Some(IdentitySettings {
+            cloud: self.cloud,
             metadata_url,
             jwks_uri,
             refresh_interval,

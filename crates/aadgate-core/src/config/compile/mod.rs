@@ -75,6 +75,7 @@ pub fn load_str(path: &Path, source: &str) -> Result<Config, ConfigErrors> {
         r,
         base,
         path_case: PathCase::default(),
+        cloud: super::Cloud::default(),
     };
     let config = c.config(path, parsed);
     if c.r.errors.is_empty() {
@@ -93,6 +94,9 @@ struct Compiler<'a> {
     base: PathBuf,
     /// `[server] path_case`, set by `server()`; route prefixes are folded with it.
     path_case: PathCase,
+    /// `[identity] cloud`, set by `identity()`: the defaults of the metadata URL, issuers,
+    /// onboarding authority and federated-credential audience.
+    cloud: super::Cloud,
 }
 
 /// True when `s` is a GUID in the 8-4-4-4-12 hex form.

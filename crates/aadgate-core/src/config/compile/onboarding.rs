@@ -67,7 +67,7 @@ impl Compiler<'_> {
             }
         }
         let authority = match &f.authority {
-            None => Some(DEFAULT_AUTHORITY.to_string()),
+            None => Some(self.cloud.authority().to_string()),
             Some(a) => self
                 .url(a, "`authority`")
                 .map(|a| a.trim_end_matches('/').to_string()),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
 
-use super::{is_guid, Compiler, DEFAULT_ISSUERS};
+use super::{is_guid, Compiler};
 use crate::config::error::{ConfigError, Reporter};
 use crate::config::file::{self, ConfigFile};
 use crate::config::model::{ConsentLost, TenantMode, TenantSettings};
@@ -64,7 +64,7 @@ impl Compiler<'_> {
             path
         });
         let issuers: Vec<String> = match &f.issuers {
-            None => DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
+            None => self.cloud.issuers(),
             Some(list) => {
                 if list.get_ref().is_empty() {
                     self.r.error(list.span(), "`issuers` must not be empty");
