@@ -104,6 +104,12 @@ impl World {
             token_endpoint: self.emu.token_endpoint_template(),
             target: ExchangeTarget::Scope(OUTLOOK_SCOPE.into()),
             certificates: self.certs.clone(),
+            credentials: (0..self.certs.len())
+                .map(aadgate_core::config::Credential::Certificate)
+                .collect(),
+            send_x5c: false,
+            client_capabilities: Vec::new(),
+            federated_audience: "api://AzureADTokenExchange".into(),
             timeout: Duration::from_secs(10),
             refresh_before_expiry: Duration::from_secs(300),
             failure_cache: Duration::from_secs(30),

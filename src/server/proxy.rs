@@ -51,6 +51,10 @@ pub(crate) struct RequestCtx {
     grpc: bool,
     /// An upgrade (WebSocket) request: its tunnel's limits.
     tunnel: Option<Tunnel>,
+    /// The body of a response the gateway put in place of the upstream's, until it is sent.
+    replacement_body: Option<Bytes>,
+    /// That body went out: the upstream's chunks are dropped.
+    replaced_body_sent: bool,
 }
 
 /// The limits of an upgraded connection (SPEC section 13): idle in both directions for
@@ -236,6 +240,8 @@ impl ProxyHttp for Gateway {
             caller: None,
             grpc: false,
             tunnel: None,
+            replacement_body: None,
+            replaced_body_sent: false,
         }
     }
 
@@ -423,7 +429,42 @@ impl ProxyHttp for Gateway {
         }
         if let Some(x) = ctx.admitted.as_ref().and_then(|a| a.exchange.as_ref()) {
             if status == 401 {
-                x.upstream_refused();
+                let challenge = aadgate_core::exchange::claims_challenge(
+                    resp.headers
+                        .get_all(http::header::WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+                match challenge {
+                    Some(claims)
+                        if x.exchanger().claims_challenge(
+                            x.tenant(),
+                            x.access_token(),
+                            &claims,
+                        ) =>
+                    {
+                        // The caller's own token was fine: it retries and gets a token that
+                        // satisfies the challenge (SPEC section 12).
+                        let rejection = Rejection::new(
+                            Reason::ExchangeUnavailable,
+                            "the upstream asked for a new app-only token (continuous access evaluation claims challenge); retry the request",
+                        )
+                        .retry_after(Duration::from_secs(1));
+                        let body = rejection.body(ctx.request_id.as_str());
+                        let mut replaced = ResponseHeader::build(rejection.status(), None)?;
+                        for (name, value) in rejection.headers(ctx.request_id.as_str()) {
+                            replaced.insert_header(name, value)?;
+                        }
+                        replaced.insert_header("content-length", body.len().to_string())?;
+                        *resp = replaced;
+                        ctx.rejection = Some(Reason::ExchangeUnavailable);
+                        ctx.replacement_body = Some(Bytes::from(body));
+                        return Ok(());
+                    }
+                    _ => {
+                        x.upstream_refused();
+                    }
+                }
             }
             if status >= 400 {
                 let h = |n: &str| {
@@ -464,10 +505,17 @@ impl ProxyHttp for Gateway {
     fn response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        // A response the gateway replaced (a claims challenge): its own body instead of the
+        // upstream's, sent with the first chunk.
+        if ctx.replacement_body.is_some() || ctx.replaced_body_sent {
+            *body = ctx.replacement_body.take();
+            ctx.replaced_body_sent = true;
+            return Ok(None);
+        }
         match &mut ctx.tunnel {
             Some(t) if session.was_upgraded() => t.on_chunk(session).map(|()| None),
             _ => Ok(None),

@@ -30,6 +30,9 @@ pub struct LoadedCertificate {
     /// The DER of the certificate (the first `CERTIFICATE` block of the file); `x5t` and
     /// `x5t_s256` are computed from it.
     pub cert_der: Vec<u8>,
+    /// Every `CERTIFICATE` block of the file in order, the certificate first: the chain sent
+    /// as `x5c` with `send_x5c = true`.
+    pub chain_der: Vec<Vec<u8>>,
     /// base64url SHA-1 of the certificate DER (AAD's certificate thumbprint, `x5t`).
     pub x5t: String,
     /// base64url SHA-256 of the certificate DER (`x5t#S256`).
@@ -103,7 +106,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate,
             cert_path.display()
         ))
     })?;
-    let cert_der = pem::parse_many(&cert_pem)
+    let chain_der: Vec<Vec<u8>> = pem::parse_many(&cert_pem)
         .map_err(|e| {
             CertError::Cert(format!(
                 "certificate {} is not PEM: {e}",
@@ -111,11 +114,12 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate,
             ))
         })?
         .into_iter()
-        .find(|p| p.tag() == "CERTIFICATE")
-        .ok_or_else(|| {
-            CertError::Cert(format!("{} has no CERTIFICATE block", cert_path.display()))
-        })?
-        .into_contents();
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    let cert_der = chain_der.first().cloned().ok_or_else(|| {
+        CertError::Cert(format!("{} has no CERTIFICATE block", cert_path.display()))
+    })?;
     let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| {
         CertError::Cert(format!(
             "certificate {} cannot be parsed: {e}",
@@ -188,5 +192,6 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate,
         encoding_key,
         key_bits,
         cert_der,
+        chain_der,
     })
 }

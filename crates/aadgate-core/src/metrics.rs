@@ -52,6 +52,9 @@ pub struct Metrics {
     pub validator_requests: IntCounterVec,
     /// `aadgate_exchange_requests_total{exchange, result}`.
     pub exchange_requests: IntCounterVec,
+    /// `aadgate_exchange_credential_total{exchange, kind, result}`: each credential tried for
+    /// a token request (`ok`, `rejected` by the token endpoint, `error` of its own source).
+    pub exchange_credential: IntCounterVec,
     /// `aadgate_config_reloads_total{result}`: `ok` or `error`.
     pub config_reloads: IntCounterVec,
     /// `aadgate_config_last_reload_success_timestamp_seconds`.
@@ -299,6 +302,12 @@ impl Metrics {
             "App-only token lookups by exchange and result (ok, cached, not_consented, error).",
             &["exchange", "result"],
         );
+        let exchange_credential = counter_vec(
+            &r,
+            "aadgate_exchange_credential_total",
+            "Credentials tried for app-only token requests by exchange, kind (certificate, federated, managed_identity) and result (ok, rejected, error).",
+            &["exchange", "kind", "result"],
+        );
         let config_reloads = counter_vec(
             &r,
             "aadgate_config_reloads_total",
@@ -362,6 +371,7 @@ impl Metrics {
             jwks_fetch,
             validator_requests,
             exchange_requests,
+            exchange_credential,
             config_reloads,
             build_info,
             rate_limited,

@@ -182,7 +182,7 @@ impl<'a> Builder<'a> {
             retire_store: None,
         };
         let store = shared_store(&self.config, prev, &metrics, &mut start)?;
-        let exchangers = exchangers(&self.config, prev, &clock, &store);
+        let exchangers = exchangers(&self.config, prev, &clock, &store, &metrics);
         let registry = registry(&self.config, prev, &metrics, store.as_ref(), &mut start)?;
         let keys = match (self.keys, prev) {
             (Some(keys), _) => keys,
@@ -391,6 +391,7 @@ fn exchangers(
     prev: Option<&Runtime>,
     clock: &Arc<dyn Clock>,
     store: &Option<Arc<SharedStore>>,
+    metrics: &Metrics,
 ) -> HashMap<String, Arc<Exchanger>> {
     let same_store = |old: &Exchanger| match (old.store(), store) {
         (None, None) => true,
@@ -408,7 +409,8 @@ fn exchangers(
                 .unwrap_or_else(|| {
                     Arc::new(
                         Exchanger::with_clock(settings.clone(), clock.clone())
-                            .with_store(store.clone()),
+                            .with_store(store.clone())
+                            .with_metrics(metrics),
                     )
                 });
             (name.clone(), exchanger)

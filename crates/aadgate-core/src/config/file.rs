@@ -517,8 +517,15 @@ pub struct ExchangeFile {
     pub scope: Option<Spanned<String>>,
     /// `resource`: for a v1 endpoint; exactly one of `scope` and `resource`.
     pub resource: Option<Spanned<String>>,
-    /// `certificates`: PEM certificate and RSA key pairs; the first signs; required, non-empty.
-    pub certificates: Spanned<Vec<Spanned<CertificateFile>>>,
+    /// `certificates`: PEM certificate and RSA key pairs; the first signs; the shorthand of
+    /// `credentials` made of certificates only. One of `certificates` and `credentials`.
+    pub certificates: Option<Spanned<Vec<Spanned<CertificateFile>>>>,
+    /// `credentials`: how the gateway proves its identity, tried in order (SPEC section 12).
+    pub credentials: Option<Spanned<Vec<Spanned<CredentialFile>>>>,
+    /// `send_x5c`: put the certificate chain in the assertion header as `x5c`; default false.
+    pub send_x5c: Option<Raw<bool>>,
+    /// `client_capabilities`: e.g. `["cp1"]` (continuous access evaluation); default `[]`.
+    pub client_capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     /// `timeout`: one token request; default `"10s"`.
     pub timeout: Option<Raw<Duration>>,
     /// `refresh_before_expiry`: renew a cached token this long before it expires; default `"5m"`.
@@ -546,6 +553,25 @@ pub struct CertificateFile {
     /// `key`: path of the unencrypted PEM RSA key (≥ 2048 bits), relative to the config file's
     /// folder.
     pub key: Spanned<String>,
+}
+
+/// One entry of `[exchange.NAME] credentials`: exactly one of `certificate` (with `key`),
+/// `federated_token_file` and `managed_identity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// `certificate`: PEM certificate (chain) path; with `key`.
+    pub certificate: Option<Spanned<String>>,
+    /// `key`: the certificate's PEM RSA key path.
+    pub key: Option<Spanned<String>>,
+    /// `federated_token_file`: the file whose content is the client assertion (workload
+    /// identity); `""` or `"$VAR"` read the path from `AZURE_FEDERATED_TOKEN_FILE` or `VAR`.
+    pub federated_token_file: Option<Spanned<String>>,
+    /// `managed_identity`: `"system"` or a user-assigned identity's client id.
+    pub managed_identity: Option<Spanned<String>>,
+    /// `managed_identity_endpoint`: base URL of an IMDS-shaped endpoint, instead of IMDS or
+    /// `IDENTITY_ENDPOINT`.
+    pub managed_identity_endpoint: Option<Spanned<String>>,
 }
 
 /// `[[rate_limits]]` (SPEC section 11).

@@ -492,8 +492,18 @@ pub struct ExchangeSettings {
     pub token_endpoint: String,
     /// `scope` (v2 endpoint) or `resource` (v1 endpoint).
     pub target: ExchangeTarget,
-    /// The first signs; the rest are kept for rollover.
+    /// The certificates of `certificates` / certificate `credentials`, in order.
     pub certificates: Vec<crate::certs::LoadedCertificate>,
+    /// How the gateway proves its identity, tried in order; the first that works is used from
+    /// then on. Never empty in a loaded configuration.
+    pub credentials: Vec<Credential>,
+    /// `send_x5c`: certificate assertions carry the chain as `x5c`.
+    pub send_x5c: bool,
+    /// `client_capabilities` (e.g. `cp1`), sent as the `xms_cc` claims request.
+    pub client_capabilities: Vec<String>,
+    /// The audience of federated assertions (a managed identity's token is requested for it):
+    /// the cloud's `api://AzureADTokenExchange…`.
+    pub federated_audience: String,
     /// Token request timeout (connect, send and read). Default 10 s.
     pub timeout: Duration,
     /// How long before expiry a cached token is refreshed (but a token is always reused for
@@ -511,6 +521,33 @@ pub struct ExchangeSettings {
     pub rewrite_me: bool,
     /// `oid` or `upn`: the claim that names the user in that rewrite. Default `oid`.
     pub user_claim: String,
+}
+
+/// One way to prove the gateway's identity to the token endpoint (SPEC section 12).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// A certificate assertion signed with `ExchangeSettings::certificates[index]`.
+    Certificate(usize),
+    /// Workload identity federation: the file's content is the assertion (re-read each time).
+    FederatedTokenFile(PathBuf),
+    /// A managed identity's token for the federated audience is the assertion.
+    ManagedIdentity {
+        /// `None` for the system-assigned identity, else the user-assigned identity's client id.
+        client_id: Option<String>,
+        /// An IMDS-shaped base URL; `None` = `IDENTITY_ENDPOINT` when set, else IMDS.
+        endpoint: Option<String>,
+    },
+}
+
+impl Credential {
+    /// The `kind` label of `aadgate_exchange_credential_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Certificate(_) => "certificate",
+            Credential::FederatedTokenFile(_) => "federated",
+            Credential::ManagedIdentity { .. } => "managed_identity",
+        }
+    }
 }
 
 /// What a `[[rate_limits]]` entry counts by: the bucket key of a request.

@@ -24,6 +24,11 @@ const _: () = assert!(
 pub struct ClientAssertion(String);
 
 impl ClientAssertion {
+    /// An assertion obtained elsewhere (a federated token, a managed identity's token).
+    pub(crate) fn from_secret(token: String) -> Self {
+        ClientAssertion(token)
+    }
+
     /// The compact JWS, for the `client_assertion` form field only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -51,17 +56,29 @@ struct AssertionClaims<'a> {
 /// Signs a client assertion for `client_id` addressed to `audience` (the tenant's token
 /// endpoint URL, `{tenantid}` already replaced), valid from `now` (Unix seconds) for
 /// [`ASSERTION_LIFETIME_SECS`]. The header names the certificate by `x5t` (SHA-1) and
-/// `x5t#S256`. Fails only when the key cannot sign (which `certs::load_pair` already ruled out).
+/// `x5t#S256`, and with `send_x5c` carries the certificate chain as `x5c` (subject name and
+/// issuer authentication). Fails only when the key cannot sign (which `certs::load_pair`
+/// already ruled out).
 pub fn sign(
     cert: &LoadedCertificate,
     client_id: &str,
     audience: &str,
     now: i64,
+    send_x5c: bool,
 ) -> Result<ClientAssertion, jsonwebtoken::errors::Error> {
+    use base64::Engine as _;
     let mut header = Header::new(Algorithm::RS256);
     header.typ = Some("JWT".to_string());
     header.x5t = Some(cert.x5t.clone());
     header.x5t_s256 = Some(cert.x5t_s256.clone());
+    if send_x5c {
+        header.x5c = Some(
+            cert.chain_der
+                .iter()
+                .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
+                .collect(),
+        );
+    }
     let claims = AssertionClaims {
         aud: audience,
         iss: client_id,
@@ -108,7 +125,14 @@ pub(crate) mod tests {
         let cert = test_certificate(dir.path(), "signer");
         let aud = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token";
         let now = crate::clock::unix_now();
-        let a = sign(&cert, "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c", aud, now).expect("sign");
+        let a = sign(
+            &cert,
+            "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c",
+            aud,
+            now,
+            false,
+        )
+        .expect("sign");
 
         let header = jsonwebtoken::decode_header(a.expose()).expect("header");
         assert_eq!(header.alg, Algorithm::RS256);
@@ -116,6 +140,25 @@ pub(crate) mod tests {
         assert_eq!(header.x5t.as_deref(), Some(cert.x5t.as_str()));
         assert_eq!(header.x5t_s256.as_deref(), Some(cert.x5t_s256.as_str()));
         assert_eq!(header.kid, None);
+        assert_eq!(header.x5c, None, "no chain unless send_x5c");
+        let with_chain = sign(
+            &cert,
+            "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c",
+            aud,
+            now,
+            true,
+        )
+        .expect("sign");
+        let chain = jsonwebtoken::decode_header(with_chain.expose())
+            .expect("header")
+            .x5c
+            .expect("x5c");
+        use base64::Engine as _;
+        assert_eq!(
+            chain,
+            [base64::engine::general_purpose::STANDARD.encode(&cert.cert_der)],
+            "send_x5c: the chain, standard base64 DER, certificate first"
+        );
 
         let mut v = Validation::new(Algorithm::RS256);
         v.set_audience(&[aud]);
@@ -144,8 +187,22 @@ pub(crate) mod tests {
                 jsonwebtoken::dangerous::insecure_decode::<Value>(a.expose()).expect("decode");
             data.claims["jti"].as_str().map(String::from)
         };
-        let a = sign(&cert, "c", "https://x/t/oauth2/v2.0/token", 1_700_000_000).expect("sign");
-        let b = sign(&cert, "c", "https://x/t/oauth2/v2.0/token", 1_700_000_000).expect("sign");
+        let a = sign(
+            &cert,
+            "c",
+            "https://x/t/oauth2/v2.0/token",
+            1_700_000_000,
+            false,
+        )
+        .expect("sign");
+        let b = sign(
+            &cert,
+            "c",
+            "https://x/t/oauth2/v2.0/token",
+            1_700_000_000,
+            false,
+        )
+        .expect("sign");
         assert_ne!(jti(&a), jti(&b));
     }
 

@@ -22,6 +22,11 @@ pub const NOT_CONSENTED_CODES: &[u32] = &[700_016, 65_001, 7_000_112, 500_011];
 /// not yet valid).
 pub const CERTIFICATE_REJECTED_CODES: &[u32] = &[700_027, 7_000_214, 1_000_502];
 
+/// AADSTS codes meaning a federated assertion is not accepted: 70021 (no matching federated
+/// identity record), 700211 (issuer), 700212 (audience), 700213 (subject), 700024 (the
+/// assertion is outside its validity window, e.g. an expired projected token).
+pub const FEDERATED_REJECTED_CODES: &[u32] = &[70_021, 700_211, 700_212, 700_213, 700_024];
+
 /// Largest token endpoint answer read, in bytes (AAD's are a few kilobytes).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
@@ -135,7 +140,8 @@ pub enum Class {
     /// The app is not installed/consented (or is disabled) in the tenant: 403
     /// `tenant_not_consented`, with this AADSTS code.
     NotConsented(u32),
-    /// The endpoint rejected the assertion's certificate (this AADSTS code): try the next one.
+    /// The endpoint rejected the assertion's certificate or federated token (this AADSTS
+    /// code): try the next credential.
     CertificateRejected(u32),
     /// Anything else: 503 `exchange_unavailable`.
     Unavailable,
@@ -153,7 +159,7 @@ pub fn classify(failure: &Failure) -> Class {
     }
     if let Some(c) = codes
         .iter()
-        .find(|c| CERTIFICATE_REJECTED_CODES.contains(c))
+        .find(|c| CERTIFICATE_REJECTED_CODES.contains(c) || FEDERATED_REJECTED_CODES.contains(c))
     {
         return Class::CertificateRejected(*c);
     }

@@ -1,6 +1,7 @@
 //! App-only token exchange (SPEC section 5): for routes with `exchange = NAME`, the caller's
 //! token is replaced by an app-only token of the caller's tenant, obtained with the
-//! client-credentials grant and an X.509 certificate assertion.
+//! client-credentials grant and a client assertion: a certificate's, a federated token file's or
+//! a managed identity's (`credentials`).
 //!
 //! The folder reads as the steps: [`assertion`] signs the client assertion, [`client`] makes the
 //! token request and classifies AAD's answer, [`cache`] keeps tokens and failures per
@@ -10,6 +11,7 @@
 pub mod assertion;
 pub mod cache;
 pub mod client;
+mod credentials;
 pub mod rewrite;
 mod shared;
 
@@ -27,7 +29,7 @@ use crate::reason::{Reason, Rejection};
 use cache::{AppTokenCache, CacheKey, FailureKind, Slot};
 use client::{Class, Failure, Issued, TokenClient};
 
-pub use rewrite::{exchange_headers, has_me_segment, rewrite_me, user_value};
+pub use rewrite::{claims_challenge, exchange_headers, has_me_segment, rewrite_me, user_value};
 
 /// A token is served from the cache after a failed refresh only while it stays valid for at
 /// least this many seconds.
@@ -57,11 +59,18 @@ pub struct Exchanger {
     settings: ExchangeSettings,
     client: TokenClient,
     cache: AppTokenCache,
-    /// Index into `settings.certificates` of the signing certificate; moves on rollover.
+    /// Index into `settings.credentials` of the credential tried first; moves when another
+    /// one works (certificate rollover, fallback).
     signer: AtomicUsize,
     clock: Arc<dyn Clock>,
     /// The shared store (fleet mode): the second level of the token cache.
     store: Option<Arc<crate::store::SharedStore>>,
+    /// Managed-identity tokens and the HTTP client that gets them.
+    credential_state: credentials::CredentialState,
+    /// `aadgate_exchange_credential_total`, once [`Exchanger::with_metrics`] set it.
+    credential_counter: Option<prometheus::IntCounterVec>,
+    /// Claims challenges (CAE) by tenant: the next token request of that tenant carries them.
+    challenges: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl fmt::Debug for Exchanger {
@@ -89,9 +98,18 @@ impl Exchanger {
             cache: AppTokenCache::new(settings.max_tenants),
             signer: AtomicUsize::new(0),
             clock,
+            credential_state: credentials::CredentialState::new(settings.timeout),
             settings,
             store: None,
+            credential_counter: None,
+            challenges: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Counts each credential tried in `metrics`' `aadgate_exchange_credential_total`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.credential_counter = Some(metrics.exchange_credential.clone());
+        self
     }
 
     /// With a shared store: tokens, failures and purges are shared with the fleet (see
@@ -112,11 +130,88 @@ impl Exchanger {
     }
 
     /// The certificate that signs the next client assertion (the first configured one until a
-    /// rollover); `None` when none is configured.
+    /// rollover); `None` when the credential tried first is not a certificate.
     pub fn signing_certificate(&self) -> Option<&certs::LoadedCertificate> {
-        self.settings
-            .certificates
+        match self
+            .settings
+            .credentials
             .get(self.signer.load(Ordering::Relaxed))
+        {
+            Some(crate::config::Credential::Certificate(i)) => self.settings.certificates.get(*i),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of the credential tried first (`certificate`, `federated`,
+    /// `managed_identity`).
+    pub fn current_credential_kind(&self) -> Option<&'static str> {
+        self.settings
+            .credentials
+            .get(self.signer.load(Ordering::Relaxed))
+            .map(|c| c.kind())
+    }
+
+    fn count_credential(&self, kind: &str, result: &str) {
+        if let Some(c) = &self.credential_counter {
+            c.with_label_values(&[self.settings.name.as_str(), kind, result])
+                .inc();
+        }
+    }
+
+    /// The `claims` parameter of the next token request for `tenant`: the `xms_cc` client
+    /// capabilities merged with a claims challenge the upstream raised for the tenant (CAE).
+    fn claims_parameter(&self, tenant: &str) -> Option<String> {
+        let mut access = serde_json::Map::new();
+        if let Some(challenge) = self
+            .challenges
+            .lock()
+            .ok()
+            .and_then(|c| c.get(tenant).cloned())
+        {
+            if let Some(serde_json::Value::Object(m)) = challenge.get("access_token") {
+                access.extend(m.clone());
+            }
+        }
+        if !self.settings.client_capabilities.is_empty() {
+            access.insert(
+                "xms_cc".to_string(),
+                serde_json::json!({ "values": self.settings.client_capabilities }),
+            );
+        }
+        (!access.is_empty()).then(|| serde_json::json!({ "access_token": access }).to_string())
+    }
+
+    /// A claims challenge from the upstream (`WWW-Authenticate: … error="insufficient_claims",
+    /// claims="<base64>"`, SPEC section 12): the tenant's token is dropped at once whatever
+    /// `purge_interval` says, and its next token request carries the challenge's claims.
+    /// Returns false when the challenge cannot be read (then nothing changes).
+    pub fn claims_challenge(
+        &self,
+        tid: &str,
+        access_token: &str,
+        claims: &serde_json::Value,
+    ) -> bool {
+        if !claims
+            .get("access_token")
+            .is_some_and(serde_json::Value::is_object)
+        {
+            return false;
+        }
+        let tenant = tid.to_ascii_lowercase();
+        if let Ok(mut c) = self.challenges.lock() {
+            c.insert(tenant.clone(), claims.clone());
+        }
+        if let Some(store) = &self.store {
+            self.purge_shared(store.clone(), &tenant, access_token);
+        }
+        let key = CacheKey::new(&tenant, &self.settings.target);
+        self.cache.forget(&key);
+        tracing::info!(
+            exchange = %self.settings.name,
+            tenant = %tenant,
+            "claims challenge from the upstream (continuous access evaluation): the app-only token is dropped and the next one is requested with the challenge's claims"
+        );
+        true
     }
 
     /// An app-only token for tenant `tid`, from the cache while it is fresh, else from the
@@ -292,18 +387,20 @@ impl Exchanger {
         Slot::failed(rejection, kind, now, s.failure_cache)
     }
 
-    /// One token request for `tenant`, signed by the current certificate; when the endpoint
-    /// rejects that certificate, once more with each other configured certificate (in config
-    /// order, starting after the current one). The one that works signs from then on.
+    /// One token request for `tenant` with the credential tried first; when the endpoint
+    /// rejects that credential (or its own source fails), once more with each other configured
+    /// credential (in config order, starting after it). The one that works is tried first from
+    /// then on. A "not consented" or "unavailable" answer ends the attempt: it is the tenant's
+    /// or the endpoint's answer, not the credential's.
     async fn request_token(&self, tenant: &str) -> Result<Issued, (Rejection, FailureKind)> {
         let s = &self.settings;
         let endpoint = s.token_endpoint.replace("{tenantid}", tenant);
-        let n = s.certificates.len();
+        let n = s.credentials.len();
         if n == 0 {
-            tracing::warn!(exchange = %s.name, tenant, "no certificate configured; cannot request an app-only token");
+            tracing::warn!(exchange = %s.name, tenant, "no credential configured; cannot request an app-only token");
             return Err(self.unavailable(
                 tenant,
-                "the gateway has no certificate to request it with".to_string(),
+                "the gateway has no credential to request it with".to_string(),
             ));
         }
         let first = self.signer.load(Ordering::Relaxed).min(n - 1);
@@ -311,36 +408,44 @@ impl Exchanger {
             ExchangeTarget::Scope(v) => ("scope", v.as_str()),
             ExchangeTarget::Resource(v) => ("resource", v.as_str()),
         };
-        let mut rejected = Vec::new();
+        let claims = self.claims_parameter(tenant);
+        let mut refused = Vec::new();
         for step in 0..n {
             let index = (first + step) % n;
-            let cert = &s.certificates[index];
-            let assertion = match assertion::sign(
-                cert,
-                &s.client_id,
-                &endpoint,
-                crate::clock::unix_now(),
-            ) {
+            let credential = &s.credentials[index];
+            let kind = credential.kind();
+            let assertion = match self.credential_state.assertion(s, index, &endpoint).await {
                 Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(exchange = %s.name, tenant, certificate = %cert.cert_path.display(), error = %e, "cannot sign a client assertion");
+                Err(why) => {
+                    tracing::warn!(exchange = %s.name, tenant, credential = kind, error = %why, "credential unavailable; trying the next one");
+                    self.count_credential(kind, "error");
+                    refused.push(format!("{kind}: {why}"));
                     continue;
                 }
             };
             let client_request_id = uuid::Uuid::new_v4().to_string();
-            let form = [
+            let mut form = vec![
                 ("grant_type", "client_credentials"),
                 ("client_id", s.client_id.as_str()),
                 target,
                 ("client_assertion_type", client::JWT_BEARER),
                 ("client_assertion", assertion.expose()),
             ];
+            if let Some(c) = &claims {
+                form.push(("claims", c.as_str()));
+            }
             let failure = match self
                 .client
                 .request(&endpoint, &form, &client_request_id)
                 .await
             {
                 Ok(issued) => {
+                    self.count_credential(kind, "ok");
+                    if claims.is_some() {
+                        if let Ok(mut c) = self.challenges.lock() {
+                            c.remove(tenant);
+                        }
+                    }
                     if index != first
                         && self
                             .signer
@@ -350,22 +455,31 @@ impl Exchanger {
                         tracing::warn!(
                             exchange = %s.name,
                             tenant,
-                            certificate = %cert.cert_path.display(),
-                            x5t = %cert.x5t,
-                            previous = %s.certificates[first].cert_path.display(),
-                            previous_x5t = %s.certificates[first].x5t,
-                            "certificate rollover: the token endpoint rejected the previous certificate; this one signs client assertions from now on"
+                            credential = %self.describe_credential(index),
+                            previous = %self.describe_credential(first),
+                            "credential fallback: the token endpoint refused the previous credential; this one is tried first from now on"
                         );
                     }
                     return Ok(issued);
                 }
                 Err(f) => f,
             };
-            log_failure(&s.name, tenant, &client_request_id, &cert.x5t, &failure);
+            log_failure(
+                &s.name,
+                tenant,
+                &client_request_id,
+                &self.describe_credential(index),
+                &failure,
+            );
             match client::classify(&failure) {
-                Class::CertificateRejected(code) => rejected.push(format!("AADSTS{code}")),
+                Class::CertificateRejected(code) => {
+                    self.count_credential(kind, "rejected");
+                    self.credential_state.forget(index);
+                    refused.push(format!("{kind}: AADSTS{code}"));
+                }
                 Class::NotConsented(code) => {
-                    return Err(self.not_consented(tenant, code, &endpoint))
+                    self.count_credential(kind, "ok");
+                    return Err(self.not_consented(tenant, code, &endpoint));
                 }
                 Class::Unavailable => return Err(self.unavailable(tenant, describe(&failure))),
             }
@@ -373,10 +487,30 @@ impl Exchanger {
         Err(self.unavailable(
             tenant,
             format!(
-                "the token endpoint rejected every certificate of the gateway ({}); the application registration must list one of them",
-                if rejected.is_empty() { "none could sign".to_string() } else { rejected.join(", ") }
+                "every credential of the gateway failed ({}); the application registration must accept one of them",
+                refused.join("; ")
             ),
         ))
+    }
+
+    /// A credential as logs name it: the certificate's file and thumbprint, the token file, or
+    /// the managed identity.
+    fn describe_credential(&self, index: usize) -> String {
+        use crate::config::Credential;
+        match self.settings.credentials.get(index) {
+            Some(Credential::Certificate(i)) => match self.settings.certificates.get(*i) {
+                Some(c) => format!("certificate {} (x5t {})", c.cert_path.display(), c.x5t),
+                None => "certificate".to_string(),
+            },
+            Some(Credential::FederatedTokenFile(p)) => {
+                format!("federated token file {}", p.display())
+            }
+            Some(Credential::ManagedIdentity { client_id, .. }) => format!(
+                "managed identity {}",
+                client_id.as_deref().unwrap_or("(system-assigned)")
+            ),
+            None => "-".to_string(),
+        }
     }
 
     fn not_consented(&self, tenant: &str, code: u32, endpoint: &str) -> (Rejection, FailureKind) {
@@ -439,7 +573,7 @@ fn log_failure(
     exchange: &str,
     tenant: &str,
     client_request_id: &str,
-    x5t: &str,
+    credential: &str,
     failure: &Failure,
 ) {
     match failure {
@@ -454,7 +588,7 @@ fn log_failure(
                 trace_id = body.trace_id.as_deref().unwrap_or("-"),
                 correlation_id = body.correlation_id.as_deref().unwrap_or("-"),
                 client_request_id,
-                certificate_x5t = x5t,
+                credential,
                 description = %body.summary(),
                 "token endpoint refused the app-only token request"
             );
@@ -478,7 +612,13 @@ mod tests {
             client_id: "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c".into(),
             token_endpoint: "http://127.0.0.1:9/{tenantid}/oauth2/v2.0/token".into(),
             target: ExchangeTarget::Scope("https://outlook.office365.com/.default".into()),
+            credentials: (0..certificates.len())
+                .map(crate::config::Credential::Certificate)
+                .collect(),
             certificates,
+            send_x5c: false,
+            client_capabilities: Vec::new(),
+            federated_audience: "api://AzureADTokenExchange".into(),
             timeout: Duration::from_secs(1),
             refresh_before_expiry: Duration::from_secs(300),
             failure_cache: Duration::from_secs(30),

@@ -275,3 +275,113 @@ mod tests {
         assert_eq!(user_value(&none, "upn"), None);
     }
 }
+
+/// The claims of a continuous-access-evaluation challenge in an upstream's
+/// `WWW-Authenticate` values (`Bearer … error="insufficient_claims", claims="<base64 JSON>"`,
+/// [claims challenges](https://learn.microsoft.com/entra/identity-platform/claims-challenge)):
+/// the decoded JSON object, or `None` when no value is such a challenge.
+pub fn claims_challenge<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    values.into_iter().find_map(|v| {
+        let params = auth_params(v);
+        let error = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("error"))?;
+        if error.1 != "insufficient_claims" {
+            return None;
+        }
+        let claims = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("claims"))?;
+        let text = claims.1.trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| {
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(text.trim_end_matches('='))
+            })
+            .or_else(|_| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('='))
+            })
+            .ok()
+            // Some resources send the JSON itself rather than its base64.
+            .unwrap_or_else(|| text.as_bytes().to_vec());
+        serde_json::from_slice::<serde_json::Value>(&decoded)
+            .ok()
+            .filter(serde_json::Value::is_object)
+    })
+}
+
+/// `name="value"` / `name=value` pairs of one challenge (the scheme word is skipped).
+fn auth_params(value: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = value.trim();
+    // Skip the scheme (`Bearer`).
+    if let Some((scheme, after)) = rest.split_once(' ') {
+        if !scheme.contains('=') {
+            rest = after;
+        }
+    }
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches([' ', ',']);
+        let Some((name, after)) = rest.split_once('=') else {
+            break;
+        };
+        let name = name.trim().to_string();
+        let after = after.trim_start();
+        let (v, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end.min(quoted.len())..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.push((name, v));
+        rest = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod challenge_tests {
+    use super::claims_challenge;
+    use base64::Engine as _;
+
+    #[test]
+    fn a_cae_challenge_yields_its_claims_and_anything_else_none() {
+        let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1796200000"}}}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(claims);
+        let header = format!(
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\", error=\"insufficient_claims\", claims=\"{b64}\""
+        );
+        let v = claims_challenge([header.as_str()]).expect("a challenge");
+        assert_eq!(v["access_token"]["nbf"]["value"], "1796200000");
+        // Among several values, the challenge is found.
+        assert!(claims_challenge(["Basic realm=\"x\"", header.as_str()]).is_some());
+        for other in [
+            "Bearer realm=\"\", error=\"invalid_token\"",
+            "Bearer error=\"insufficient_claims\"",
+            "Bearer error=\"insufficient_claims\", claims=\"not base64 or json\"",
+            "",
+        ] {
+            assert_eq!(claims_challenge([other]), None, "{other}");
+        }
+    }
+}

@@ -8,7 +8,8 @@ use serde_spanned::Spanned;
 use super::{Compiler, DEFAULT_PURGE_INTERVAL};
 use crate::certs::{self, LoadedCertificate};
 use crate::config::file;
-use crate::config::model::{ExchangeSettings, ExchangeTarget};
+use crate::config::model::{Credential, ExchangeSettings, ExchangeTarget};
+use std::path::PathBuf;
 
 impl Compiler<'_> {
     /// Every `[exchange.NAME]`; one without a target is reported and left out.
@@ -39,7 +40,28 @@ impl Compiler<'_> {
         }
         let endpoint = self.token_endpoint(&f.token_endpoint);
         let target = self.exchange_target(e)?;
-        let certificates = self.certificates(&f.certificates);
+        let (certificates, credentials) = self.credentials(e);
+        let client_capabilities: Vec<String> = f
+            .client_capabilities
+            .as_ref()
+            .map(|list| {
+                list.get_ref()
+                    .iter()
+                    .filter_map(|c| {
+                        let v = c.get_ref().trim();
+                        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                            self.r.error(
+                                c.span(),
+                                format!("client capability {v:?} must be a word such as \"cp1\""),
+                            );
+                            None
+                        } else {
+                            Some(v.to_string())
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let user_claim = match &f.user_claim {
             None => "oid".to_string(),
             Some(u) if u.get_ref() == "oid" || u.get_ref() == "upn" => u.get_ref().clone(),
@@ -67,6 +89,14 @@ impl Compiler<'_> {
             token_endpoint: endpoint,
             target,
             certificates,
+            credentials,
+            send_x5c: f
+                .send_x5c
+                .as_ref()
+                .and_then(|b| self.raw(b))
+                .unwrap_or(false),
+            client_capabilities,
+            federated_audience: self.cloud.federated_audience().to_string(),
             timeout: self.dur(&f.timeout, Duration::from_secs(10)),
             refresh_before_expiry: self.dur(&f.refresh_before_expiry, Duration::from_secs(300)),
             failure_cache: self.dur(&f.failure_cache, Duration::from_secs(30)),
@@ -123,33 +153,163 @@ impl Compiler<'_> {
         }
     }
 
-    /// `certificates`: each { cert, key } pair loaded; a pair close to expiry is a warning, an
-    /// unreadable one an error at the file that failed.
-    fn certificates(
+    /// `certificates` or `credentials` (exactly one): the certificates loaded, and the
+    /// credentials in order.
+    fn credentials(
         &mut self,
-        list: &Spanned<Vec<Spanned<file::CertificateFile>>>,
-    ) -> Vec<LoadedCertificate> {
-        if list.get_ref().is_empty() {
-            self.r.error(
-                list.span(),
-                "`certificates` needs at least one { cert, key } pair",
-            );
-        }
+        e: &Spanned<file::ExchangeFile>,
+    ) -> (Vec<LoadedCertificate>, Vec<Credential>) {
+        let f = e.get_ref();
         let mut certificates = Vec::new();
-        for c in list.get_ref() {
-            let cert_path = self.path(c.get_ref().cert.get_ref());
-            let key_path = self.path(c.get_ref().key.get_ref());
-            match certs::load_pair(&cert_path, &key_path) {
-                Ok(loaded) => {
-                    if let Some(w) = loaded.expiry_warning() {
-                        self.r.warn(c.get_ref().cert.span(), w);
-                    }
-                    certificates.push(loaded);
+        let mut credentials = Vec::new();
+        match (&f.certificates, &f.credentials) {
+            (Some(list), None) => {
+                if list.get_ref().is_empty() {
+                    self.r.error(
+                        list.span(),
+                        "`certificates` needs at least one { cert, key } pair",
+                    );
                 }
-                Err(certs::CertError::Cert(m)) => self.r.error(c.get_ref().cert.span(), m),
-                Err(certs::CertError::Key(m)) => self.r.error(c.get_ref().key.span(), m),
+                for c in list.get_ref() {
+                    let (cert, key) = (&c.get_ref().cert, &c.get_ref().key);
+                    if let Some(loaded) = self.certificate(cert, key) {
+                        credentials.push(Credential::Certificate(certificates.len()));
+                        certificates.push(loaded);
+                    }
+                }
+            }
+            (None, Some(list)) => {
+                if list.get_ref().is_empty() {
+                    self.r.error(list.span(), "`credentials` needs at least one entry");
+                }
+                for c in list.get_ref() {
+                    if let Some(credential) = self.credential(c, &mut certificates) {
+                        credentials.push(credential);
+                    }
+                }
+            }
+            (Some(_), Some(list)) => self.r.error(
+                list.span(),
+                "set `credentials` or its shorthand `certificates`, not both",
+            ),
+            (None, None) => self.r.error(
+                e.span(),
+                "[exchange] needs `credentials` (certificate, federated_token_file or managed_identity) or `certificates`",
+            ),
+        }
+        (certificates, credentials)
+    }
+
+    /// One { cert, key } pair loaded; a pair close to expiry is a warning, an unreadable one an
+    /// error at the file that failed.
+    fn certificate(
+        &mut self,
+        cert: &Spanned<String>,
+        key: &Spanned<String>,
+    ) -> Option<LoadedCertificate> {
+        let cert_path = self.path(cert.get_ref());
+        let key_path = self.path(key.get_ref());
+        match certs::load_pair(&cert_path, &key_path) {
+            Ok(loaded) => {
+                if let Some(w) = loaded.expiry_warning() {
+                    self.r.warn(cert.span(), w);
+                }
+                Some(loaded)
+            }
+            Err(certs::CertError::Cert(m)) => {
+                self.r.error(cert.span(), m);
+                None
+            }
+            Err(certs::CertError::Key(m)) => {
+                self.r.error(key.span(), m);
+                None
             }
         }
-        certificates
+    }
+
+    /// One `credentials` entry: exactly one kind, with only the keys that kind takes.
+    fn credential(
+        &mut self,
+        c: &Spanned<file::CredentialFile>,
+        certificates: &mut Vec<LoadedCertificate>,
+    ) -> Option<Credential> {
+        let f = c.get_ref();
+        let kinds = [
+            f.certificate.is_some(),
+            f.federated_token_file.is_some(),
+            f.managed_identity.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.r.error(
+                c.span(),
+                "a credential is one of { certificate = …, key = … }, { federated_token_file = … } or { managed_identity = \"system\" | \"<client id>\" }",
+            );
+            return None;
+        }
+        if let (Some(k), None) = (&f.key, &f.certificate) {
+            self.r.error(k.span(), "`key` goes with `certificate`");
+        }
+        if let (Some(ep), None) = (&f.managed_identity_endpoint, &f.managed_identity) {
+            self.r.error(
+                ep.span(),
+                "`managed_identity_endpoint` goes with `managed_identity`",
+            );
+        }
+        if let Some(cert) = &f.certificate {
+            let Some(key) = &f.key else {
+                self.r
+                    .error(cert.span(), "a `certificate` credential needs its `key`");
+                return None;
+            };
+            let loaded = self.certificate(cert, key)?;
+            certificates.push(loaded);
+            return Some(Credential::Certificate(certificates.len() - 1));
+        }
+        if let Some(file) = &f.federated_token_file {
+            let written = file.get_ref().trim();
+            let var = match written.strip_prefix('$') {
+                Some(v) => Some(v),
+                None if written.is_empty() => Some("AZURE_FEDERATED_TOKEN_FILE"),
+                None => None,
+            };
+            let path = match var {
+                None => self.path(written),
+                Some(v) => match std::env::var_os(v).filter(|p| !p.is_empty()) {
+                    Some(p) => PathBuf::from(p),
+                    None => {
+                        self.r.error(file.span(), format!("the environment variable {v} that should name the federated token file is not set (AKS workload identity sets AZURE_FEDERATED_TOKEN_FILE when the pod's service account is annotated)"));
+                        return None;
+                    }
+                },
+            };
+            if !path.is_file() {
+                self.r.warn(
+                    file.span(),
+                    format!("the federated token file {} does not exist yet; token requests fail with this credential until it does", path.display()),
+                );
+            }
+            return Some(Credential::FederatedTokenFile(path));
+        }
+        let mi = f.managed_identity.as_ref()?;
+        let client_id = match mi.get_ref().trim() {
+            "system" => None,
+            id if super::is_guid(id) => Some(id.to_ascii_lowercase()),
+            other => {
+                self.r.error(
+                    mi.span(),
+                    format!("managed_identity {other:?} must be \"system\" or a user-assigned identity's client id (a GUID)"),
+                );
+                return None;
+            }
+        };
+        let endpoint = f
+            .managed_identity_endpoint
+            .as_ref()
+            .and_then(|u| self.url(u, "managed_identity_endpoint"))
+            .map(|u| u.trim_end_matches('/').to_string());
+        Some(Credential::ManagedIdentity {
+            client_id,
+            endpoint,
+        })
     }
 }
