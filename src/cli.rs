@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use aadgate_emulator::{
-    AppArg, AppRolesArg, ConsentArg, DevIdpOptions, DevTokenOptions, RedirectUriArg,
+    AppArg, AppRolesArg, ConsentArg, DevIdpOptions, DevTokenOptions, FederatedArg, RedirectUriArg,
+    ServiceAccountArg,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -137,6 +138,34 @@ pub struct DevIdpArgs {
     /// (repeatable).
     #[arg(long = "app-roles", value_name = "CLIENT_ID=ROLE1,ROLE2")]
     pub app_roles: Vec<AppRolesArg>,
+    /// A federated identity credential of an app (repeatable). ISSUER `k8s` is the emulator's
+    /// service-account issuer; `managed-identity|system` (or a user-assigned client id) trusts
+    /// that managed identity. AUDIENCE defaults to api://AzureADTokenExchange.
+    #[arg(long = "federated", value_name = "APP=ISSUER|SUBJECT[|AUDIENCE]")]
+    pub federated: Vec<FederatedArg>,
+    /// Register a user-assigned managed identity (repeatable); the system-assigned one always
+    /// exists.
+    #[arg(long = "user-assigned-identity", value_name = "CLIENT_ID")]
+    pub user_assigned_identities: Vec<String>,
+    /// Write a service-account token of the emulator's k8s issuer to FILE at start (like the
+    /// token AKS workload identity projects into a pod).
+    #[arg(long = "write-sa-token", value_name = "FILE")]
+    pub write_sa_token: Option<PathBuf>,
+    /// The service account of that token. Default: default/default.
+    #[arg(
+        long = "sa",
+        value_name = "NAMESPACE/NAME",
+        requires = "write_sa_token"
+    )]
+    pub sa: Option<ServiceAccountArg>,
+    /// Serve HTTPS with a local CA and server certificate created beside the key file on
+    /// first use (dev-ca.pem, dev-server.pem); prints the SSL_CERT_FILE line to trust it.
+    #[arg(long)]
+    pub tls: bool,
+    /// The base URL the emulator's documents advertise (token endpoint, JWKS, …); an https://
+    /// URL turns TLS on. Default: the listen address.
+    #[arg(long = "public-url", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 impl From<DevIdpArgs> for DevIdpOptions {
@@ -148,6 +177,12 @@ impl From<DevIdpArgs> for DevIdpOptions {
             consents: args.consents,
             redirect_uris: args.redirect_uris,
             app_roles: args.app_roles,
+            federated: args.federated,
+            user_assigned_identities: args.user_assigned_identities,
+            write_sa_token: args.write_sa_token,
+            sa: args.sa,
+            tls: args.tls,
+            public_url: args.public_url,
         }
     }
 }

@@ -15,7 +15,10 @@ use serde_json::Value;
 
 use super::keys::{default_dev_key_path, SigningKey};
 use super::mint::TokenSpec;
-use super::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
+use super::server::{
+    AppRegistration, Emulator, EmulatorHandle, EmulatorOptions, FederatedCredential,
+};
+use super::tls::DevTls;
 use super::{
     is_guid, EmulatorError, DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, DEFAULT_TENANT, GRAPH_RESOURCE,
 };
@@ -151,6 +154,94 @@ impl FromStr for AppRolesArg {
     }
 }
 
+/// `--federated APP=ISSUER|SUBJECT[|AUDIENCE]`: a federated identity credential of an app.
+///
+/// Two issuers are shorthands resolved when the emulator starts: `k8s` is the emulator's own
+/// service-account issuer (`{base}/k8s`), and `managed-identity` takes as subject `system` or a
+/// user-assigned identity's client id and stands for that managed identity (issuer
+/// `https://login.microsoftonline.com/{tenant}/v2.0`, subject its principal id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedArg {
+    /// Application (client) id of the app that trusts the credential.
+    pub client_id: String,
+    /// The external issuer (`iss`), or `k8s` / `managed-identity`.
+    pub issuer: String,
+    /// The external subject (`sub`); for `managed-identity`, `system` or a client id.
+    pub subject: String,
+    /// The audience; default `api://AzureADTokenExchange`.
+    pub audience: Option<String>,
+}
+
+impl FromStr for FederatedArg {
+    type Err = String;
+
+    /// Parses `APP=ISSUER|SUBJECT[|AUDIENCE]`.
+    fn from_str(text: &str) -> Result<FederatedArg, String> {
+        let usage = || format!("expected APP=ISSUER|SUBJECT[|AUDIENCE], got '{text}'");
+        let (client_id, rest) = text.split_once('=').ok_or_else(usage)?;
+        let parts: Vec<&str> = rest.split('|').map(str::trim).collect();
+        let (issuer, subject, audience) = match parts.as_slice() {
+            [issuer, subject] => (*issuer, *subject, None),
+            [issuer, subject, audience] if !audience.is_empty() => {
+                (*issuer, *subject, Some(audience.to_string()))
+            }
+            _ => return Err(usage()),
+        };
+        if client_id.trim().is_empty() || issuer.is_empty() || subject.is_empty() {
+            return Err(usage());
+        }
+        let shorthand = issuer == "k8s" || issuer == "managed-identity";
+        if !(shorthand || issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(format!(
+                "issuer '{issuer}' is not an http(s) URL, 'k8s' or 'managed-identity'"
+            ));
+        }
+        Ok(FederatedArg {
+            client_id: client_id.trim().to_string(),
+            issuer: issuer.to_string(),
+            subject: subject.to_string(),
+            audience,
+        })
+    }
+}
+
+/// `--sa NAMESPACE/NAME`: the Kubernetes service account a written token is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountArg {
+    /// Namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub name: String,
+}
+
+impl Default for ServiceAccountArg {
+    fn default() -> Self {
+        ServiceAccountArg {
+            namespace: "default".into(),
+            name: "default".into(),
+        }
+    }
+}
+
+impl FromStr for ServiceAccountArg {
+    type Err = String;
+
+    /// Parses `NAMESPACE/NAME`.
+    fn from_str(text: &str) -> Result<ServiceAccountArg, String> {
+        let usage = || format!("expected NAMESPACE/NAME, got '{text}'");
+        let (namespace, name) = text.split_once('/').ok_or_else(usage)?;
+        let (namespace, name) = (namespace.trim(), name.trim());
+        let bad = |s: &str| s.is_empty() || s.contains(':') || s.contains('/');
+        if bad(namespace) || bad(name) {
+            return Err(usage());
+        }
+        Ok(ServiceAccountArg {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
 /// What `aadgate dev-idp` serves.
 #[derive(Debug, Clone)]
 pub struct DevIdpOptions {
@@ -168,6 +259,54 @@ pub struct DevIdpOptions {
     pub redirect_uris: Vec<RedirectUriArg>,
     /// Application permissions apps ask for on the consent page. Default: none.
     pub app_roles: Vec<AppRolesArg>,
+    /// Federated identity credentials of apps (an app named only here is registered without
+    /// certificates). Default: none.
+    pub federated: Vec<FederatedArg>,
+    /// User-assigned managed identities, by client id (the system-assigned one always exists).
+    /// Default: none.
+    pub user_assigned_identities: Vec<String>,
+    /// Write a service-account token of the emulator's issuer to this file at start (what AKS
+    /// projects into a pod as `AZURE_FEDERATED_TOKEN_FILE`). Default: none.
+    pub write_sa_token: Option<PathBuf>,
+    /// The service account of that token. Default `default/default`.
+    pub sa: Option<ServiceAccountArg>,
+    /// Serve HTTPS with a local CA and server certificate kept beside the key file
+    /// (`dev-ca.pem`, `dev-server.pem`), created on first use. Default: plain HTTP.
+    pub tls: bool,
+    /// The base URL the emulator advertises in its documents (e.g.
+    /// `https://idp.localtest.me:8399`); an `https://` URL turns TLS on, and its host is put in
+    /// the server certificate. Default: the listen address.
+    pub public_url: Option<String>,
+}
+
+impl Default for DevIdpOptions {
+    fn default() -> Self {
+        DevIdpOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8399)),
+            key: None,
+            apps: Vec::new(),
+            consents: Vec::new(),
+            redirect_uris: Vec::new(),
+            app_roles: Vec::new(),
+            federated: Vec::new(),
+            user_assigned_identities: Vec::new(),
+            write_sa_token: None,
+            sa: None,
+            tls: false,
+            public_url: None,
+        }
+    }
+}
+
+impl DevIdpOptions {
+    /// Whether the emulator serves HTTPS: `--tls`, or an `https://` public URL.
+    pub fn serves_tls(&self) -> bool {
+        self.tls
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.trim().starts_with("https://"))
+    }
 }
 
 /// What `aadgate dev-token` mints (SPEC section 2); `None` and empty fields take the defaults
@@ -198,11 +337,47 @@ pub struct DevTokenOptions {
     pub idtyp: Option<String>,
 }
 
-/// Starts the emulator `dev-idp` describes (key file, apps, consents) and returns its handle,
+/// Starts the emulator `dev-idp` describes (key file, TLS files, apps, consents, federated
+/// credentials, managed identities, the service-account token file) and returns its handle,
 /// without printing or waiting; [`run_dev_idp`] is this plus the banner and Ctrl-C.
 pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, EmulatorError> {
+    start_with_tls(args).await.map(|(emulator, _)| emulator)
+}
+
+/// The TLS files of `args`, beside the key file; `None` for plain HTTP.
+fn dev_tls(
+    args: &DevIdpOptions,
+    key_path: &std::path::Path,
+) -> Result<Option<DevTls>, EmulatorError> {
+    if !args.serves_tls() {
+        return Ok(None);
+    }
+    if let Some(url) = &args.public_url {
+        if url.trim().starts_with("http://") {
+            return Err(EmulatorError::Invalid(format!(
+                "--tls with an http:// public URL '{url}': give an https:// URL"
+            )));
+        }
+    }
+    let hosts: Vec<String> = args
+        .public_url
+        .iter()
+        .filter_map(|url| url.parse::<http::Uri>().ok())
+        .filter_map(|uri| uri.host().map(str::to_string))
+        .collect();
+    let dir = key_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    DevTls::load_or_create(dir, &hosts).map(Some)
+}
+
+async fn start_with_tls(
+    args: &DevIdpOptions,
+) -> Result<(EmulatorHandle, Option<DevTls>), EmulatorError> {
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
     let key = SigningKey::load_or_create(&key_path)?;
+    let tls = dev_tls(args, &key_path)?;
     let mut apps: BTreeMap<String, AppRegistration> = BTreeMap::new();
     for app in &args.apps {
         let pem = std::fs::read_to_string(&app.cert_pem).map_err(|e| {
@@ -234,10 +409,17 @@ pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, Emula
             entry.with_app_roles(asked.roles.clone()),
         );
     }
+    for fic in &args.federated {
+        apps.entry(fic.client_id.clone())
+            .or_insert_with(|| AppRegistration::new(&fic.client_id));
+    }
     let emulator = Emulator::start(
         args.listen,
         EmulatorOptions {
             signing_key: Some(key),
+            tls: tls.as_ref().map(|t| t.identity.clone()),
+            public_url: args.public_url.clone(),
+            extra_root_pem: tls.iter().map(|t| t.ca_pem.clone()).collect(),
             ..EmulatorOptions::default()
         },
     )
@@ -248,14 +430,76 @@ pub async fn start_dev_idp(args: &DevIdpOptions) -> Result<EmulatorHandle, Emula
     for consent in &args.consents {
         emulator.consent(&consent.tenant, &consent.client_id, consent.roles.clone());
     }
-    Ok(emulator)
+    for client_id in &args.user_assigned_identities {
+        emulator.add_user_assigned_identity(client_id);
+    }
+    for fic in &args.federated {
+        let credential = federated_credential(&emulator, fic)?;
+        emulator.add_federated_credential(&fic.client_id, credential);
+    }
+    if let Some(path) = &args.write_sa_token {
+        let sa = args.sa.clone().unwrap_or_default();
+        let token = emulator.mint_service_account_token(&sa.namespace, &sa.name)?;
+        write_token_file(path, &token)?;
+    }
+    Ok((emulator, tls))
+}
+
+/// The credential a `--federated` value stands for, its shorthands resolved.
+fn federated_credential(
+    emulator: &EmulatorHandle,
+    fic: &FederatedArg,
+) -> Result<FederatedCredential, EmulatorError> {
+    let credential = match fic.issuer.as_str() {
+        "k8s" => FederatedCredential::new(&emulator.service_account_issuer(), &fic.subject),
+        "managed-identity" => {
+            let identity = if fic.subject.eq_ignore_ascii_case("system") {
+                emulator.system_managed_identity()
+            } else {
+                emulator
+                    .managed_identities()
+                    .into_iter()
+                    .find(|mi| mi.client_id.eq_ignore_ascii_case(&fic.subject))
+                    .ok_or_else(|| {
+                        EmulatorError::Invalid(format!(
+                            "--federated {}: no managed identity '{}' (add it with \
+                             --user-assigned-identity)",
+                            fic.client_id, fic.subject
+                        ))
+                    })?
+            };
+            FederatedCredential::for_managed_identity(&identity)
+        }
+        issuer => FederatedCredential::new(issuer, &fic.subject),
+    };
+    Ok(match &fic.audience {
+        Some(audience) => credential.with_audience(audience),
+        None => credential,
+    })
+}
+
+/// Writes a token file the way a kubelet updates a projected volume: a temporary file renamed
+/// over the old one, so a reader never sees half a token.
+fn write_token_file(path: &std::path::Path, token: &str) -> Result<(), EmulatorError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            EmulatorError::io(format!("cannot create folder {}", parent.display()), e)
+        })?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, token)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            EmulatorError::io(format!("cannot write token file {}", path.display()), e)
+        })
 }
 
 /// `aadgate dev-idp`: serves the emulator until Ctrl-C, after printing its URLs and how to mint
 /// tokens for it. Takes the options by value or by reference.
 pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), EmulatorError> {
     let args = args.borrow();
-    let emulator = start_dev_idp(args).await?;
+    let (emulator, tls) = start_with_tls(args).await?;
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
     let key = emulator.signing_key();
     let base = emulator.base_url();
@@ -286,6 +530,14 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), Emulato
         );
     }
     print_consent_urls(&emulator, &args.redirect_uris);
+    print_workload_identities(&emulator, args);
+    if let Some(tls) = &tls {
+        println!();
+        println!("TLS (a local CA made on first use; trust it to reach the emulator over HTTPS):");
+        println!("  CA certificate   {}", tls.ca_path.display());
+        println!("  server key+cert  {}", tls.server_path.display());
+        println!("  {}", tls.env_line());
+    }
     println!();
     println!(
         "Gateway config:  [identity] metadata_url = \"{}\"",
@@ -308,6 +560,58 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), Emulato
         .map_err(|e| EmulatorError::io("waiting for Ctrl-C", e))?;
     emulator.shutdown().await;
     Ok(())
+}
+
+/// Prints the managed-identity endpoints and identities, the service-account issuer, the token
+/// file and the federated credentials.
+fn print_workload_identities(emulator: &EmulatorHandle, args: &DevIdpOptions) {
+    println!();
+    println!("Workload identities:");
+    println!(
+        "  IMDS             {} (header Metadata: true)",
+        emulator.imds_token_endpoint()
+    );
+    println!(
+        "  IDENTITY_ENDPOINT={} IDENTITY_HEADER={}",
+        emulator.identity_endpoint(),
+        emulator.identity_header()
+    );
+    for mi in emulator.managed_identities() {
+        println!(
+            "  managed identity {} client id {} principal id {}",
+            if mi.system_assigned {
+                "(system)  "
+            } else {
+                "(user)    "
+            },
+            mi.client_id,
+            mi.principal_id
+        );
+    }
+    println!(
+        "  k8s issuer       {} (service-account tokens)",
+        emulator.service_account_issuer()
+    );
+    if let Some(path) = &args.write_sa_token {
+        let sa = args.sa.clone().unwrap_or_default();
+        println!(
+            "  token file       {} (system:serviceaccount:{}:{}; AZURE_FEDERATED_TOKEN_FILE)",
+            path.display(),
+            sa.namespace,
+            sa.name
+        );
+    }
+    for fic in &args.federated {
+        for credential in emulator.federated_credentials(&fic.client_id) {
+            println!(
+                "  federated        {} trusts {} | {} | {}",
+                fic.client_id,
+                credential.issuer,
+                credential.subject,
+                credential.audiences.join(",")
+            );
+        }
+    }
 }
 
 /// Prints, for each app with a redirect URI, the admin consent URL an administrator opens.
@@ -524,6 +828,7 @@ mod tests {
             consents: vec![],
             redirect_uris: vec![format!("{client}={redirect}").parse().expect("arg")],
             app_roles: vec![format!("{client}=User.Read.All").parse().expect("arg")],
+            ..DevIdpOptions::default()
         })
         .await
         .expect("dev-idp");
@@ -576,6 +881,7 @@ mod tests {
             }],
             redirect_uris: vec![],
             app_roles: vec![],
+            ..DevIdpOptions::default()
         })
         .await
         .expect("dev-idp");

@@ -18,7 +18,13 @@
 //! - [`server`]: [`Emulator`] — metadata, JWKS and the app/tenant directory, with counters and
 //!   switches for tests (key rotation, outage, forced token endpoint failures);
 //! - [`token_endpoint`]: the `oauth2/token` and `oauth2/v2.0/token` endpoints, checking client
-//!   assertions in AAD's order and answering AAD's errors;
+//!   assertions in AAD's order and answering AAD's errors: certificate assertions in every form
+//!   Entra ID accepts, federated identity credentials (external tokens verified against their
+//!   issuer's JWKS) and the `claims` parameter;
+//! - [`server::workload`] and [`server::managed_identity`]: a Kubernetes-style service-account
+//!   token issuer and the managed-identity endpoints (IMDS and `IDENTITY_ENDPOINT`);
+//! - [`tls`]: HTTPS with a local CA ([`DevTls`]), so Microsoft's client libraries accept the
+//!   emulator as an authority;
 //! - `consent`: the admin-consent endpoints (`/{tenant}/v2.0/adminconsent`,
 //!   `/{tenant}/oauth2/authorize?prompt=admin_consent`) with their HTML consent page, Accept and
 //!   Cancel redirects and AADSTS error pages;
@@ -43,11 +49,12 @@ pub mod outlook;
 mod serve;
 pub mod server;
 mod state;
+pub mod tls;
 pub mod token_endpoint;
 
 pub use dev::{
     dev_token_spec, run_dev_idp, run_dev_token, start_dev_idp, AppArg, AppRolesArg, ConsentArg,
-    DevIdpOptions, DevTokenOptions, RedirectUriArg,
+    DevIdpOptions, DevTokenOptions, FederatedArg, RedirectUriArg, ServiceAccountArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEnd};
 pub use grpc::{
@@ -59,9 +66,10 @@ pub use mint::{issuer_v1, issuer_v2, TokenSpec};
 pub use outlook::{MockOutlook, MockOutlookHandle};
 pub use serve::RecordedRequest;
 pub use server::{
-    AppRegistration, Emulator, EmulatorHandle, EmulatorOptions, TokenEndpointVersion, TokenOutcome,
-    TokenRequestRecord,
+    AppRegistration, Emulator, EmulatorHandle, EmulatorOptions, FederatedCredential,
+    ManagedIdentity, TokenEndpointVersion, TokenOutcome, TokenRequestRecord,
 };
+pub use tls::{DevTls, TlsIdentity};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -89,6 +97,10 @@ pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
 /// Application id of Microsoft Graph (also accepted as its resource id).
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+
+/// The audience of tokens exchanged through a federated identity credential in Entra ID's
+/// public cloud (the default audience of a credential).
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// Host AAD's real token endpoints live on; client assertions addressed to
 /// `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token` are accepted by the emulator.

@@ -6,11 +6,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::SystemTime;
 
 use crate::is_guid;
 use crate::keys::SigningKey;
-use crate::serve::read;
+use crate::serve::{read, RecordedRequest};
 
 /// Which token endpoint a request hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub struct TokenRequestRecord {
     pub resource: Option<String>,
     /// Whether a `client_secret` was sent.
     pub used_client_secret: bool,
+    /// The `claims` form field (the OAuth claims request), as sent.
+    pub claims: Option<String>,
+    /// `true` when the assertion was checked as a federated credential (an external token).
+    pub federated: bool,
     /// Uppercase hex SHA-1 thumbprint of the certificate the assertion named (`x5t`, or the
     /// registered certificate matched by `x5t#S256`); `None` without a readable assertion.
     pub assertion_thumbprint: Option<String>,
@@ -85,6 +90,69 @@ pub(crate) struct RegisteredApp {
     pub redirect_uris: Vec<String>,
     /// Application permissions (app roles) the app asks for when an admin consents.
     pub app_roles: Vec<String>,
+    /// Federated identity credentials: external tokens the app accepts as client assertions.
+    pub federated: Vec<FederatedCredential>,
+}
+
+/// A federated identity credential of an app registration, as Microsoft Graph's
+/// `federatedIdentityCredential` resource describes it
+/// (<https://learn.microsoft.com/graph/api/resources/federatedidentitycredential>): a token
+/// whose `iss` is `issuer`, whose `sub` is `subject` and whose `aud` holds one of `audiences`
+/// is accepted as the app's `client_assertion`. Issuer and subject are compared exactly (Entra
+/// ID compares them case-sensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCredential {
+    /// A name unique within the app (Graph's `name`). Default: derived from issuer and subject.
+    pub name: String,
+    /// The external issuer's URL, as its tokens' `iss` claim carries it.
+    pub issuer: String,
+    /// The external workload's identifier, as its tokens' `sub` claim carries it (for
+    /// Kubernetes `system:serviceaccount:<namespace>:<name>`; for a managed identity its
+    /// principal (object) id).
+    pub subject: String,
+    /// Audiences one of which the external token's `aud` must carry. Default
+    /// [`crate::TOKEN_EXCHANGE_AUDIENCE`] (`api://AzureADTokenExchange`).
+    pub audiences: Vec<String>,
+}
+
+impl FederatedCredential {
+    /// A credential trusting `subject` at `issuer`, for the audience
+    /// `api://AzureADTokenExchange`.
+    pub fn new(issuer: &str, subject: &str) -> Self {
+        FederatedCredential {
+            name: format!("fic-{}", &crate::derived_guid(&[issuer, subject])[..8]),
+            issuer: issuer.to_string(),
+            subject: subject.to_string(),
+            audiences: vec![crate::TOKEN_EXCHANGE_AUDIENCE.to_string()],
+        }
+    }
+
+    /// Replaces the audiences with `audience` alone.
+    pub fn with_audience(mut self, audience: &str) -> Self {
+        self.audiences = vec![audience.to_string()];
+        self
+    }
+
+    /// Sets the name.
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+/// A managed identity the emulator's managed-identity endpoints issue tokens for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedIdentity {
+    /// Client (application) id: the `client_id` a request names a user-assigned identity by,
+    /// and the `appid`/`azp` of its tokens.
+    pub client_id: String,
+    /// Principal (object) id of its service principal: the `oid`/`sub` of its tokens, and the
+    /// subject an app's federated credential names to trust it.
+    pub principal_id: String,
+    /// The tenant it lives in (`tid` of its tokens).
+    pub tenant: String,
+    /// `true` for the host's system-assigned identity, `false` for a user-assigned one.
+    pub system_assigned: bool,
 }
 
 /// An app's service principal in one tenant.
@@ -105,6 +173,11 @@ pub(crate) struct Directory {
     pub tenant_names: HashMap<String, String>,
     pub apps: HashMap<String, RegisteredApp>,
     pub principals: HashMap<(String, String), ServicePrincipal>,
+    /// When each (tenant, app)'s service principal was last removed (consent revoked); cleared
+    /// when consent is given again.
+    pub revoked_at: HashMap<(String, String), SystemTime>,
+    /// User-assigned managed identities by lower-case client id.
+    pub user_assigned: HashMap<String, ManagedIdentity>,
 }
 
 impl Directory {
@@ -158,10 +231,9 @@ impl Directory {
     pub(crate) fn set_consent(&mut self, tenant: &str, client_id: &str, roles: Vec<String>) {
         let tenant = tenant.to_ascii_lowercase();
         self.tenants.insert(tenant.clone());
-        let sp = self
-            .principals
-            .entry((tenant, client_id.to_ascii_lowercase()))
-            .or_default();
+        let key = (tenant, client_id.to_ascii_lowercase());
+        self.revoked_at.remove(&key);
+        let sp = self.principals.entry(key).or_default();
         sp.roles = roles;
     }
 
@@ -170,10 +242,9 @@ impl Directory {
     pub(crate) fn grant(&mut self, tenant: &str, client_id: &str, roles: &[String]) {
         let tenant = tenant.to_ascii_lowercase();
         self.tenants.insert(tenant.clone());
-        let sp = self
-            .principals
-            .entry((tenant, client_id.to_ascii_lowercase()))
-            .or_default();
+        let key = (tenant, client_id.to_ascii_lowercase());
+        self.revoked_at.remove(&key);
+        let sp = self.principals.entry(key).or_default();
         for role in roles {
             if !sp.roles.contains(role) {
                 sp.roles.push(role.clone());
@@ -181,11 +252,14 @@ impl Directory {
         }
     }
 
-    /// Deletes the app's service principal in `tenant`; whether there was one.
+    /// Deletes the app's service principal in `tenant`, noting when; whether there was one.
     pub(crate) fn revoke(&mut self, tenant: &str, client_id: &str) -> bool {
-        self.principals
-            .remove(&(tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase()))
-            .is_some()
+        let key = (tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase());
+        let removed = self.principals.remove(&key).is_some();
+        if removed {
+            self.revoked_at.insert(key, SystemTime::now());
+        }
+        removed
     }
 
     /// The app's service principal in `tenant`, if any.
@@ -211,6 +285,27 @@ pub(crate) struct EmuState {
     pub directory: RwLock<Directory>,
     /// Client assertion `jti`s already redeemed, with the assertion's `exp`.
     pub used_jtis: Mutex<HashMap<String, i64>>,
+    /// The host's system-assigned managed identity.
+    pub system_identity: ManagedIdentity,
+    /// The secret the App Service style endpoint wants in `X-IDENTITY-HEADER`.
+    pub identity_header: String,
+    /// Requests to the IMDS-shaped managed-identity endpoint (any answer).
+    pub imds_requests: AtomicU64,
+    /// Requests to the App Service style (`IDENTITY_ENDPOINT`) endpoint (any answer).
+    pub identity_endpoint_requests: AtomicU64,
+    /// Requests to both managed-identity endpoints, oldest first, with their headers.
+    pub managed_identity_log: Mutex<Vec<RecordedRequest>>,
+    /// Requests to the service-account issuer's metadata and JWKS.
+    pub service_account_fetches: AtomicU64,
+    /// The service-account issuer's signing key, made on first use.
+    pub service_account_key: OnceLock<SigningKey>,
+    /// External issuers' signing keys fetched for federated assertions, by issuer.
+    pub federation_keys: Mutex<HashMap<String, crate::token_endpoint::CachedJwks>>,
+    /// Fetches of external issuers' metadata and JWKS (each document counts).
+    pub federation_fetches: AtomicU64,
+    /// The HTTP client that fetches external issuers' documents (trusts the dev CA as well as
+    /// the system's roots when the emulator serves TLS).
+    pub http: reqwest::Client,
 }
 
 impl EmuState {
@@ -221,6 +316,7 @@ impl EmuState {
         key: SigningKey,
         token_lifetime_secs: i64,
         directory: Directory,
+        http: reqwest::Client,
     ) -> Self {
         EmuState {
             base_url,
@@ -235,6 +331,21 @@ impl EmuState {
             token_failure: Mutex::new(None),
             directory: RwLock::new(directory),
             used_jtis: Mutex::new(HashMap::new()),
+            system_identity: ManagedIdentity {
+                client_id: crate::derived_guid(&["system-assigned identity", "client"]),
+                principal_id: crate::derived_guid(&["system-assigned identity", "principal"]),
+                tenant: crate::DEFAULT_TENANT.to_string(),
+                system_assigned: true,
+            },
+            identity_header: crate::new_guid().replace('-', "").to_ascii_uppercase(),
+            imds_requests: AtomicU64::new(0),
+            identity_endpoint_requests: AtomicU64::new(0),
+            managed_identity_log: Mutex::new(Vec::new()),
+            service_account_fetches: AtomicU64::new(0),
+            service_account_key: OnceLock::new(),
+            federation_keys: Mutex::new(HashMap::new()),
+            federation_fetches: AtomicU64::new(0),
+            http,
         }
     }
 

@@ -4,11 +4,12 @@
 //! rollover tests).
 
 use std::fmt;
+use std::time::SystemTime;
 
 use super::EmulatorHandle;
 use crate::keys::{cert_info, certificate_thumbprint_hex, x5t_of, x5t_s256_of, SigningKey};
 use crate::serve::{read, write};
-use crate::state::{RegisteredApp, RegisteredCert};
+use crate::state::{FederatedCredential, RegisteredApp, RegisteredCert};
 use crate::EmulatorError;
 
 /// An application registration: a client id with its credentials.
@@ -40,6 +41,9 @@ pub struct AppRegistration {
     /// Application permissions (app roles) the app asks for: shown on the consent page and
     /// granted to its service principal on Accept. Default: none.
     pub app_roles: Vec<String>,
+    /// Federated identity credentials: external tokens (a Kubernetes service account's, a
+    /// managed identity's, …) the app accepts as its client assertion. Default: none.
+    pub federated_credentials: Vec<FederatedCredential>,
 }
 
 impl fmt::Debug for AppRegistration {
@@ -59,6 +63,7 @@ impl fmt::Debug for AppRegistration {
             .field("home_tenant", &self.home_tenant)
             .field("redirect_uris", &self.redirect_uris)
             .field("app_roles", &self.app_roles)
+            .field("federated_credentials", &self.federated_credentials)
             .finish()
     }
 }
@@ -114,6 +119,26 @@ impl AppRegistration {
     /// compared exactly).
     pub fn with_redirect_uri(mut self, url: &str) -> Self {
         self.redirect_uris.push(url.to_string());
+        self
+    }
+
+    /// Adds a federated identity credential trusting tokens whose `iss` is `issuer`, whose
+    /// `sub` is `subject` and whose `aud` holds `audience` (usually
+    /// [`crate::TOKEN_EXCHANGE_AUDIENCE`]).
+    pub fn with_federated_credential(
+        mut self,
+        issuer: &str,
+        subject: &str,
+        audience: &str,
+    ) -> Self {
+        self.federated_credentials
+            .push(FederatedCredential::new(issuer, subject).with_audience(audience));
+        self
+    }
+
+    /// Adds a federated identity credential.
+    pub fn with_federated(mut self, credential: FederatedCredential) -> Self {
+        self.federated_credentials.push(credential);
         self
     }
 
@@ -186,6 +211,7 @@ impl EmulatorHandle {
                 secrets: app.secrets,
                 redirect_uris: app.redirect_uris,
                 app_roles: app.app_roles,
+                federated: app.federated_credentials,
             },
         );
         Ok(())
@@ -211,6 +237,19 @@ impl EmulatorHandle {
         read(&self.state().directory)
             .principal(tenant_id, client_id)
             .is_some()
+    }
+
+    /// When the app's service principal in `tenant` was last removed
+    /// ([`EmulatorHandle::revoke_consent`] or the control endpoint's `DELETE`); `None` when it
+    /// never was, or consent was given again since.
+    pub fn consent_revoked_at(&self, tenant_id: &str, client_id: &str) -> Option<SystemTime> {
+        read(&self.state().directory)
+            .revoked_at
+            .get(&(
+                tenant_id.to_ascii_lowercase(),
+                client_id.to_ascii_lowercase(),
+            ))
+            .copied()
     }
 
     /// The app roles of the app's service principal in `tenant`; `None` without one.

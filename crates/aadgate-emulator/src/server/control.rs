@@ -107,14 +107,19 @@ impl EmulatorHandle {
         lock(&self.state().token_log).clone()
     }
 
-    /// Sets the counters to zero and forgets the token request log.
+    /// Sets the counters to zero and forgets the token and managed-identity request logs.
     pub fn reset_counts(&self) {
         let state = self.state();
         state.jwks_fetches.store(0, Ordering::SeqCst);
         state.metadata_fetches.store(0, Ordering::SeqCst);
         state.token_requests.store(0, Ordering::SeqCst);
         state.consent_requests.store(0, Ordering::SeqCst);
+        state.imds_requests.store(0, Ordering::SeqCst);
+        state.identity_endpoint_requests.store(0, Ordering::SeqCst);
+        state.service_account_fetches.store(0, Ordering::SeqCst);
+        state.federation_fetches.store(0, Ordering::SeqCst);
         lock(&state.token_log).clear();
+        lock(&state.managed_identity_log).clear();
     }
 
     /// Lifetime (`expires_in`) of tokens issued from now on, in seconds.

@@ -150,6 +150,10 @@ pub(super) async fn counts(State(state): State<Arc<EmuState>>) -> Response {
         "jwks": state.jwks_fetches.load(Ordering::SeqCst),
         "token": state.token_requests.load(Ordering::SeqCst),
         "adminconsent": state.consent_requests.load(Ordering::SeqCst),
+        "imds": state.imds_requests.load(Ordering::SeqCst),
+        "identity_endpoint": state.identity_endpoint_requests.load(Ordering::SeqCst),
+        "service_account": state.service_account_fetches.load(Ordering::SeqCst),
+        "federation": state.federation_fetches.load(Ordering::SeqCst),
     }))
     .into_response()
 }

@@ -39,16 +39,32 @@
 //! | `PUT /_emulator/tenants/{tid}/apps/{client_id}`, optional `{"roles": ["Mail.Read"]}` | admin consent without the page ([`EmulatorHandle::consent`]) | `204` |
 //! | `DELETE /_emulator/tenants/{tid}/apps/{client_id}` | removes the service principal: consent revoked ([`EmulatorHandle::revoke_consent`]) | `204`, `404` when there was none |
 //! | `GET /_emulator/tenants/{tid}/apps/{client_id}` | the service principal, `{"tenant", "client_id", "roles", "disabled"}` | `200`, `404` when there is none |
-//! | `GET /_emulator/counts` | requests so far, `{"metadata", "jwks", "token", "adminconsent"}` | `200` |
+//! | `GET /_emulator/counts` | requests so far, `{"metadata", "jwks", "token", "adminconsent", "imds", "identity_endpoint", "service_account", "federation"}` | `200` |
 //!
 //! A malformed body or an unknown tenant name gets an AAD-shaped `400`.
+//!
+//! Workload identities ([`workload`], [`managed_identity`]): the apps' federated identity
+//! credentials (`/_emulator/apps/{client_id}/federatedIdentityCredentials`), a Kubernetes-style
+//! service-account issuer at `{base}/k8s` (`/k8s/.well-known/openid-configuration`,
+//! `/k8s/openid/v1/jwks`, tokens minted through
+//! `/_emulator/k8s/api/v1/namespaces/{ns}/serviceaccounts/{name}/token`), and the managed-identity
+//! endpoints `GET /metadata/identity/oauth2/token` (IMDS) and `GET /msi/token`
+//! (`IDENTITY_ENDPOINT`).
+//!
+//! Plain HTTP by default; with [`EmulatorOptions::tls`] the emulator serves HTTPS (see
+//! [`crate::tls`]), and [`EmulatorOptions::public_url`] sets the base URL every document
+//! advertises (`token_endpoint`, `jwks_uri`, `authorization_endpoint`, the service-account
+//! issuer, …) when clients reach the emulator by another name than its bound address. Token
+//! issuers stay AAD's real strings either way.
 
 mod apps;
 mod control;
 mod control_api;
+pub mod managed_identity;
 mod metadata;
 #[cfg(test)]
 mod tests;
+pub mod workload;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -58,12 +74,15 @@ use axum::routing::{get, post};
 
 use axum::Router;
 
+pub use crate::state::{FederatedCredential, ManagedIdentity};
 pub use crate::state::{TokenEndpointVersion, TokenOutcome, TokenRequestRecord};
 pub use apps::AppRegistration;
+pub(crate) use workload::{service_account_issuer_of, service_account_key};
 
 use crate::keys::SigningKey;
 use crate::serve::{base_url, ServerTask};
 use crate::state::{Directory, EmuState};
+use crate::tls::{TlsIdentity, TlsListener};
 use crate::{consent, token_endpoint};
 use crate::{EmulatorError, DEFAULT_TENANT};
 
@@ -79,6 +98,16 @@ pub struct EmulatorOptions {
     /// Lifetime (`expires_in`) of tokens the token endpoint issues, in seconds. Default 3599,
     /// like AAD.
     pub token_lifetime_secs: i64,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP (the default, `None`).
+    /// [`crate::DevTls`] makes a local CA and a server certificate for it.
+    pub tls: Option<TlsIdentity>,
+    /// The base URL the emulator's documents advertise, e.g. `https://localhost:8443` (no
+    /// trailing slash). Default `None`: `http(s)://` + the bound address.
+    pub public_url: Option<String>,
+    /// CA certificates (PEM) trusted, besides the system's, when the emulator fetches an
+    /// external issuer's documents for a federated assertion. Default none; a TLS emulator
+    /// started by `dev-idp` adds its own CA.
+    pub extra_root_pem: Vec<String>,
 }
 
 impl Default for EmulatorOptions {
@@ -86,6 +115,9 @@ impl Default for EmulatorOptions {
         EmulatorOptions {
             signing_key: None,
             token_lifetime_secs: 3599,
+            tls: None,
+            public_url: None,
+            extra_root_pem: Vec::new(),
         }
     }
 }
@@ -112,7 +144,8 @@ impl fmt::Debug for EmulatorHandle {
 
 impl Emulator {
     /// Binds `listen` (port 0 picks a free port), then serves the emulator on the current tokio
-    /// runtime. Fails when the address cannot be bound or key generation fails.
+    /// runtime, over HTTPS when [`EmulatorOptions::tls`] is set. Fails when the address cannot
+    /// be bound, key generation fails, or the TLS identity or public URL is unusable.
     pub async fn start(
         listen: SocketAddr,
         opts: EmulatorOptions,
@@ -121,26 +154,90 @@ impl Emulator {
             Some(key) => key,
             None => SigningKey::generate()?,
         };
+        let public_url = match &opts.public_url {
+            Some(url) => Some(check_public_url(url)?),
+            None => None,
+        };
+        let tls_config = match &opts.tls {
+            Some(identity) => Some(identity.server_config()?),
+            None => None,
+        };
+        let http = federation_client(&opts.extra_root_pem)?;
         let mut directory = Directory::default();
         directory.tenants.insert(DEFAULT_TENANT.to_string());
         let mut shared = None;
-        let server = ServerTask::spawn(listen, "aad-emulator", |addr| {
-            let state = Arc::new(EmuState::new(
-                base_url(addr),
-                key,
-                opts.token_lifetime_secs,
-                directory,
-            ));
-            shared = Some(state.clone());
-            router(state)
-        })
-        .await?;
+        let lifetime = opts.token_lifetime_secs;
+        let make_state = |addr: SocketAddr, https: bool| {
+            let base = public_url.clone().unwrap_or_else(|| {
+                let plain = base_url(addr);
+                if https {
+                    plain.replacen("http://", "https://", 1)
+                } else {
+                    plain
+                }
+            });
+            Arc::new(EmuState::new(base, key, lifetime, directory, http))
+        };
+        let server = match tls_config {
+            None => {
+                ServerTask::spawn(listen, "aad-emulator", |addr| {
+                    let state = make_state(addr, false);
+                    shared = Some(state.clone());
+                    router(state)
+                })
+                .await?
+            }
+            Some(config) => {
+                ServerTask::spawn_with(listen, "aad-emulator", |listener, addr, stop| {
+                    let state = make_state(addr, true);
+                    shared = Some(state.clone());
+                    let app = router(state);
+                    let listener = TlsListener::new(listener, config);
+                    async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                })
+                .await?
+            }
+        };
         let state =
             shared.ok_or_else(|| EmulatorError::Invalid("emulator state was not built".into()))?;
         Ok(EmulatorHandle {
             inner: Arc::new(HandleInner { state, server }),
         })
     }
+}
+
+/// A public URL is an absolute http(s) URL; returned without a trailing slash.
+fn check_public_url(url: &str) -> Result<String, EmulatorError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let ok = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+        && trimmed
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
+    if !ok {
+        return Err(EmulatorError::Invalid(format!(
+            "public URL '{url}' is not an absolute http(s) URL"
+        )));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The client that fetches external issuers' documents, trusting `extra_roots` besides the
+/// system's roots.
+fn federation_client(extra_roots: &[String]) -> Result<reqwest::Client, EmulatorError> {
+    crate::grpc::ensure_tls_provider();
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3));
+    for pem in extra_roots {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| EmulatorError::Certificate(format!("extra root: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| EmulatorError::Invalid(format!("HTTP client: {e}")))
 }
 
 fn router(state: Arc<EmuState>) -> Router {
@@ -183,6 +280,35 @@ fn router(state: Arc<EmuState>) -> Router {
                 .delete(control_api::delete_app),
         )
         .route("/_emulator/counts", get(control_api::counts))
+        .route(
+            "/k8s/.well-known/openid-configuration",
+            get(workload::sa_metadata),
+        )
+        .route("/k8s/openid/v1/jwks", get(workload::sa_jwks))
+        .route(
+            "/_emulator/k8s/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+            post(workload::sa_token_request),
+        )
+        .route(
+            "/_emulator/apps/{client_id}/federatedIdentityCredentials",
+            get(workload::list_credentials).post(workload::add_credential),
+        )
+        .route(
+            managed_identity::IMDS_TOKEN_PATH,
+            get(managed_identity::imds_token),
+        )
+        .route(
+            managed_identity::IDENTITY_ENDPOINT_PATH,
+            get(managed_identity::identity_endpoint_token),
+        )
+        .route(
+            "/_emulator/managed-identities",
+            get(managed_identity::list_identities),
+        )
+        .route(
+            "/_emulator/managed-identities/{client_id}",
+            axum::routing::put(managed_identity::put_identity),
+        )
         .with_state(state)
 }
 
@@ -191,7 +317,8 @@ impl EmulatorHandle {
         &self.inner.state
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS), or the public URL it was
+    /// started with.
     pub fn base_url(&self) -> String {
         self.state().base_url.clone()
     }

@@ -22,14 +22,14 @@ const CERT_DOCS: &str =
     "Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .";
 
 /// A parsed (not yet trusted) JWS.
-struct Jws {
-    header: Map<String, Value>,
-    claims: Map<String, Value>,
-    signing_input: String,
-    signature: String,
+pub(super) struct Jws {
+    pub(super) header: Map<String, Value>,
+    pub(super) claims: Map<String, Value>,
+    pub(super) signing_input: String,
+    pub(super) signature: String,
 }
 
-fn parse_jws(token: &str) -> Option<Jws> {
+pub(super) fn parse_jws(token: &str) -> Option<Jws> {
     let mut parts = token.split('.');
     let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -121,31 +121,91 @@ fn check_type(jws: &Jws) -> Result<(), AadstsError> {
     Ok(())
 }
 
-/// The certificate thumbprints an assertion header names.
-struct Thumbprint<'a> {
-    x5t: Option<&'a str>,
-    x5t_s256: Option<&'a str>,
-    /// Uppercase hex of the named thumbprint (`x5t` first), as AAD prints it.
+/// The certificate an assertion header names: by `x5c` (the leaf of the chain, as subject
+/// name + issuer authentication sends it; standard base64 DER, line breaks allowed), `x5t#S256`
+/// or `x5t`.
+///
+/// Thumbprints are base64url; Entra ID accepts them with or without `=` padding (MSAL for
+/// Python pads its `x5t`), so both forms are read here, as is the standard base64 alphabet.
+struct Thumbprint {
+    /// SHA-1 of the `x5c` leaf, when the header carries a readable `x5c`.
+    x5c_sha1: Option<Vec<u8>>,
+    x5t: Option<Vec<u8>>,
+    x5t_s256: Option<Vec<u8>>,
+    /// Uppercase hex of the named thumbprint (`x5c` leaf, else `x5t`, else `x5t#S256`), as AAD
+    /// prints it; the raw header value when it is not base64.
     presented_hex: String,
 }
 
-impl<'a> Thumbprint<'a> {
-    /// Reads `x5t` and `x5t#S256`; at least one must be present.
-    fn of(jws: &'a Jws) -> Result<Self, AadstsError> {
-        let x5t = jws.header.get("x5t").and_then(Value::as_str);
-        let x5t_s256 = jws.header.get("x5t#S256").and_then(Value::as_str);
-        if x5t.is_none() && x5t_s256.is_none() {
+/// Decodes base64url or base64, with or without `=` padding.
+fn decode_thumbprint(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let url_safe: String = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            other => other,
+        })
+        .collect();
+    engine.decode(url_safe.as_bytes()).ok()
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+impl Thumbprint {
+    /// Reads `x5c`, `x5t` and `x5t#S256`; at least one must be present.
+    fn of(jws: &Jws) -> Result<Self, AadstsError> {
+        let text = |name: &str| jws.header.get(name).and_then(Value::as_str);
+        let (x5t_text, s256_text) = (text("x5t"), text("x5t#S256"));
+        let x5c_leaf = match jws.header.get("x5c") {
+            None => None,
+            Some(Value::Array(chain)) => Some(
+                chain
+                    .first()
+                    .and_then(Value::as_str)
+                    .and_then(|leaf| {
+                        // MSAL for Python sends the PEM body with its line breaks.
+                        use base64::Engine as _;
+                        let compact: String =
+                            leaf.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                        base64::engine::general_purpose::STANDARD
+                            .decode(compact.as_bytes())
+                            .ok()
+                    })
+                    .ok_or_else(bad_x5c)?,
+            ),
+            Some(_) => return Err(bad_x5c()),
+        };
+        if x5c_leaf.is_none() && x5t_text.is_none() && s256_text.is_none() {
             return Err(AadstsError::invalid_client(
                 50_027,
                 "Invalid JWT token. No certificate thumbprint specified in token header.",
             ));
         }
-        let presented_hex = x5t
-            .or(x5t_s256)
-            .and_then(b64url_decode)
-            .map(|bytes| bytes.iter().map(|b| format!("{b:02X}")).collect::<String>())
-            .unwrap_or_else(|| x5t.or(x5t_s256).unwrap_or_default().to_string());
+        let x5c_sha1 = x5c_leaf.map(|der| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+                .as_ref()
+                .to_vec()
+        });
+        let x5t = x5t_text.and_then(decode_thumbprint);
+        let x5t_s256 = s256_text.and_then(decode_thumbprint);
+        let presented_hex = x5c_sha1
+            .as_deref()
+            .or(x5t.as_deref())
+            .or(x5t_s256.as_deref())
+            .map(hex_upper)
+            .unwrap_or_else(|| x5t_text.or(s256_text).unwrap_or_default().to_string());
         Ok(Thumbprint {
+            x5c_sha1,
             x5t,
             x5t_s256,
             presented_hex,
@@ -153,8 +213,15 @@ impl<'a> Thumbprint<'a> {
     }
 }
 
+fn bad_x5c() -> AadstsError {
+    AadstsError::invalid_client(
+        50_027,
+        "Invalid JWT token. The 'x5c' header must be an array of base64 DER certificates.",
+    )
+}
+
 /// `alg` is one AAD accepts for client assertions.
-fn algorithm(jws: &Jws) -> Result<Algorithm, AadstsError> {
+pub(super) fn algorithm(jws: &Jws) -> Result<Algorithm, AadstsError> {
     match jws.header.get("alg").and_then(Value::as_str) {
         Some("RS256") => Ok(Algorithm::RS256),
         Some("RS384") => Ok(Algorithm::RS384),
@@ -171,31 +238,39 @@ fn algorithm(jws: &Jws) -> Result<Algorithm, AadstsError> {
     }
 }
 
-/// The app's certificate the assertion names: `x5t#S256` first (AAD's preferred thumbprint),
-/// then `x5t`.
+/// The app's certificate the assertion names: the `x5c` leaf first (its DER must be a
+/// registered certificate), then `x5t#S256` (AAD's preferred thumbprint), then `x5t`.
 fn find_certificate<'a>(
     app: &'a RegisteredApp,
-    thumbprint: &Thumbprint<'_>,
+    thumbprint: &Thumbprint,
 ) -> Result<&'a RegisteredCert, AadstsError> {
-    thumbprint
-        .x5t_s256
-        .and_then(|t| app.certs.iter().find(|c| c.x5t_s256 == t))
-        .or_else(|| {
-            thumbprint
-                .x5t
-                .and_then(|t| app.certs.iter().find(|c| c.x5t == t))
-        })
-        .ok_or_else(|| {
-            AadstsError::invalid_client(
-                700_027,
-                format!(
-                    "Client assertion contains an invalid signature. [Reason - The key was not \
-                     found., Thumbprint of key used by client: '{}', {}]",
-                    thumbprint.presented_hex,
-                    key_docs(&app.client_id)
-                ),
-            )
-        })
+    let by_sha1 = |sha1: &[u8]| {
+        app.certs
+            .iter()
+            .find(|c| c.thumbprint_hex == hex_upper(sha1))
+    };
+    let found = match &thumbprint.x5c_sha1 {
+        Some(leaf) => by_sha1(leaf),
+        None => thumbprint
+            .x5t_s256
+            .as_deref()
+            .and_then(|t| {
+                let t = crate::b64url(t);
+                app.certs.iter().find(|c| c.x5t_s256 == t)
+            })
+            .or_else(|| thumbprint.x5t.as_deref().and_then(by_sha1)),
+    };
+    found.ok_or_else(|| {
+        AadstsError::invalid_client(
+            700_027,
+            format!(
+                "Client assertion contains an invalid signature. [Reason - The key was not \
+                 found., Thumbprint of key used by client: '{}', {}]",
+                thumbprint.presented_hex,
+                key_docs(&app.client_id)
+            ),
+        )
+    })
 }
 
 /// The certificate is not revoked and `now` is within its validity window.
@@ -260,6 +335,7 @@ fn check_audience(
     let mut hosts = vec![AAD_AUTHORITY_HOST.to_string(), state.base_url.clone()];
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         hosts.push(format!("http://{host}"));
+        hosts.push(format!("https://{host}"));
     }
     let accepted: Vec<String> = hosts
         .iter()
@@ -305,7 +381,7 @@ fn check_issuer(jws: &Jws, app: &RegisteredApp) -> Result<(), AadstsError> {
 }
 
 /// `exp` not past and at most a day ahead, `nbf` not in the future (both with skew).
-fn check_time_window(jws: &Jws, now: i64) -> Result<(), AadstsError> {
+pub(super) fn check_time_window(jws: &Jws, now: i64) -> Result<(), AadstsError> {
     let exp = numeric(jws.claims.get("exp"));
     let nbf = numeric(jws.claims.get("nbf"));
     let in_range = exp.is_some_and(|exp| {

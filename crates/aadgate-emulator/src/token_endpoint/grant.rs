@@ -116,6 +116,43 @@ pub(super) fn check_target(
     }
 }
 
+/// What the `claims` request parameter asks of the token.
+#[derive(Debug, Default)]
+pub(super) struct ClaimsRequest {
+    /// The client declared capability `cp1` (it handles claims challenges): the token is a
+    /// CAE token.
+    pub(super) cp1: bool,
+}
+
+/// Lifetime of CAE tokens (`xms_cc` = `cp1`), seconds: 24 hours (Entra ID's live up to 28).
+pub(crate) const CAE_TOKEN_LIFETIME_SECS: i64 = 86_399;
+
+/// Reads the optional `claims` parameter: a JSON object; `access_token.xms_cc.values`
+/// containing `cp1` makes the token a CAE token. Other members are accepted as they are.
+pub(super) fn check_claims(form: &TokenForm) -> Result<ClaimsRequest, AadstsError> {
+    let Some(raw) = form.get("claims") else {
+        return Ok(ClaimsRequest::default());
+    };
+    let invalid = || {
+        AadstsError::bad_request(
+            "invalid_request",
+            90_100,
+            "claims parameter is empty or not valid. It must be a JSON object (OpenID Connect \
+             Core 1.0, section 5.5).",
+        )
+    };
+    let Ok(Value::Object(claims)) = serde_json::from_str::<Value>(raw) else {
+        return Err(invalid());
+    };
+    let cp1 = claims
+        .get("access_token")
+        .and_then(|at| at.get("xms_cc"))
+        .and_then(|cc| cc.get("values"))
+        .and_then(Value::as_array)
+        .is_some_and(|values| values.iter().any(|v| v.as_str() == Some("cp1")));
+    Ok(ClaimsRequest { cp1 })
+}
+
 /// The app registered as `client_id` and the roles of its service principal in `tenant_id`.
 pub(super) fn find_app(
     state: &EmuState,
@@ -208,7 +245,9 @@ fn resource_known(state: &EmuState, resource: &str) -> bool {
     }) || trimmed.starts_with("api://")
 }
 
-/// Mints the app-only token and answers the v1 or v2 success body.
+/// Mints the app-only token and answers the v1 or v2 success body; with `cp1` in `claims` the
+/// token carries `xms_cc` and lives [`CAE_TOKEN_LIFETIME_SECS`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn issue(
     state: &EmuState,
     tenant_id: &str,
@@ -216,6 +255,7 @@ pub(super) fn issue(
     roles: Vec<String>,
     strength: &str,
     target: &Target,
+    claims: &ClaimsRequest,
     version: TokenEndpointVersion,
 ) -> Result<Value, AadstsError> {
     let v1_token = version == TokenEndpointVersion::V1 || is_first_party(&target.resource);
@@ -228,7 +268,11 @@ pub(super) fn issue(
     } else {
         target.resource.clone()
     };
-    let lifetime = state.token_lifetime.load(Ordering::SeqCst);
+    let lifetime = if claims.cp1 {
+        CAE_TOKEN_LIFETIME_SECS
+    } else {
+        state.token_lifetime.load(Ordering::SeqCst)
+    };
     let sp_oid = derived_guid(&[
         "service-principal",
         tenant_id,
@@ -259,6 +303,11 @@ pub(super) fn issue(
         ]),
         extra_header: Map::new(),
     };
+    let mut spec = spec;
+    if claims.cp1 {
+        spec.extra_claims
+            .insert("xms_cc".to_string(), Value::from(vec!["cp1"]));
+    }
     let key = state.active_key().ok_or_else(|| {
         AadstsError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -32,7 +32,26 @@
 //! | assertion: `exp` not past, ≤ 1 day ahead; `nbf` not future (5 min skew) | 401 `invalid_client` 700024 |
 //! | assertion: `jti` not used before | 401 `invalid_client` 50013 (emulator's choice, see below) |
 //! | secret matches | 401 `invalid_client` 7000215 |
+//! | `claims`, when sent, is a JSON object | 400 `invalid_request` 90100 |
 //! | resource known (Microsoft first-party, `api://…`, a registered app's id) | 400 `invalid_resource` 500011 |
+//!
+//! A `client_assertion` whose `iss` is not the client id and that names no certificate (or
+//! whose `iss` is a URL) is an external token presented through a federated identity
+//! credential instead: see [`federated`] for those checks (AADSTS70021, 700211, 700212, 700213,
+//! 700024). The certificate an assertion names may be given as `x5t` or `x5t#S256`, base64url
+//! with or without `=` padding, or as an `x5c` chain whose leaf is a registered certificate.
+//!
+//! `claims` (the OAuth claims request parameter, OpenID Connect Core §5.5) is read as Entra ID
+//! reads it for client capabilities
+//! (<https://learn.microsoft.com/entra/identity-platform/claims-challenge>): with
+//! `{"access_token":{"xms_cc":{"values":["cp1"]}}}` the client declares it handles claims
+//! challenges, and the token it gets is a continuous access evaluation (CAE) token: it carries
+//! `xms_cc: ["cp1"]` and lives 24 hours (Entra ID's CAE tokens live up to 28 hours,
+//! <https://learn.microsoft.com/entra/identity/conditional-access/concept-continuous-access-evaluation>).
+//! Other members (such as a claims challenge's `{"nbf":{"essential":true,"value":"…"}}`) are
+//! accepted; a fresh token's `iat`/`nbf` are now, which satisfies them. No Microsoft page
+//! documents the code for a `claims` value that is not JSON; the emulator answers Entra ID's
+//! generic "parameter is empty or not valid" (AADSTS90100).
 //!
 //! The assertion `aud` may be AAD's own URL (`https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`,
 //! or the v1 `…/oauth2/token`) or the emulator's URL for the same path (by its base URL or the
@@ -49,6 +68,7 @@
 
 mod assertion;
 mod errors;
+mod federated;
 mod grant;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -65,6 +85,7 @@ use serde_json::Value;
 
 pub(crate) use errors::AadstsError;
 use errors::RequestIds;
+pub(crate) use federated::CachedJwks;
 
 use crate::serve::lock;
 use crate::state::{
@@ -97,7 +118,7 @@ pub(crate) async fn token_v2(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    handle(&state, &tenant, &headers, form, TokenEndpointVersion::V2)
+    handle(&state, &tenant, &headers, form, TokenEndpointVersion::V2).await
 }
 
 /// `POST /{tenant}/oauth2/token`.
@@ -107,7 +128,7 @@ pub(crate) async fn token_v1(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    handle(&state, &tenant, &headers, form, TokenEndpointVersion::V1)
+    handle(&state, &tenant, &headers, form, TokenEndpointVersion::V1).await
 }
 
 /// Any other method on a token endpoint: AADSTS900561, like AAD.
@@ -120,7 +141,7 @@ pub(crate) async fn not_post(method: Method, headers: HeaderMap) -> Response {
     .into_response_for(&headers)
 }
 
-fn handle(
+async fn handle(
     state: &EmuState,
     tenant: &str,
     headers: &HeaderMap,
@@ -141,10 +162,12 @@ fn handle(
         scope: form.get("scope").map(str::to_string),
         resource: form.get("resource").map(str::to_string),
         used_client_secret: form.get("client_secret").is_some(),
+        claims: form.get("claims").map(str::to_string),
+        federated: false,
         assertion_thumbprint: None,
         outcome: TokenOutcome::Issued,
     };
-    let result = process(state, tenant, headers, &form, version, &mut record);
+    let result = process(state, tenant, headers, &form, version, &mut record).await;
     let response = match result {
         Ok(body) => {
             let mut response = (StatusCode::OK, Json(body)).into_response();
@@ -165,7 +188,7 @@ fn handle(
 }
 
 /// The checks of the table above, in order; the success body or the first failure.
-fn process(
+async fn process(
     state: &EmuState,
     tenant: &str,
     headers: &HeaderMap,
@@ -173,7 +196,8 @@ fn process(
     version: TokenEndpointVersion,
     record: &mut TokenRequestRecord,
 ) -> Result<Value, AadstsError> {
-    if let Some(status) = *lock(&state.token_failure) {
+    let forced = *lock(&state.token_failure);
+    if let Some(status) = forced {
         return Err(AadstsError::forced(status));
     }
     let grant_type = form
@@ -191,16 +215,20 @@ fn process(
         .get("client_id")
         .ok_or_else(|| AadstsError::missing("client_id"))?;
     let target = grant::check_target(form, version)?;
+    let claims = grant::check_claims(form)?;
     // App, then its service principal in this tenant.
     let (app, roles) = grant::find_app(state, &tenant_id, client_id)?;
-    let strength = authenticate_client(state, &app, form, tenant, headers, record)?;
+    let strength = authenticate_client(state, &app, form, tenant, headers, record).await?;
     grant::check_resource(state, &target.resource, &tenant_id)?;
-    grant::issue(state, &tenant_id, &app, roles, strength, &target, version)
+    grant::issue(
+        state, &tenant_id, &app, roles, strength, &target, &claims, version,
+    )
 }
 
-/// Checks the client's credential (an assertion, else a secret); returns the authentication
-/// strength the token will carry: `"2"` for a certificate, `"1"` for a secret.
-fn authenticate_client(
+/// Checks the client's credential (an assertion — a certificate's or a federated one — else a
+/// secret); returns the authentication strength the token will carry: `"2"` for an assertion,
+/// `"1"` for a secret.
+async fn authenticate_client(
     state: &EmuState,
     app: &RegisteredApp,
     form: &TokenForm,
@@ -220,7 +248,12 @@ fn authenticate_client(
             }
             Some(_) => {}
         }
-        assertion::check_assertion(state, app, assertion, tenant, headers, record)?;
+        if federated::is_federated(assertion, app) {
+            record.federated = true;
+            federated::check_federated(state, app, assertion).await?;
+        } else {
+            assertion::check_assertion(state, app, assertion, tenant, headers, record)?;
+        }
         Ok("2")
     } else if let Some(secret) = form.get("client_secret") {
         grant::check_secret(app, secret)?;
