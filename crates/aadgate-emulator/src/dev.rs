@@ -912,4 +912,157 @@ mod tests {
         assert_eq!(claims_of(&token)["scp"], "Orders.Read");
         idp.shutdown().await;
     }
+
+    #[test]
+    fn federated_and_service_account_values_parse() {
+        let fic: FederatedArg = "c1=https://oidc.example/abc|system:serviceaccount:ns:sa"
+            .parse()
+            .expect("fic");
+        assert_eq!(fic.issuer, "https://oidc.example/abc");
+        assert_eq!(fic.subject, "system:serviceaccount:ns:sa");
+        assert_eq!(fic.audience, None);
+        let fic: FederatedArg = "c1=k8s|system:serviceaccount:ns:sa|api://Other"
+            .parse()
+            .expect("fic");
+        assert_eq!(fic.audience.as_deref(), Some("api://Other"));
+        let mi: FederatedArg = "c1=managed-identity|system".parse().expect("mi");
+        assert_eq!(
+            (mi.issuer.as_str(), mi.subject.as_str()),
+            ("managed-identity", "system")
+        );
+        for bad in [
+            "c1",
+            "=k8s|x",
+            "c1=k8s",
+            "c1=k8s||",
+            "c1=k8s|x|",
+            "c1=ftp://x|y",
+            "c1=a|b|c|d",
+        ] {
+            assert!(bad.parse::<FederatedArg>().is_err(), "{bad}");
+        }
+        let sa: ServiceAccountArg = "gateway/aadgate".parse().expect("sa");
+        assert_eq!(
+            (sa.namespace.as_str(), sa.name.as_str()),
+            ("gateway", "aadgate")
+        );
+        for bad in ["gateway", "/x", "x/", "a:b/c", "a/b/c"] {
+            assert!(bad.parse::<ServiceAccountArg>().is_err(), "{bad}");
+        }
+        assert_eq!(ServiceAccountArg::default().namespace, "default");
+    }
+
+    #[tokio::test]
+    async fn dev_idp_writes_a_service_account_token_its_federated_app_redeems() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
+        let user = "6a1f7c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let token_file = dir.path().join("tokens").join("azure-identity-token");
+        let idp = start_dev_idp(&DevIdpOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: Some(dir.path().join("dev-key.pem")),
+            consents: vec![format!("{DEFAULT_TENANT}={client}:Mail.Read")
+                .parse()
+                .expect("consent")],
+            federated: vec![
+                format!("{client}=k8s|system:serviceaccount:gateway:aadgate")
+                    .parse()
+                    .expect("fic"),
+                format!("{client}=managed-identity|{user}")
+                    .parse()
+                    .expect("fic"),
+            ],
+            user_assigned_identities: vec![user.into()],
+            write_sa_token: Some(token_file.clone()),
+            sa: Some("gateway/aadgate".parse().expect("sa")),
+            ..DevIdpOptions::default()
+        })
+        .await
+        .expect("dev-idp");
+        let credentials = idp.federated_credentials(client);
+        assert_eq!(credentials.len(), 2);
+        assert_eq!(credentials[0].issuer, idp.service_account_issuer());
+        let mi = idp
+            .managed_identities()
+            .into_iter()
+            .find(|mi| mi.client_id == user)
+            .expect("user-assigned");
+        assert_eq!(credentials[1].subject, mi.principal_id);
+        let token = std::fs::read_to_string(&token_file).expect("token file");
+        let response: Value = reqwest::Client::new()
+            .post(idp.token_endpoint(DEFAULT_TENANT))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client),
+                ("scope", "https://graph.microsoft.com/.default"),
+                (
+                    "client_assertion_type",
+                    crate::token_endpoint::JWT_BEARER_ASSERTION_TYPE,
+                ),
+                ("client_assertion", token.as_str()),
+            ])
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            claims_of(response["access_token"].as_str().expect("token"))["roles"],
+            serde_json::json!(["Mail.Read"])
+        );
+        idp.shutdown().await;
+
+        let missing = start_dev_idp(&DevIdpOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: Some(dir.path().join("dev-key.pem")),
+            federated: vec![format!("{client}=managed-identity|{user}")
+                .parse()
+                .expect("fic")],
+            ..DevIdpOptions::default()
+        })
+        .await;
+        assert!(matches!(missing, Err(EmulatorError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn dev_idp_tls_keeps_its_ca_beside_the_key_and_serves_https() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = DevIdpOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: Some(dir.path().join("dev-key.pem")),
+            tls: true,
+            ..DevIdpOptions::default()
+        };
+        assert!(options.serves_tls());
+        let idp = start_dev_idp(&options).await.expect("dev-idp");
+        assert!(idp.base_url().starts_with("https://127.0.0.1:"));
+        let ca = std::fs::read(dir.path().join(crate::tls::DEV_CA_FILE)).expect("ca file");
+        assert!(dir.path().join(crate::tls::DEV_SERVER_FILE).exists());
+        crate::grpc::ensure_tls_provider();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+            .build()
+            .expect("client");
+        let keys = client.get(idp.jwks_uri()).send().await.expect("https");
+        assert_eq!(keys.status(), 200);
+        idp.shutdown().await;
+
+        let https_url = DevIdpOptions {
+            public_url: Some("https://idp.aadgate.test:8443".into()),
+            ..DevIdpOptions::default()
+        };
+        assert!(https_url.serves_tls());
+        let mixed = DevIdpOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            key: Some(dir.path().join("dev-key.pem")),
+            tls: true,
+            public_url: Some("http://idp.aadgate.test".into()),
+            ..DevIdpOptions::default()
+        };
+        assert!(matches!(
+            start_dev_idp(&mixed).await,
+            Err(EmulatorError::Invalid(_))
+        ));
+    }
 }

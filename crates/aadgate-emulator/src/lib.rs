@@ -30,6 +30,9 @@
 //!   Cancel redirects and AADSTS error pages;
 //! - [`outlook`]: [`MockOutlook`], an Outlook REST / Microsoft Graph mail API that checks bearer
 //!   tokens the way Exchange Online does and answers its `x-ms-diagnostics`;
+//! - [`graph`]: [`MockGraph`], Microsoft Graph v1.0 (`/users/{id}`, `/messages`, `/sendMail`) with
+//!   Graph's token checks and error bodies, and continuous access evaluation: claims challenges
+//!   for CAE tokens after a revocation event;
 //! - [`echo`]: [`EchoServer`], an HTTP/1.1 and h2c upstream that reports what it received
 //!   (streaming), echoes bodies, sends trailers, runs a WebSocket echo and can hold requests
 //!   until a test releases them;
@@ -42,6 +45,7 @@
 mod consent;
 pub mod dev;
 pub mod echo;
+pub mod graph;
 pub mod grpc;
 pub mod keys;
 pub mod mint;
@@ -57,6 +61,7 @@ pub use dev::{
     DevIdpOptions, DevTokenOptions, FederatedArg, RedirectUriArg, ServiceAccountArg,
 };
 pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEnd};
+pub use graph::{MockGraph, MockGraphHandle, SentMail};
 pub use grpc::{
     grpc_call, grpc_load, GrpcClientError, GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer,
     LoadReport,

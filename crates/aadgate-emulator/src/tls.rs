@@ -150,10 +150,7 @@ impl DevTls {
             ca_path,
             server_path,
             ca_pem,
-            identity: TlsIdentity {
-                cert_chain_pem: server_pem.clone(),
-                key_pem: server_pem,
-            },
+            identity: split_server_pem(&server_pem)?,
         })
     }
 
@@ -163,6 +160,32 @@ impl DevTls {
         let ca = self.ca_path.display();
         format!("export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca}")
     }
+}
+
+/// Splits `dev-server.pem` into the certificate chain and the private key.
+fn split_server_pem(text: &str) -> Result<TlsIdentity, EmulatorError> {
+    let blocks = pem::parse_many(text.as_bytes())
+        .map_err(|e| EmulatorError::Certificate(format!("{DEV_SERVER_FILE}: {e}")))?;
+    let encode = |block: &pem::Pem| {
+        pem::encode_config(
+            block,
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    };
+    let cert_chain_pem: String = blocks
+        .iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(encode)
+        .collect();
+    let key_pem = blocks
+        .iter()
+        .find(|b| b.tag().ends_with("PRIVATE KEY"))
+        .map(encode)
+        .ok_or_else(|| EmulatorError::Key(format!("{DEV_SERVER_FILE}: no private key")))?;
+    Ok(TlsIdentity {
+        cert_chain_pem,
+        key_pem,
+    })
 }
 
 /// The CA's parameters; rebuilt the same every time, so an issuer made from them and the CA key
@@ -363,5 +386,85 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.tcp.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf_names(pem: &str) -> Vec<String> {
+        let der = crate::keys::certificate_der_from_pem(pem).expect("leaf");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let san = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        san.value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_ca_and_server_certificate_are_made_once_and_reissued_for_a_new_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DevTls::load_or_create(dir.path(), &[]).expect("create");
+        assert!(first.ca_path.ends_with(DEV_CA_FILE));
+        assert!(dir.path().join(DEV_CA_KEY_FILE).exists());
+        assert!(first.identity.server_config().is_ok());
+        let loopback: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert!(covers(
+            &first.identity.cert_chain_pem,
+            &loopback,
+            &first.ca_pem
+        ));
+        assert!(!covers(
+            &first.identity.cert_chain_pem,
+            &["idp.aadgate.test".to_string()],
+            &first.ca_pem
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join(DEV_CA_KEY_FILE)), 0o600);
+            assert_eq!(mode(&first.server_path), 0o600);
+        }
+
+        let again = DevTls::load_or_create(dir.path(), &[]).expect("load");
+        assert_eq!(again.ca_pem, first.ca_pem);
+        assert_eq!(
+            again.identity.cert_chain_pem, first.identity.cert_chain_pem,
+            "the server certificate is kept"
+        );
+
+        let other =
+            DevTls::load_or_create(dir.path(), &["idp.aadgate.test".into()]).expect("reissue");
+        assert_eq!(other.ca_pem, first.ca_pem, "same CA");
+        assert_ne!(other.identity.cert_chain_pem, first.identity.cert_chain_pem);
+        assert!(leaf_names(&other.identity.cert_chain_pem)
+            .join(" ")
+            .contains("idp.aadgate.test"));
+        assert!(covers(
+            &other.identity.cert_chain_pem,
+            &["idp.aadgate.test".to_string(), "::1".to_string()],
+            &other.ca_pem
+        ));
+        assert!(other.env_line().starts_with("export SSL_CERT_FILE="));
+        assert!(!format!("{:?}", other.identity).contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_bad_identity_is_an_error() {
+        let bad = TlsIdentity {
+            cert_chain_pem: "nothing".into(),
+            key_pem: "nothing".into(),
+        };
+        assert!(bad.server_config().is_err());
     }
 }

@@ -64,6 +64,8 @@ pub mod managed_identity;
 mod metadata;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_workload;
 pub mod workload;
 
 use std::fmt;

@@ -72,6 +72,10 @@ mod federated;
 mod grant;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_federated;
+#[cfg(test)]
+mod tests_forms;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
