@@ -5,7 +5,9 @@
 
 mod common;
 
-use aadgate_emulator::{AppRegistration, MockOutlook, MockOutlookHandle, SigningKey, TokenSpec};
+use aadgate_emulator::{
+    AppRegistration, FederatedCredential, MockOutlook, MockOutlookHandle, SigningKey, TokenSpec,
+};
 use common::*;
 
 const GATEWAY_APP: &str = "3c2a9b8e-5d4f-4e6a-9b1c-7d8e9f0a1b2c";
@@ -21,6 +23,17 @@ struct Setup {
 /// certificates, written to `{dir}/c0.*` and `{dir}/c1.*`), consented in tenant A, and a gateway
 /// whose `[exchange.graph]` has `credentials` (`{dir}` replaced).
 async fn setup(credentials: &str, registered: &[usize]) -> Setup {
+    setup_with(credentials, registered, |_, app| app, |_| Vec::new()).await
+}
+
+/// As [`setup`], with the app registration changed by `app` (e.g. federated credentials) and
+/// the gateway started with `env`.
+async fn setup_with(
+    credentials: &str,
+    registered: &[usize],
+    app_extra: impl FnOnce(&World, AppRegistration) -> AppRegistration,
+    env: impl FnOnce(&World) -> Vec<(&'static str, String)>,
+) -> Setup {
     let w = World::start().await;
     let graph = MockOutlook::start("127.0.0.1:0".parse().expect("addr"), w.idp.clone())
         .await
@@ -37,6 +50,7 @@ async fn setup(credentials: &str, registered: &[usize]) -> Setup {
             app = app.with_certificate(c);
         }
     }
+    let app = app_extra(&w, app);
     w.idp.register_app(app).expect("register");
     w.idp
         .consent(TENANT_A, GATEWAY_APP, vec!["Mail.Read".into()]);
@@ -58,9 +72,16 @@ credentials = {credentials}
 failure_cache = "1s"
 "#,
             graph = graph.base_url(),
-            credentials = credentials.replace("{dir}", &d),
+            credentials = credentials
+                .replace("{dir}", &d)
+                .replace("{idp_base}", &w.idp.base_url()),
         );
-    let gw = Gateway::start(&template, &w).await;
+    let p = Prepared::new(&template, &w);
+    let path = p.dir.path().join("aadgate.toml");
+    std::fs::write(&path, &p.rendered).expect("write config");
+    let env = env(&w);
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+    let gw = p.launch_with_env(path, &[], &env).await;
     gw.wait_ready().await;
     Setup {
         w,
@@ -195,4 +216,127 @@ async fn every_credential_failing_is_a_503_naming_each() {
         !message.contains("eyJ"),
         "no token or assertion in the message"
     );
+}
+
+const NAMESPACE: &str = "payments";
+const SERVICE_ACCOUNT: &str = "aadgate";
+
+/// The app trusts the emulator's service-account issuer for `payments/aadgate`.
+fn trusts_the_service_account(w: &World, app: AppRegistration) -> AppRegistration {
+    app.with_federated(FederatedCredential::new(
+        &w.idp.service_account_issuer(),
+        &format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_token_file_is_the_assertion_and_is_read_again_when_rotated() {
+    let s = setup_with(
+        r#"[ { federated_token_file = "{dir}/token" } ]"#,
+        &[],
+        trusts_the_service_account,
+        |_| Vec::new(),
+    )
+    .await;
+    let file = s._dir.path().join("token");
+    let write = |token: String| std::fs::write(&file, format!("{token}\n")).expect("write token");
+    write(
+        s.w.idp
+            .mint_service_account_token(NAMESPACE, SERVICE_ACCOUNT)
+            .expect("token"),
+    );
+    let first = call(&s, TENANT_A).await;
+    assert_eq!(first, (200, None), "{}", s.gw.logs());
+    // Rotated to a token of another service account, which the app does not trust: the next
+    // tenant's token request sends it, and the token endpoint refuses it.
+    s.w.idp
+        .consent(TENANT_B, GATEWAY_APP, vec!["Mail.Read".into()]);
+    write(
+        s.w.idp
+            .mint_service_account_token(NAMESPACE, "someone-else")
+            .expect("token"),
+    );
+    assert_eq!(
+        call(&s, TENANT_B).await,
+        (503, Some("exchange_unavailable".to_string()))
+    );
+    // Rotated again, to a fresh token of the trusted account: accepted.
+    s.w.idp
+        .consent(TENANT_C, GATEWAY_APP, vec!["Mail.Read".into()]);
+    write(
+        s.w.idp
+            .mint_service_account_token(NAMESPACE, SERVICE_ACCOUNT)
+            .expect("token"),
+    );
+    assert_eq!(call(&s, TENANT_C).await, (200, None));
+    let m = s.gw.metrics().await;
+    assert_eq!(credential_count(&m, "federated", "ok"), 2.0, "{m}");
+    assert_eq!(credential_count(&m, "federated", "rejected"), 1.0, "{m}");
+    let logs = s.gw.logs();
+    assert!(
+        logs.contains("AADSTS700213") || logs.contains("700213"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_identity_token_is_the_assertion_without_any_certificate() {
+    let s = setup_with(
+        r#"[ { managed_identity = "system", managed_identity_endpoint = "{idp_base}" } ]"#,
+        &[],
+        |w, app| {
+            app.with_federated(FederatedCredential::for_managed_identity(
+                &w.idp.system_managed_identity(),
+            ))
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    assert_eq!(call(&s, TENANT_A).await, (200, None));
+    let asked = s.w.idp.managed_identity_requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let q = asked[0].query.clone().unwrap_or_default();
+    assert!(
+        q.contains("resource=api%3A%2F%2FAzureADTokenExchange"),
+        "{q}"
+    );
+    assert!(!q.contains("client_id"), "system-assigned: {q}");
+    assert_eq!(asked[0].header("metadata"), Some("true"));
+    // Another tenant: the managed identity's token is reused; only the token endpoint is asked.
+    s.w.idp
+        .consent(TENANT_B, GATEWAY_APP, vec!["Mail.Read".into()]);
+    assert_eq!(call(&s, TENANT_B).await, (200, None));
+    assert_eq!(s.w.idp.managed_identity_requests().len(), 1);
+    let m = s.gw.metrics().await;
+    assert_eq!(credential_count(&m, "managed_identity", "ok"), 2.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_assigned_identity_is_asked_for_by_client_id_through_identity_endpoint() {
+    const MI: &str = "6f1c2b3a-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    let s = setup_with(
+        &format!(r#"[ {{ managed_identity = "{MI}" }} ]"#),
+        &[],
+        |w, app| {
+            let identity = w.idp.add_user_assigned_identity(MI);
+            app.with_federated(FederatedCredential::for_managed_identity(&identity))
+        },
+        // App Service style: the platform's variables, no managed_identity_endpoint.
+        |w| {
+            vec![
+                ("IDENTITY_ENDPOINT", w.idp.identity_endpoint()),
+                ("IDENTITY_HEADER", w.idp.identity_header()),
+            ]
+        },
+    )
+    .await;
+    assert_eq!(call(&s, TENANT_A).await, (200, None), "{}", s.gw.logs());
+    assert_eq!(s.w.idp.identity_endpoint_request_count(), 1);
+    let asked = s.w.idp.managed_identity_requests();
+    let q = asked
+        .last()
+        .and_then(|r| r.query.clone())
+        .unwrap_or_default();
+    assert!(q.contains(&format!("client_id={MI}")), "{q}");
+    assert!(q.contains("api-version=2019-08-01"), "{q}");
 }
