@@ -122,6 +122,10 @@ pub(super) struct ClaimsRequest {
     /// The client declared capability `cp1` (it handles claims challenges): the token is a
     /// CAE token.
     pub(super) cp1: bool,
+    /// `access_token.nbf.value` (a claims challenge after a revocation event): the token's
+    /// `nbf` is at least this Unix second, as Entra ID issues a token that satisfies the
+    /// challenge.
+    pub(super) not_before: Option<i64>,
 }
 
 /// Lifetime of CAE tokens (`xms_cc` = `cp1`), seconds: 24 hours (Entra ID's live up to 28).
@@ -150,7 +154,16 @@ pub(super) fn check_claims(form: &TokenForm) -> Result<ClaimsRequest, AadstsErro
         .and_then(|cc| cc.get("values"))
         .and_then(Value::as_array)
         .is_some_and(|values| values.iter().any(|v| v.as_str() == Some("cp1")));
-    Ok(ClaimsRequest { cp1 })
+    let not_before = claims
+        .get("access_token")
+        .and_then(|at| at.get("nbf"))
+        .and_then(|nbf| nbf.get("value"))
+        .and_then(|v| match v {
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        });
+    Ok(ClaimsRequest { cp1, not_before })
 }
 
 /// The app registered as `client_id` and the roles of its service principal in `tenant_id`.
@@ -292,7 +305,8 @@ pub(super) fn issue(
         upn: None,
         idtyp: Some("app".to_string()),
         lifetime_secs: lifetime,
-        not_before_offset_secs: None,
+        // A challenge's `nbf` in the same second as "now" is met by starting the token there.
+        not_before_offset_secs: claims.not_before.map(|nbf| (nbf - now).clamp(0, 300)),
         now: Some(now),
         extra_claims: Map::from_iter([
             (
