@@ -40,7 +40,7 @@ pub(crate) enum Command {
     Check,
     /// Run the full validation pipeline on one token and explain every check.
     Explain(ExplainArgs),
-    /// Start the AAD emulator, an echo upstream, a mock Outlook API, a gRPC echo service and the
+    /// Start the AAD emulator, an echo upstream, a mock Microsoft Graph, a gRPC echo service and the
     /// gateway with conf/demo.toml, and print ready-to-run curl and gRPC commands.
     Demo(DemoArgs),
     /// Run the AAD emulator alone.

@@ -1,4 +1,4 @@
-//! `aadgate demo`: the AAD emulator, an echo upstream, a mock Outlook API and the gateway in one
+//! `aadgate demo`: the AAD emulator, an echo upstream, a mock Microsoft Graph and the gateway in one
 //! process, with `conf/demo.toml`; prints ready-to-run `curl` commands, or with `--once` runs
 //! every scenario and prints a table.
 
@@ -19,7 +19,7 @@ use crate::server::ServerError;
 use aadgate_core::config::{self, Config, UpstreamProtocol};
 use aadgate_emulator::{
     AppRegistration, EchoServer, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions,
-    GrpcEchoServer, MockOutlook, TokenSpec, DEFAULT_TENANT,
+    GrpcEchoServer, MockGraph, TokenSpec, DEFAULT_TENANT,
 };
 
 /// The demo's second tenant: allowed by the gateway, but it never consented to the gateway's
@@ -58,9 +58,9 @@ pub(crate) enum DemoError {
     /// No plain route has an upstream address for the echo server.
     #[error("the demo config needs a route to the echo upstream")]
     NoEchoRoute,
-    /// No exchange route has an upstream address for the mock Outlook API.
-    #[error("the demo config needs an exchange route to the mock Outlook API")]
-    NoOutlookRoute,
+    /// No exchange route has an upstream address for the mock Graph.
+    #[error("the demo config needs an exchange route to the mock Microsoft Graph")]
+    NoGraphRoute,
     /// The tokio runtime for the emulator and the upstreams cannot be built.
     #[error("cannot start the demo runtime: {0}")]
     Runtime(std::io::Error),
@@ -84,13 +84,13 @@ pub(crate) enum DemoError {
 
 /// Where the demo's own servers listen, read from the demo configuration: the emulator at
 /// `metadata_url`'s host and port, the echo upstream at the first plain HTTP/1.1 route's
-/// upstream, the mock Outlook API at the first exchange route's upstream, and the gRPC echo at
+/// upstream, the mock Microsoft Graph at the first exchange route's upstream, and the gRPC echo at
 /// the first `h2c://` route's upstream (none without one).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Addresses {
     pub emulator: SocketAddr,
     pub echo: SocketAddr,
-    pub outlook: SocketAddr,
+    pub graph: SocketAddr,
     pub grpc: Option<SocketAddr>,
 }
 
@@ -130,7 +130,7 @@ impl Addresses {
         Ok(Addresses {
             emulator,
             echo: upstream(false).ok_or(DemoError::NoEchoRoute)?,
-            outlook: upstream(true).ok_or(DemoError::NoOutlookRoute)?,
+            graph: upstream(true).ok_or(DemoError::NoGraphRoute)?,
             grpc,
         })
     }
@@ -280,21 +280,21 @@ fn route_rows(idp: &EmulatorHandle, aud: &str) -> Vec<Row> {
         ),
         (
             "app-only mail call through the exchange",
-            "/api/v2.0/users/ada@contoso.com/messages",
+            "/v1.0/users/ada@contoso.com/messages",
             Some(daemon),
             200,
             None,
         ),
         (
             "user /me mail call through the exchange",
-            "/api/v2.0/me/messages",
+            "/v1.0/me/messages",
             Some(user),
             200,
             None,
         ),
         (
             "mail call from an unconsented tenant",
-            "/api/v2.0/users/bob@fabrikam.com/messages",
+            "/v1.0/users/bob@fabrikam.com/messages",
             Some(unconsented),
             403,
             Some("tenant_not_consented"),
@@ -328,7 +328,7 @@ fn after_signup_scenarios(idp: &EmulatorHandle, aud: &str) -> Vec<Scenario> {
         },
         Scenario {
             name: "signed-up organization's mail call (exchange)",
-            path: "/api/v2.0/users/ada@northwind.example/messages",
+            path: "/v1.0/users/ada@northwind.example/messages",
             token: Some(daemon),
             status: 200,
             reason: None,
@@ -393,9 +393,9 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, DemoError> {
     let echo = EchoServer::start(at.echo)
         .await
         .map_err(busy("echo upstream", at.echo))?;
-    let outlook = MockOutlook::start(at.outlook, idp.clone())
+    let graph = MockGraph::start(at.graph, idp.clone())
         .await
-        .map_err(busy("mock Outlook API", at.outlook))?;
+        .map_err(busy("mock Microsoft Graph", at.graph))?;
     if let Some(addr) = at.grpc {
         let grpc = GrpcEchoServer::start(addr)
             .await
@@ -404,7 +404,7 @@ async fn start_world(config: Config, at: Addresses) -> Result<Demo, DemoError> {
     }
     // The handles stop their servers when dropped; the demo runs until the process exits.
     std::mem::forget(echo);
-    std::mem::forget(outlook);
+    std::mem::forget(graph);
     for s in config.exchanges.values() {
         let mut app = AppRegistration::new(&s.client_id)
             .with_display_name("aadgate demo gateway")
@@ -506,7 +506,7 @@ fn banner(base: &str, admin: SocketAddr, at: Addresses, scenarios: &[Scenario]) 
     ));
     out.push_str(&format!("  AAD emulator   http://{}\n", at.emulator));
     out.push_str(&format!("  echo upstream  http://{}\n", at.echo));
-    out.push_str(&format!("  mock Outlook   http://{}\n", at.outlook));
+    out.push_str(&format!("  mock Graph     http://{}\n", at.graph));
     if let Some(g) = at.grpc {
         out.push_str(&format!("  gRPC echo      h2c://{g}\n"));
     }
