@@ -486,3 +486,69 @@ async fn purges_within_purge_interval_keep_the_new_token() {
     x.token(TENANT_A, &w.metrics).await.expect("fetched");
     assert_eq!(w.requests(), 3);
 }
+
+/// After a fallback the configured order is tried again only after
+/// `RETRY_PREFERRED_SECS`: a workload-identity file that appears later takes over again.
+#[tokio::test]
+async fn the_preferred_credential_is_tried_again_ten_minutes_after_a_fallback() {
+    let w = World::start(1).await;
+    // The app also trusts the emulator's service-account issuer for payments/aadgate.
+    let mut app = aadgate_emulator::AppRegistration::new(CLIENT_ID)
+        .with_certificate_der(w.certs[0].cert_der.clone());
+    app = app.with_federated(aadgate_emulator::FederatedCredential::new(
+        &w.emu.service_account_issuer(),
+        "system:serviceaccount:payments:aadgate",
+    ));
+    w.emu.register_app(app).expect("register");
+    let third = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let fourth = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+    for t in [third, fourth] {
+        w.emu.consent(t, CLIENT_ID, vec!["Mail.Read".into()]);
+    }
+    let token_file = w._dir.path().join("token");
+    let mut settings = w.settings();
+    settings.credentials = vec![
+        aadgate_core::config::Credential::FederatedTokenFile(token_file.clone()),
+        aadgate_core::config::Credential::Certificate(0),
+    ];
+    let x = Exchanger::with_clock(settings, w.clock.clone()).with_metrics(&w.metrics);
+    let count = |kind: &str, result: &str| {
+        w.metrics
+            .exchange_credential
+            .with_label_values(&["outlook", kind, result])
+            .get()
+    };
+    // No token file yet: the certificate serves and is tried first from now on.
+    x.token(TENANT_A, &w.metrics).await.expect("certificate");
+    assert_eq!(x.current_credential_kind(), Some("certificate"));
+    assert_eq!(
+        (count("federated", "error"), count("certificate", "ok")),
+        (1, 1)
+    );
+    // The file appears; within ten minutes the certificate is still tried first.
+    std::fs::write(
+        &token_file,
+        w.emu
+            .mint_service_account_token("payments", "aadgate")
+            .expect("token"),
+    )
+    .expect("write");
+    w.clock.advance(60);
+    x.token(TENANT_B, &w.metrics).await.expect("certificate");
+    assert_eq!(
+        (count("federated", "ok"), count("certificate", "ok")),
+        (0, 2)
+    );
+    // Ten minutes after the fallback the configured order is tried again, and the workload
+    // identity takes over.
+    w.clock
+        .advance(aadgate_core::exchange::RETRY_PREFERRED_SECS);
+    x.token(third, &w.metrics).await.expect("federated");
+    assert_eq!(count("federated", "ok"), 1);
+    assert_eq!(x.current_credential_kind(), Some("federated"));
+    x.token(fourth, &w.metrics).await.expect("federated");
+    assert_eq!(
+        (count("federated", "ok"), count("certificate", "ok")),
+        (2, 2)
+    );
+}

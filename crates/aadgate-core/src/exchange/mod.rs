@@ -31,6 +31,12 @@ use client::{Class, Failure, Issued, TokenClient};
 
 pub use rewrite::{claims_challenge, exchange_headers, has_me_segment, rewrite_me, user_value};
 
+/// After a fallback to a later credential, the configured order (the first credential first) is
+/// tried again after this many seconds, so a brief outage of the preferred credential (a token
+/// file being rewritten, a managed-identity endpoint restarting) does not pin the gateway to
+/// its last resort until a restart.
+pub const RETRY_PREFERRED_SECS: i64 = 600;
+
 /// A token is served from the cache after a failed refresh only while it stays valid for at
 /// least this many seconds.
 pub const STALE_MARGIN_SECS: i64 = 60;
@@ -65,6 +71,9 @@ pub struct Exchanger {
     clock: Arc<dyn Clock>,
     /// The shared store (fleet mode): the second level of the token cache.
     store: Option<Arc<crate::store::SharedStore>>,
+    /// When (Unix seconds) the credential tried first last moved off the first configured
+    /// one: the configured order is tried again [`RETRY_PREFERRED_SECS`] later.
+    moved_at: std::sync::atomic::AtomicI64,
     /// Managed-identity tokens and the HTTP client that gets them.
     credential_state: credentials::CredentialState,
     /// `aadgate_exchange_credential_total`, once [`Exchanger::with_metrics`] set it.
@@ -97,6 +106,7 @@ impl Exchanger {
             client: TokenClient::new(settings.timeout),
             cache: AppTokenCache::new(settings.max_tenants),
             signer: AtomicUsize::new(0),
+            moved_at: std::sync::atomic::AtomicI64::new(0),
             clock,
             credential_state: credentials::CredentialState::new(settings.timeout),
             settings,
@@ -403,7 +413,15 @@ impl Exchanger {
                 "the gateway has no credential to request it with".to_string(),
             ));
         }
-        let first = self.signer.load(Ordering::Relaxed).min(n - 1);
+        let current = self.signer.load(Ordering::Relaxed).min(n - 1);
+        let now = self.clock.now();
+        let first = if current != 0
+            && now - self.moved_at.load(Ordering::Relaxed) >= RETRY_PREFERRED_SECS
+        {
+            0
+        } else {
+            current
+        };
         let target = match &s.target {
             ExchangeTarget::Scope(v) => ("scope", v.as_str()),
             ExchangeTarget::Resource(v) => ("resource", v.as_str()),
@@ -441,23 +459,38 @@ impl Exchanger {
             {
                 Ok(issued) => {
                     self.count_credential(kind, "ok");
+                    if first != current && index == current {
+                        // The configured order was tried again and the preferred credentials
+                        // still fail: the next try is another RETRY_PREFERRED_SECS away.
+                        self.moved_at.store(now, Ordering::Relaxed);
+                    }
                     if claims.is_some() {
                         if let Ok(mut c) = self.challenges.lock() {
                             c.remove(tenant);
                         }
                     }
-                    if index != first
+                    if index != current
                         && self
                             .signer
-                            .compare_exchange(first, index, Ordering::AcqRel, Ordering::Relaxed)
+                            .compare_exchange(current, index, Ordering::AcqRel, Ordering::Relaxed)
                             .is_ok()
                     {
+                        if index == 0 {
+                            tracing::info!(
+                                exchange = %s.name,
+                                tenant,
+                                credential = %self.describe_credential(0),
+                                "the first configured credential works again and is tried first from now on"
+                            );
+                            return Ok(issued);
+                        }
+                        self.moved_at.store(now, Ordering::Relaxed);
                         tracing::warn!(
                             exchange = %s.name,
                             tenant,
                             credential = %self.describe_credential(index),
-                            previous = %self.describe_credential(first),
-                            "credential fallback: the token endpoint refused the previous credential; this one is tried first from now on"
+                            previous = %self.describe_credential(current),
+                            "credential fallback: the credential tried first failed; this one is tried first, and the configured order again in 10 minutes"
                         );
                     }
                     return Ok(issued);
