@@ -269,6 +269,22 @@ impl Directory {
     }
 }
 
+/// An external issuer's RSA signing keys, as fetched for federated assertions.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedJwks {
+    pub keys: Vec<RsaJwk>,
+    /// When they were fetched, Unix seconds.
+    pub fetched_at: i64,
+}
+
+/// One RSA key of a JWKS.
+#[derive(Debug, Clone)]
+pub(crate) struct RsaJwk {
+    pub kid: Option<String>,
+    pub n: Vec<u8>,
+    pub e: Vec<u8>,
+}
+
 /// State shared by the emulator's handlers and its handle.
 pub(crate) struct EmuState {
     pub base_url: String,
@@ -300,7 +316,7 @@ pub(crate) struct EmuState {
     /// The service-account issuer's signing key, made on first use.
     pub service_account_key: OnceLock<SigningKey>,
     /// External issuers' signing keys fetched for federated assertions, by issuer.
-    pub federation_keys: Mutex<HashMap<String, crate::token_endpoint::CachedJwks>>,
+    pub federation_keys: Mutex<HashMap<String, CachedJwks>>,
     /// Fetches of external issuers' metadata and JWKS (each document counts).
     pub federation_fetches: AtomicU64,
     /// The HTTP client that fetches external issuers' documents (trusts the dev CA as well as
@@ -352,5 +368,19 @@ impl EmuState {
     /// The active signing key.
     pub(crate) fn active_key(&self) -> Option<SigningKey> {
         read(&self.keys).first().cloned()
+    }
+
+    /// `{base}/k8s`: the issuer of the emulator's service-account tokens.
+    pub(crate) fn service_account_issuer(&self) -> String {
+        format!("{}/k8s", self.base_url)
+    }
+
+    /// The service-account issuer's signing key, made on first use.
+    pub(crate) fn service_account_key(&self) -> Result<&SigningKey, crate::EmulatorError> {
+        if let Some(key) = self.service_account_key.get() {
+            return Ok(key);
+        }
+        let key = SigningKey::generate()?;
+        Ok(self.service_account_key.get_or_init(|| key))
     }
 }

@@ -89,7 +89,6 @@ use serde_json::Value;
 
 pub(crate) use errors::AadstsError;
 use errors::RequestIds;
-pub(crate) use federated::CachedJwks;
 
 use crate::serve::lock;
 use crate::state::{

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::tests::{aad_token_url, assertion, claims_of, CLIENT};
 use super::JWT_BEARER_ASSERTION_TYPE;
 use crate::keys::SigningKey;
-use crate::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 use crate::DEFAULT_TENANT;
+use crate::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 
 /// Changes a client assertion's JOSE header.
 type HeaderTweak<'a> = dyn Fn(&mut serde_json::Map<String, Value>) + 'a;
