@@ -92,6 +92,21 @@ pub(crate) struct RegisteredApp {
     pub app_roles: Vec<String>,
     /// Federated identity credentials: external tokens the app accepts as client assertions.
     pub federated: Vec<FederatedCredential>,
+    /// Subject names whose certificates, issued by the named authority and sent as `x5c`, the
+    /// app accepts without registering each one (subject name + issuer authentication).
+    pub trusted_subjects: Vec<TrustedSubject>,
+}
+
+/// A trusted certificate subject of an app (subject name + issuer, "SNI", authentication, as
+/// the application manifest's `trustedCertificateSubjects` describes it): an assertion whose
+/// `x5c` leaf has this subject name (its common name) and was issued directly by `authority` is
+/// accepted, with the key of the leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedSubject {
+    /// The certificate subject's common name, e.g. `gateway.contoso.example` (`CN=` optional).
+    pub subject_name: String,
+    /// The issuing authority's certificate, DER.
+    pub authority_der: Vec<u8>,
 }
 
 /// A federated identity credential of an app registration, as Microsoft Graph's

@@ -76,7 +76,7 @@ use axum::routing::{get, post};
 
 use axum::Router;
 
-pub use crate::state::{FederatedCredential, ManagedIdentity};
+pub use crate::state::{FederatedCredential, ManagedIdentity, TrustedSubject};
 pub use crate::state::{TokenEndpointVersion, TokenOutcome, TokenRequestRecord};
 pub use apps::AppRegistration;
 
