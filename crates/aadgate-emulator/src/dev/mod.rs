@@ -287,7 +287,15 @@ pub async fn run_dev_idp(args: impl Borrow<DevIdpOptions>) -> Result<(), Emulato
     let key_path = args.key.clone().unwrap_or_else(default_dev_key_path);
     let key = emulator.signing_key();
     let base = emulator.base_url();
-    println!("aadgate dev-idp: Azure AD emulator listening on {base}");
+    if args.public_url.is_some() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!(
+            "aadgate dev-idp: Azure AD emulator listening on {scheme}://{}, advertised as {base}",
+            emulator.addr()
+        );
+    } else {
+        println!("aadgate dev-idp: Azure AD emulator listening on {base}");
+    }
     println!(
         "  signing key      {} (kid {})",
         key_path.display(),
