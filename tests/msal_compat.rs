@@ -176,7 +176,11 @@ fn msal_for_python_gets_tokens_and_entra_ids_errors_from_dev_idp_over_tls() {
 
     for case in ["thumbprint", "public_certificate"] {
         let claims = &results[case]["claims"];
-        assert_eq!(claims["roles"], serde_json::json!(["Mail.Read"]), "{case}: {results}");
+        assert_eq!(
+            claims["roles"],
+            serde_json::json!(["Mail.Read"]),
+            "{case}: {results}"
+        );
         assert_eq!(claims["tid"], DEFAULT_TENANT, "{case}");
         assert_eq!(claims["appid"], CLIENT, "{case}");
         assert_eq!(claims["aud"], "https://graph.microsoft.com", "{case}");
