@@ -392,6 +392,48 @@ mod tests {
     }
 
     #[test]
+    fn dev_idp_flags_parse_workload_identities_and_tls() {
+        let Command::DevIdp(args) = parse(&[
+            "dev-idp",
+            "--federated",
+            "c1=k8s|system:serviceaccount:gateway:aadgate",
+            "--federated",
+            "c1=managed-identity|system",
+            "--user-assigned-identity",
+            "6a1f7c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
+            "--write-sa-token",
+            "/tmp/azure-identity-token",
+            "--sa",
+            "gateway/aadgate",
+            "--public-url",
+            "https://idp.localtest.me:8399",
+        ])
+        .expect("parse") else {
+            panic!("not dev-idp");
+        };
+        let options = DevIdpOptions::from(args);
+        assert_eq!(options.federated.len(), 2);
+        assert_eq!(options.federated[0].issuer, "k8s");
+        assert_eq!(options.user_assigned_identities.len(), 1);
+        assert_eq!(
+            options.write_sa_token,
+            Some(PathBuf::from("/tmp/azure-identity-token"))
+        );
+        assert_eq!(
+            options.sa.as_ref().map(|sa| sa.name.as_str()),
+            Some("aadgate")
+        );
+        assert!(!options.tls);
+        assert!(options.serves_tls(), "an https public URL turns TLS on");
+        assert!(parse(&["dev-idp", "--tls"]).is_ok());
+        assert!(
+            parse(&["dev-idp", "--sa", "ns/name"]).is_err(),
+            "--sa needs --write-sa-token"
+        );
+        assert!(parse(&["dev-idp", "--federated", "c1=k8s"]).is_err());
+    }
+
+    #[test]
     fn dev_idp_flags_parse_apps_and_consents() {
         let Command::DevIdp(args) = parse(&[
             "dev-idp",

@@ -72,7 +72,7 @@ pub use outlook::{MockOutlook, MockOutlookHandle};
 pub use serve::RecordedRequest;
 pub use server::{
     AppRegistration, Emulator, EmulatorHandle, EmulatorOptions, FederatedCredential,
-    ManagedIdentity, TokenEndpointVersion, TokenOutcome, TokenRequestRecord,
+    ManagedIdentity, TokenEndpointVersion, TokenOutcome, TokenRequestRecord, TrustedSubject,
 };
 pub use tls::{DevTls, TlsIdentity};
 

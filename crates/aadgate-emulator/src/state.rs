@@ -92,6 +92,21 @@ pub(crate) struct RegisteredApp {
     pub app_roles: Vec<String>,
     /// Federated identity credentials: external tokens the app accepts as client assertions.
     pub federated: Vec<FederatedCredential>,
+    /// Subject names whose certificates, issued by the named authority and sent as `x5c`, the
+    /// app accepts without registering each one (subject name + issuer authentication).
+    pub trusted_subjects: Vec<TrustedSubject>,
+}
+
+/// A trusted certificate subject of an app (subject name + issuer, "SNI", authentication, as
+/// the application manifest's `trustedCertificateSubjects` describes it): an assertion whose
+/// `x5c` leaf has this subject name (its common name) and was issued directly by `authority` is
+/// accepted, with the key of the leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedSubject {
+    /// The certificate subject's common name, e.g. `gateway.contoso.example` (`CN=` optional).
+    pub subject_name: String,
+    /// The issuing authority's certificate, DER.
+    pub authority_der: Vec<u8>,
 }
 
 /// A federated identity credential of an app registration, as Microsoft Graph's
@@ -269,6 +284,22 @@ impl Directory {
     }
 }
 
+/// An external issuer's RSA signing keys, as fetched for federated assertions.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedJwks {
+    pub keys: Vec<RsaJwk>,
+    /// When they were fetched, Unix seconds.
+    pub fetched_at: i64,
+}
+
+/// One RSA key of a JWKS.
+#[derive(Debug, Clone)]
+pub(crate) struct RsaJwk {
+    pub kid: Option<String>,
+    pub n: Vec<u8>,
+    pub e: Vec<u8>,
+}
+
 /// State shared by the emulator's handlers and its handle.
 pub(crate) struct EmuState {
     pub base_url: String,
@@ -300,7 +331,7 @@ pub(crate) struct EmuState {
     /// The service-account issuer's signing key, made on first use.
     pub service_account_key: OnceLock<SigningKey>,
     /// External issuers' signing keys fetched for federated assertions, by issuer.
-    pub federation_keys: Mutex<HashMap<String, crate::token_endpoint::CachedJwks>>,
+    pub federation_keys: Mutex<HashMap<String, CachedJwks>>,
     /// Fetches of external issuers' metadata and JWKS (each document counts).
     pub federation_fetches: AtomicU64,
     /// The HTTP client that fetches external issuers' documents (trusts the dev CA as well as
@@ -352,5 +383,19 @@ impl EmuState {
     /// The active signing key.
     pub(crate) fn active_key(&self) -> Option<SigningKey> {
         read(&self.keys).first().cloned()
+    }
+
+    /// `{base}/k8s`: the issuer of the emulator's service-account tokens.
+    pub(crate) fn service_account_issuer(&self) -> String {
+        format!("{}/k8s", self.base_url)
+    }
+
+    /// The service-account issuer's signing key, made on first use.
+    pub(crate) fn service_account_key(&self) -> Result<&SigningKey, crate::EmulatorError> {
+        if let Some(key) = self.service_account_key.get() {
+            return Ok(key);
+        }
+        let key = SigningKey::generate()?;
+        Ok(self.service_account_key.get_or_init(|| key))
     }
 }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::EmulatorHandle;
 use crate::keys::{cert_info, certificate_thumbprint_hex, x5t_of, x5t_s256_of, SigningKey};
 use crate::serve::{read, write};
-use crate::state::{FederatedCredential, RegisteredApp, RegisteredCert};
+use crate::state::{FederatedCredential, RegisteredApp, RegisteredCert, TrustedSubject};
 use crate::EmulatorError;
 
 /// An application registration: a client id with its credentials.
@@ -44,6 +44,9 @@ pub struct AppRegistration {
     /// Federated identity credentials: external tokens (a Kubernetes service account's, a
     /// managed identity's, …) the app accepts as its client assertion. Default: none.
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Trusted certificate subjects (subject name + issuer authentication): certificates sent
+    /// in an assertion's `x5c`, not registered one by one. Default: none.
+    pub trusted_subjects: Vec<TrustedSubject>,
 }
 
 impl fmt::Debug for AppRegistration {
@@ -64,6 +67,14 @@ impl fmt::Debug for AppRegistration {
             .field("redirect_uris", &self.redirect_uris)
             .field("app_roles", &self.app_roles)
             .field("federated_credentials", &self.federated_credentials)
+            .field(
+                "trusted_subjects",
+                &self
+                    .trusted_subjects
+                    .iter()
+                    .map(|t| t.subject_name.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -134,6 +145,22 @@ impl AppRegistration {
         self.federated_credentials
             .push(FederatedCredential::new(issuer, subject).with_audience(audience));
         self
+    }
+
+    /// Trusts certificates with the subject name `subject_name` issued by the authority whose
+    /// certificate is `authority_pem` (subject name + issuer authentication): an assertion
+    /// carrying such a certificate in `x5c` is accepted. Fails when the PEM holds no
+    /// certificate.
+    pub fn with_trusted_subject(
+        mut self,
+        subject_name: &str,
+        authority_pem: &str,
+    ) -> Result<Self, EmulatorError> {
+        self.trusted_subjects.push(TrustedSubject {
+            subject_name: subject_name.to_string(),
+            authority_der: crate::keys::certificate_der_from_pem(authority_pem)?,
+        });
+        Ok(self)
     }
 
     /// Adds a federated identity credential.
@@ -212,6 +239,7 @@ impl EmulatorHandle {
                 redirect_uris: app.redirect_uris,
                 app_roles: app.app_roles,
                 federated: app.federated_credentials,
+                trusted_subjects: app.trusted_subjects,
             },
         );
         Ok(())

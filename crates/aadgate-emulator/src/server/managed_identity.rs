@@ -20,8 +20,9 @@
 //! The host has one system-assigned identity ([`EmulatorHandle::system_managed_identity`], used
 //! when a request names none) and any number of user-assigned ones
 //! ([`EmulatorHandle::add_user_assigned_identity`], named by `client_id`, `object_id` /
-//! `principal_id`). Tokens are Entra-shaped, signed with the emulator's active key: `tid` = the
-//! identity's tenant, `oid` = `sub` = its principal id, `appid`/`azp` = its client id,
+//! `principal_id` or `mi_res_id`). Tokens are Entra-shaped, signed with the emulator's active
+//! key: `tid` = the identity's tenant, `oid` = `sub` = its principal id, `appid`/`azp` = its
+//! client id,
 //! `idtyp` = `app`, `xms_mirid` = its resource id, valid 24 hours like Azure's. For
 //! `resource=api://AzureADTokenExchange` the token is a v2 token with
 //! `iss` = `https://login.microsoftonline.com/{tenant}/v2.0`: the managed identity's assertion,
@@ -245,8 +246,8 @@ fn imds_error(error: &str, description: &str) -> Response {
         .into_response()
 }
 
-/// The identity a request names (`client_id`, `object_id` / `principal_id`), else the system
-/// one; `None` for a name no identity has.
+/// The identity a request names (`client_id`, `object_id` / `principal_id`, `mi_res_id` /
+/// `msi_res_id`), else the system one; `None` for a name no identity has.
 fn identity_for(state: &EmuState, query: &HashMap<String, String>) -> Option<ManagedIdentity> {
     let by = |name: &str| query.get(name).map(|v| v.trim().to_ascii_lowercase());
     if let Some(client_id) = by("client_id") {
@@ -258,6 +259,11 @@ fn identity_for(state: &EmuState, query: &HashMap<String, String>) -> Option<Man
         return all_identities(state)
             .into_iter()
             .find(|mi| mi.principal_id == object_id);
+    }
+    if let Some(resource_id) = by("mi_res_id").or_else(|| by("msi_res_id")) {
+        return all_identities(state)
+            .into_iter()
+            .find(|mi| resource_id_of(mi).to_ascii_lowercase() == resource_id);
     }
     Some(state.system_identity.clone())
 }
@@ -311,6 +317,22 @@ fn answer(state: &EmuState, query: &HashMap<String, String>, shape: Shape) -> Re
     Json(body).into_response()
 }
 
+/// The Azure resource id of an identity (`xms_mirid`; `mi_res_id` names a user-assigned one
+/// by it): the emulator's virtual machine for the system-assigned identity,
+/// `…/userAssignedIdentities/{client_id}` for a user-assigned one.
+fn resource_id_of(identity: &ManagedIdentity) -> String {
+    const GROUP: &str =
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/aadgate-dev/providers";
+    if identity.system_assigned {
+        format!("{GROUP}/Microsoft.Compute/virtualMachines/aadgate-dev-vm")
+    } else {
+        format!(
+            "{GROUP}/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            identity.client_id
+        )
+    }
+}
+
 /// The identity's token for `resource`: v2 for the token exchange audience (its federated
 /// assertion), v1 otherwise.
 fn mint(
@@ -322,14 +344,7 @@ fn mint(
 ) -> Result<String, String> {
     let aud = resource.trim_end_matches("/.default");
     let exchange = aud.trim_end_matches('/') == TOKEN_EXCHANGE_AUDIENCE;
-    let mirid = if identity.system_assigned {
-        "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/aadgate-dev/providers/Microsoft.Compute/virtualMachines/aadgate-dev-vm".to_string()
-    } else {
-        format!(
-            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/aadgate-dev/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-            identity.client_id
-        )
-    };
+    let mirid = resource_id_of(identity);
     let spec = TokenSpec {
         tid: identity.tenant.clone(),
         aud: aud.to_string(),

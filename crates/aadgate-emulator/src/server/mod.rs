@@ -76,10 +76,9 @@ use axum::routing::{get, post};
 
 use axum::Router;
 
-pub use crate::state::{FederatedCredential, ManagedIdentity};
+pub use crate::state::{FederatedCredential, ManagedIdentity, TrustedSubject};
 pub use crate::state::{TokenEndpointVersion, TokenOutcome, TokenRequestRecord};
 pub use apps::AppRegistration;
-pub(crate) use workload::{service_account_issuer_of, service_account_key};
 
 use crate::keys::SigningKey;
 use crate::serve::{base_url, ServerTask};

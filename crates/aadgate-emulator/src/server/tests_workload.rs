@@ -114,6 +114,12 @@ async fn imds_names_user_assigned_identities_by_client_id_and_refuses_unknown_on
     )
     .await;
     assert_eq!((status, &body["client_id"]), (200, &json!(USER_ASSIGNED)));
+    let resource_id = format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/aadgate-dev\
+         /providers/Microsoft.ManagedIdentity/userAssignedIdentities/{USER_ASSIGNED}"
+    );
+    let (status, body) = get(&format!("{base}&mi_res_id={resource_id}"), &metadata).await;
+    assert_eq!((status, &body["client_id"]), (200, &json!(USER_ASSIGNED)));
 
     let (status, body) = get(
         &format!("{base}&client_id=00000000-0000-0000-0000-000000000001"),

@@ -29,7 +29,6 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::EmulatorHandle;
-use crate::keys::SigningKey;
 use crate::mint::sign_compact;
 use crate::serve::{read, write};
 use crate::state::{EmuState, FederatedCredential};
@@ -39,20 +38,6 @@ use crate::{iso_timestamp, unix_now, EmulatorError, TOKEN_EXCHANGE_AUDIENCE};
 /// Lifetime of service-account tokens minted without one, seconds (an hour, as AKS projects
 /// them).
 pub const SERVICE_ACCOUNT_TOKEN_LIFETIME_SECS: i64 = 3600;
-
-/// `{base}/k8s`: the issuer of the emulator's service-account tokens.
-pub(crate) fn service_account_issuer_of(base_url: &str) -> String {
-    format!("{base_url}/k8s")
-}
-
-/// The service-account issuer's signing key, made on first use.
-pub(crate) fn service_account_key(state: &EmuState) -> Result<&SigningKey, EmulatorError> {
-    if let Some(key) = state.service_account_key.get() {
-        return Ok(key);
-    }
-    let key = SigningKey::generate()?;
-    Ok(state.service_account_key.get_or_init(|| key))
-}
 
 /// Mints a service-account token of `state`'s issuer.
 fn mint_service_account(
@@ -68,7 +53,7 @@ fn mint_service_account(
              without ':'"
         )));
     }
-    let key = service_account_key(state)?;
+    let key = state.service_account_key()?;
     let now = unix_now();
     let exp = now.saturating_add(lifetime_secs);
     let header = Map::from_iter([
@@ -83,7 +68,7 @@ fn mint_service_account(
         ("nbf".to_string(), Value::from(now)),
         (
             "iss".to_string(),
-            Value::from(service_account_issuer_of(&state.base_url)),
+            Value::from(state.service_account_issuer()),
         ),
         ("jti".to_string(), Value::from(crate::new_guid())),
         (
@@ -106,7 +91,7 @@ impl EmulatorHandle {
     /// [`EmulatorHandle::mint_service_account_token`] mints (what an app's federated credential
     /// names to trust them).
     pub fn service_account_issuer(&self) -> String {
-        service_account_issuer_of(&self.state().base_url)
+        self.state().service_account_issuer()
     }
 
     /// A Kubernetes-style service-account token for `namespace`/`name`: `sub` =
@@ -184,7 +169,7 @@ impl EmulatorHandle {
 /// `GET /k8s/.well-known/openid-configuration`, as kube-apiserver serves it.
 pub(super) async fn sa_metadata(State(state): State<Arc<EmuState>>) -> Response {
     state.service_account_fetches.fetch_add(1, Ordering::SeqCst);
-    let issuer = service_account_issuer_of(&state.base_url);
+    let issuer = state.service_account_issuer();
     Json(json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/openid/v1/jwks"),
@@ -198,7 +183,7 @@ pub(super) async fn sa_metadata(State(state): State<Arc<EmuState>>) -> Response 
 /// `GET /k8s/openid/v1/jwks`.
 pub(super) async fn sa_jwks(State(state): State<Arc<EmuState>>) -> Response {
     state.service_account_fetches.fetch_add(1, Ordering::SeqCst);
-    match service_account_key(&state) {
+    match state.service_account_key() {
         Ok(key) => Json(json!({
             "keys": [{
                 "use": "sig",

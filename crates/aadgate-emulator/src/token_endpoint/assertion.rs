@@ -97,8 +97,8 @@ pub(super) fn check_assertion(
     let cert = find_certificate(app, &thumbprint)?;
     record.assertion_thumbprint = Some(cert.thumbprint_hex.clone());
     let now = unix_now();
-    check_certificate(cert, now)?;
-    check_signature(&jws, app, cert, alg)?;
+    check_certificate(&cert, now)?;
+    check_signature(&jws, app, &cert, alg)?;
     check_audience(state, &jws, tenant, headers)?;
     check_issuer(&jws, app)?;
     check_time_window(&jws, now)?;
@@ -128,6 +128,8 @@ fn check_type(jws: &Jws) -> Result<(), AadstsError> {
 /// Thumbprints are base64url; Entra ID accepts them with or without `=` padding (MSAL for
 /// Python pads its `x5t`), so both forms are read here, as is the standard base64 alphabet.
 struct Thumbprint {
+    /// The `x5c` chain, DER, leaf first; empty without `x5c`.
+    x5c: Vec<Vec<u8>>,
     /// SHA-1 of the `x5c` leaf, when the header carries a readable `x5c`.
     x5c_sha1: Option<Vec<u8>>,
     x5t: Option<Vec<u8>>,
@@ -157,7 +159,17 @@ fn decode_thumbprint(text: &str) -> Option<Vec<u8>> {
     engine.decode(url_safe.as_bytes()).ok()
 }
 
-fn hex_upper(bytes: &[u8]) -> String {
+/// Decodes one `x5c` entry: standard base64 DER; MSAL for Python sends the PEM body with its
+/// line breaks, which are skipped.
+fn decode_certificate(entry: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let compact: String = entry.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+}
+
+pub(super) fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
@@ -166,25 +178,16 @@ impl Thumbprint {
     fn of(jws: &Jws) -> Result<Self, AadstsError> {
         let text = |name: &str| jws.header.get(name).and_then(Value::as_str);
         let (x5t_text, s256_text) = (text("x5t"), text("x5t#S256"));
-        let x5c_leaf = match jws.header.get("x5c") {
-            None => None,
-            Some(Value::Array(chain)) => Some(
-                chain
-                    .first()
-                    .and_then(Value::as_str)
-                    .and_then(|leaf| {
-                        // MSAL for Python sends the PEM body with its line breaks.
-                        use base64::Engine as _;
-                        let compact: String =
-                            leaf.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-                        base64::engine::general_purpose::STANDARD
-                            .decode(compact.as_bytes())
-                            .ok()
-                    })
-                    .ok_or_else(bad_x5c)?,
-            ),
+        let x5c: Vec<Vec<u8>> = match jws.header.get("x5c") {
+            None => Vec::new(),
+            Some(Value::Array(chain)) if !chain.is_empty() => chain
+                .iter()
+                .map(|entry| entry.as_str().and_then(decode_certificate))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad_x5c)?,
             Some(_) => return Err(bad_x5c()),
         };
+        let x5c_leaf = x5c.first();
         if x5c_leaf.is_none() && x5t_text.is_none() && s256_text.is_none() {
             return Err(AadstsError::invalid_client(
                 50_027,
@@ -192,7 +195,7 @@ impl Thumbprint {
             ));
         }
         let x5c_sha1 = x5c_leaf.map(|der| {
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
                 .as_ref()
                 .to_vec()
         });
@@ -205,6 +208,7 @@ impl Thumbprint {
             .map(hex_upper)
             .unwrap_or_else(|| x5t_text.or(s256_text).unwrap_or_default().to_string());
         Ok(Thumbprint {
+            x5c,
             x5c_sha1,
             x5t,
             x5t_s256,
@@ -238,18 +242,22 @@ pub(super) fn algorithm(jws: &Jws) -> Result<Algorithm, AadstsError> {
     }
 }
 
-/// The app's certificate the assertion names: the `x5c` leaf first (its DER must be a
-/// registered certificate), then `x5t#S256` (AAD's preferred thumbprint), then `x5t`.
-fn find_certificate<'a>(
-    app: &'a RegisteredApp,
+/// The app's certificate the assertion names: the `x5c` leaf first (a registered certificate,
+/// else one the app trusts by subject name and issuer, see [`super::sni`]), then `x5t#S256`
+/// (AAD's preferred thumbprint), then `x5t`.
+fn find_certificate(
+    app: &RegisteredApp,
     thumbprint: &Thumbprint,
-) -> Result<&'a RegisteredCert, AadstsError> {
+) -> Result<RegisteredCert, AadstsError> {
     let by_sha1 = |sha1: &[u8]| {
         app.certs
             .iter()
             .find(|c| c.thumbprint_hex == hex_upper(sha1))
     };
     let found = match &thumbprint.x5c_sha1 {
+        Some(leaf) if by_sha1(leaf).is_none() && !app.trusted_subjects.is_empty() => {
+            return super::sni::trusted_leaf(app, &thumbprint.x5c);
+        }
         Some(leaf) => by_sha1(leaf),
         None => thumbprint
             .x5t_s256
@@ -260,7 +268,7 @@ fn find_certificate<'a>(
             })
             .or_else(|| thumbprint.x5t.as_deref().and_then(by_sha1)),
     };
-    found.ok_or_else(|| {
+    found.cloned().ok_or_else(|| {
         AadstsError::invalid_client(
             700_027,
             format!(

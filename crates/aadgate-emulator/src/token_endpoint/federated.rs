@@ -40,7 +40,7 @@ use serde_json::Value;
 use super::assertion::{check_time_window, parse_jws, Jws};
 use super::errors::AadstsError;
 use crate::serve::{lock, read};
-use crate::state::{EmuState, FederatedCredential, RegisteredApp};
+use crate::state::{CachedJwks, EmuState, FederatedCredential, RegisteredApp, RsaJwk};
 use crate::{b64url_decode, unix_now};
 
 /// How long fetched keys of an external issuer are used before they are fetched again, seconds.
@@ -50,20 +50,6 @@ const JWKS_CACHE_SECS: i64 = 3600;
 const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const FIC_DOCS: &str = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
-
-/// An external issuer's RSA keys, as fetched.
-#[derive(Debug, Clone)]
-pub(crate) struct CachedJwks {
-    keys: Vec<RsaJwk>,
-    fetched_at: i64,
-}
-
-#[derive(Debug, Clone)]
-struct RsaJwk {
-    kid: Option<String>,
-    n: Vec<u8>,
-    e: Vec<u8>,
-}
 
 /// Whether `assertion` is to be checked as a federated assertion for `app` (see the module
 /// docs); `false` for anything that does not parse (the certificate path reports it).
@@ -106,7 +92,8 @@ pub(super) async fn check_federated(
     let kid = jws.header.get("kid").and_then(Value::as_str);
     let key = match local {
         Some(LocalIssuer::ServiceAccounts) => {
-            let key = crate::server::service_account_key(state)
+            let key = state
+                .service_account_key()
                 .map_err(|e| issuer_unreachable(&e.to_string()))?;
             (kid.is_none() || kid == Some(key.kid())).then(|| RsaJwk {
                 kid: Some(key.kid().to_string()),
@@ -239,7 +226,7 @@ enum LocalIssuer {
 }
 
 fn local_issuer(state: &EmuState, iss: &str) -> Option<LocalIssuer> {
-    if iss == crate::server::service_account_issuer_of(&state.base_url) {
+    if iss == state.service_account_issuer() {
         return Some(LocalIssuer::ServiceAccounts);
     }
     let tenant_of = |prefix: &str, suffix: &str| {

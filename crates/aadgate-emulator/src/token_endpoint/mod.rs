@@ -39,7 +39,8 @@
 //! whose `iss` is a URL) is an external token presented through a federated identity
 //! credential instead: see [`federated`] for those checks (AADSTS70021, 700211, 700212, 700213,
 //! 700024). The certificate an assertion names may be given as `x5t` or `x5t#S256`, base64url
-//! with or without `=` padding, or as an `x5c` chain whose leaf is a registered certificate.
+//! with or without `=` padding, or as an `x5c` chain whose leaf is a registered certificate or
+//! one the app trusts by subject name and issuer ([`sni`]: AADSTS700030, 50017).
 //!
 //! `claims` (the OAuth claims request parameter, OpenID Connect Core §5.5) is read as Entra ID
 //! reads it for client capabilities
@@ -70,6 +71,7 @@ mod assertion;
 mod errors;
 mod federated;
 mod grant;
+mod sni;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
@@ -89,7 +91,6 @@ use serde_json::Value;
 
 pub(crate) use errors::AadstsError;
 use errors::RequestIds;
-pub(crate) use federated::CachedJwks;
 
 use crate::serve::lock;
 use crate::state::{

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::tests::{claims_of, CLIENT};
 use super::JWT_BEARER_ASSERTION_TYPE;
 use crate::keys::SigningKey;
-use crate::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
-use crate::state::FederatedCredential;
+use crate::FederatedCredential;
+use crate::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 use crate::{TokenOutcome, DEFAULT_TENANT, GRAPH_RESOURCE, TOKEN_EXCHANGE_AUDIENCE};
 
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";

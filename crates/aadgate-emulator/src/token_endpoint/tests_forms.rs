@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::tests::{aad_token_url, assertion, claims_of, CLIENT};
 use super::JWT_BEARER_ASSERTION_TYPE;
 use crate::keys::SigningKey;
-use crate::server::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 use crate::DEFAULT_TENANT;
+use crate::{AppRegistration, Emulator, EmulatorHandle, EmulatorOptions};
 
 /// Changes a client assertion's JOSE header.
 type HeaderTweak<'a> = dyn Fn(&mut serde_json::Map<String, Value>) + 'a;
@@ -201,4 +201,94 @@ async fn a_claims_value_that_is_not_a_json_object_is_an_invalid_request() {
         assert_eq!(body["error"], "invalid_request");
         assert_eq!(body["error_codes"], json!([90_100]), "{bad}");
     }
+}
+
+/// A CA (ECDSA) and a leaf it issued for `cn` with an RSA key: (CA PEM, leaf signing key).
+fn issued(cn: &str) -> (String, SigningKey) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Contoso issuing CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key =
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("leaf key");
+    let mut leaf_params = rcgen::CertificateParams::default();
+    leaf_params.distinguished_name = rcgen::DistinguishedName::new();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let key = SigningKey::from_pem(&leaf_key.serialize_pem(), &leaf.pem()).expect("signing key");
+    (ca.pem(), key)
+}
+
+#[tokio::test]
+async fn a_trusted_subject_name_and_issuer_accept_an_unregistered_x5c_leaf() {
+    let (emu, _) = fixture().await;
+    let (ca_pem, leaf) = issued("gateway.contoso.example");
+    emu.register_app(
+        AppRegistration::new(CLIENT)
+            .with_trusted_subject("gateway.contoso.example", &ca_pem)
+            .expect("trust"),
+    )
+    .expect("register");
+    let aud = aad_token_url(DEFAULT_TENANT);
+    let ca_der = crate::keys::certificate_der_from_pem(&ca_pem).expect("ca der");
+    let chain_of = |key: &SigningKey| {
+        json!([
+            base64::engine::general_purpose::STANDARD.encode(key.certificate_der()),
+            base64::engine::general_purpose::STANDARD.encode(&ca_der),
+        ])
+    };
+    let sni = |key: &SigningKey| {
+        let chain = chain_of(key);
+        assertion(key, &aud, move |h, _| {
+            h.insert("x5c".into(), chain);
+        })
+    };
+    let (status, body) = redeem(&emu, &sni(&leaf), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        emu.token_requests()
+            .pop()
+            .expect("record")
+            .assertion_thumbprint
+            .as_deref(),
+        Some(leaf.thumbprint_hex())
+    );
+
+    let (_, wrong_name) = issued("intruder.contoso.example");
+    let (status, body) = redeem(&emu, &sni(&wrong_name), None).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(700_030)),
+        "{body}"
+    );
+
+    // The right name from another CA.
+    let (_, other_ca) = issued("gateway.contoso.example");
+    let (status, body) = redeem(&emu, &sni(&other_ca), None).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(50_017)),
+        "{body}"
+    );
+
+    // The trusted leaf, but the assertion signed by another key.
+    let forged = {
+        let chain = chain_of(&leaf);
+        assertion(&wrong_name, &aud, move |h, _| {
+            h.insert("x5c".into(), chain);
+        })
+    };
+    let (status, body) = redeem(&emu, &forged, None).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(700_027)),
+        "{body}"
+    );
 }
