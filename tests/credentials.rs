@@ -340,3 +340,58 @@ async fn a_user_assigned_identity_is_asked_for_by_client_id_through_identity_end
     assert!(q.contains(&format!("client_id={MI}")), "{q}");
     assert!(q.contains("api-version=2019-08-01"), "{q}");
 }
+
+/// A CA and a leaf certificate it issued for `cn`, written as `{dir}/sni.crt` (leaf then CA: the
+/// chain) and `{dir}/sni.key`; returns the CA's PEM.
+fn issued_certificate(dir: &std::path::Path, cn: &str) -> String {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Contoso issuing CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key =
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("leaf key");
+    let mut leaf_params = rcgen::CertificateParams::default();
+    leaf_params.distinguished_name = rcgen::DistinguishedName::new();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    std::fs::write(dir.join("sni.crt"), format!("{}{}", leaf.pem(), ca.pem())).expect("write");
+    std::fs::write(dir.join("sni.key"), leaf_key.serialize_pem()).expect("write");
+    ca.pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_x5c_carries_the_chain_for_subject_name_and_issuer_authentication() {
+    const SUBJECT: &str = "gateway.contoso.example";
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca_pem = issued_certificate(certs.path(), SUBJECT);
+    let d = certs.path().display().to_string();
+    // The app registers no certificate: it trusts the subject name issued by the CA, which
+    // Entra ID can only check when the assertion carries the chain.
+    let trust = |ca: String| {
+        move |_: &World, app: AppRegistration| {
+            app.with_trusted_subject(SUBJECT, &ca).expect("trust")
+        }
+    };
+    let credential = format!(r#"[ {{ certificate = "{d}/sni.crt", key = "{d}/sni.key" }} ]"#);
+    let with_chain = setup_with(
+        &format!("{credential}\nsend_x5c = true"),
+        &[],
+        trust(ca_pem.clone()),
+        |_| Vec::new(),
+    )
+    .await;
+    assert_eq!(call(&with_chain, TENANT_A).await, (200, None));
+    let without = setup_with(&credential, &[], trust(ca_pem), |_| Vec::new()).await;
+    assert_eq!(
+        call(&without, TENANT_A).await,
+        (503, Some("exchange_unavailable".to_string()))
+    );
+    without.gw.wait_for_log("700027").await;
+}
