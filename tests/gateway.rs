@@ -152,29 +152,6 @@ fn assert_rejected(a: &Answer, status: u16, reason: &str) {
     }
 }
 
-fn tamper_claims(token: &str, f: impl FnOnce(&mut Value)) -> String {
-    let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
-    f(&mut claims);
-    format!(
-        "{}.{}.{}",
-        parts[0],
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        parts[2]
-    )
-}
-
-fn with_header(token: &str, header: Value) -> String {
-    let parts: Vec<&str> = token.split('.').collect();
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        parts[1],
-        parts[2]
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_core_reason_code_is_answered_with_its_status_body_and_challenge() {
     let w = World::start().await;

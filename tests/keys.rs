@@ -37,21 +37,6 @@ fn admin_app() -> TokenSpec {
     TokenSpec::app(TENANT_A, AUD, &["Admin"])
 }
 
-async fn status_and_reason(gw: &Gateway, token: &str) -> (u16, Option<String>) {
-    let r = client()
-        .get(gw.url("/jobs/1"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("response");
-    let reason = r
-        .headers()
-        .get("x-aadgate-reason")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    (r.status().as_u16(), reason)
-}
-
 /// Waits until the gateway's kid-miss refetch window (1 s) has passed since its last fetch,
 /// read from the metrics' last-success timestamp (whole seconds, so 2 s after it).
 async fn wait_refetch_window(gw: &Gateway) {
@@ -69,7 +54,9 @@ async fn twenty_concurrent_requests_with_a_newly_published_kid_are_all_accepted_
     let gw = Gateway::start(&gateway_config(), &w).await;
     gw.wait_ready().await;
     assert_eq!(
-        status_and_reason(&gw, &w.idp.mint(&admin_app())).await.0,
+        get_status_and_reason(&gw, "/jobs/1", &w.idp.mint(&admin_app()))
+            .await
+            .0,
         200
     );
     wait_refetch_window(&gw).await;
@@ -122,15 +109,20 @@ async fn an_id_token_with_roles_and_the_api_audience_is_not_an_access_token() {
         .with_claim("name", json!("Ada"));
     id_token.appid = None;
     id_token.app_auth_strength = None;
-    let (status, reason) = status_and_reason(&gw, &w.idp.mint(&id_token)).await;
+    let (status, reason) = get_status_and_reason(&gw, "/jobs/1", &w.idp.mint(&id_token)).await;
     assert_eq!((status, reason.as_deref()), (401, Some("not_access_token")));
     // The same token as an access token (with azp) passes.
     let access = TokenSpec::app(TENANT_A, AUD_ID, &["Admin"]);
-    assert_eq!(status_and_reason(&gw, &w.idp.mint(&access)).await.0, 200);
+    assert_eq!(
+        get_status_and_reason(&gw, "/jobs/1", &w.idp.mint(&access))
+            .await
+            .0,
+        200
+    );
     // A v1 token with neither appid nor azp, too.
     let mut v1 = TokenSpec::app(TENANT_A, AUD, &["Admin"]).with_ver(1);
     v1.appid = None;
-    let (status, reason) = status_and_reason(&gw, &w.idp.mint(&v1)).await;
+    let (status, reason) = get_status_and_reason(&gw, "/jobs/1", &w.idp.mint(&v1)).await;
     assert_eq!((status, reason.as_deref()), (401, Some("not_access_token")));
 }
 

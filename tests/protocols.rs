@@ -6,8 +6,6 @@
 mod common;
 
 use aadgate_emulator::TokenSpec;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
 
@@ -129,29 +127,6 @@ async fn start(world: &World, extra_server: &str) -> Gateway {
 
 fn app(tid: &str) -> TokenSpec {
     TokenSpec::app(tid, AUD, &["Orders.Read"])
-}
-
-fn tamper_claims(token: &str, f: impl FnOnce(&mut Value)) -> String {
-    let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
-    f(&mut claims);
-    format!(
-        "{}.{}.{}",
-        parts[0],
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        parts[2]
-    )
-}
-
-fn with_header(token: &str, header: Value) -> String {
-    let parts: Vec<&str> = token.split('.').collect();
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        parts[1],
-        parts[2]
-    )
 }
 
 /// One refusal to provoke: the path, the bearer token, and the expected status and reason.

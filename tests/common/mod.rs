@@ -469,3 +469,52 @@ impl WireUpstream {
             .and_then(|h| h.lines().next().map(String::from))
     }
 }
+
+/// `GET path` with `token` as the bearer: the status and `x-aadgate-reason`.
+pub(crate) async fn get_status_and_reason(
+    gw: &Gateway,
+    path: &str,
+    token: &str,
+) -> (u16, Option<String>) {
+    let r = client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("response");
+    let reason = r
+        .headers()
+        .get("x-aadgate-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    (r.status().as_u16(), reason)
+}
+
+/// `token` with its claims changed by `f` and the signature kept (so it no longer verifies).
+pub(crate) fn tamper_claims(token: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+    f(&mut claims);
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    )
+}
+
+/// `token` with its JOSE header replaced by `header`.
+pub(crate) fn with_header(token: &str, header: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let parts: Vec<&str> = token.split('.').collect();
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        parts[1],
+        parts[2]
+    )
+}
