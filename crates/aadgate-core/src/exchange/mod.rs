@@ -459,40 +459,7 @@ impl Exchanger {
             {
                 Ok(issued) => {
                     self.count_credential(kind, "ok");
-                    if first != current && index == current {
-                        // The configured order was tried again and the preferred credentials
-                        // still fail: the next try is another RETRY_PREFERRED_SECS away.
-                        self.moved_at.store(now, Ordering::Relaxed);
-                    }
-                    if claims.is_some() {
-                        if let Ok(mut c) = self.challenges.lock() {
-                            c.remove(tenant);
-                        }
-                    }
-                    if index != current
-                        && self
-                            .signer
-                            .compare_exchange(current, index, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        if index == 0 {
-                            tracing::info!(
-                                exchange = %s.name,
-                                tenant,
-                                credential = %self.describe_credential(0),
-                                "the first configured credential works again and is tried first from now on"
-                            );
-                            return Ok(issued);
-                        }
-                        self.moved_at.store(now, Ordering::Relaxed);
-                        tracing::warn!(
-                            exchange = %s.name,
-                            tenant,
-                            credential = %self.describe_credential(index),
-                            previous = %self.describe_credential(current),
-                            "credential fallback: the credential tried first failed; this one is tried first, and the configured order again in 10 minutes"
-                        );
-                    }
+                    self.credential_worked(tenant, index, current, first, now, claims.is_some());
                     return Ok(issued);
                 }
                 Err(f) => f,
@@ -524,6 +491,56 @@ impl Exchanger {
                 refused.join("; ")
             ),
         ))
+    }
+
+    /// Bookkeeping after credential `index` got a token for `tenant`: a claims challenge is
+    /// answered, and the credential tried first moves to `index` (logged), or back to the first
+    /// configured one, or stays with the next retry of the configured order later.
+    fn credential_worked(
+        &self,
+        tenant: &str,
+        index: usize,
+        current: usize,
+        first: usize,
+        now: i64,
+        sent_claims: bool,
+    ) {
+        let s = &self.settings;
+        if sent_claims {
+            if let Ok(mut c) = self.challenges.lock() {
+                c.remove(tenant);
+            }
+        }
+        if first != current && index == current {
+            // The configured order was tried again and the preferred credentials still
+            // fail: the next try is another RETRY_PREFERRED_SECS away.
+            self.moved_at.store(now, Ordering::Relaxed);
+        }
+        if index == current
+            || self
+                .signer
+                .compare_exchange(current, index, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if index == 0 {
+            tracing::info!(
+                exchange = %s.name,
+                tenant,
+                credential = %self.describe_credential(0),
+                "the first configured credential works again and is tried first from now on"
+            );
+            return;
+        }
+        self.moved_at.store(now, Ordering::Relaxed);
+        tracing::warn!(
+            exchange = %s.name,
+            tenant,
+            credential = %self.describe_credential(index),
+            previous = %self.describe_credential(current),
+            "credential fallback: the credential tried first failed; this one is tried first, and the configured order again in 10 minutes"
+        );
     }
 
     /// A credential as logs name it: the certificate's file and thumbprint, the token file, or
