@@ -242,7 +242,8 @@ measure() {
         ALL_GW[$scenario]+="$(awk -v t=$((s1 - s0)) -v k="$TICK" -v n="$calls" 'BEGIN { printf "%.1f", (n > 0 ? t / k * 1e6 / n : 0) }') "
     fi
     ALL_UPC[$scenario]+="$(awk -v t=$((u1 - u0)) -v k="$TICK" -v n="$calls" 'BEGIN { printf "%.1f", (n > 0 ? t / k * 1e6 / n : 0) }') "
-    ALL_SUTB[$scenario]+="$(awk -v b=$((sut1 - sut0)) -v t=$((sutt1 - sutt0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }') "
+    # Other load on the server's CPU: its busy time that is not the server under test's.
+    ALL_SUTB[$scenario]+="$(awk -v b=$((sut1 - sut0)) -v s=$((s1 - s0)) -v t=$((sutt1 - sutt0)) 'BEGIN { o = t > 0 ? 100 * (b - s) / t : 0; printf "%.0f", (o > 0 ? o : 0) }') "
     ALL_LOADB[$scenario]+="$(awk -v b=$((load1 - load0)) -v t=$((loadt1 - loadt0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }') "
     log "$(printf '%-18s %10s calls/s  p50 %6s us  p99 %6s us' "$scenario" "$rps" "$p50" "$p99")"
 }
@@ -306,8 +307,8 @@ echo
 echo "aadgate protocols benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $MACHINE — commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "$ROUNDS rounds of ${DURATION}s per scenario; gateway (1 worker, h2c, access log on) and nginx on CPU $SUT_CPU; load clients, gRPC echo, HTTP upstream, emulator on CPU $LOAD_CPU"
 echo
-printf '| %-18s | %-20s | %9s | %-26s | %7s | %7s | %11s | %12s | %6s | %6s |\n' scenario load "calls/s" "calls/s per round" "p50 us" "p99 us" "gw CPU us" "upstr CPU us" "CPU$SUT_CPU %" "CPU$LOAD_CPU %"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------------------- ----------: ---------------------------- --------: --------: ------------: -------------: -------: -------:
+printf '| %-18s | %-20s | %9s | %-26s | %7s | %7s | %11s | %12s | %-12s | %6s |\n' scenario load "calls/s" "calls/s per round" "p50 us" "p99 us" "gw CPU us" "upstr CPU us" "other CPU$SUT_CPU %" "CPU$LOAD_CPU %"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------------------- ----------: ---------------------------- --------: --------: ------------: -------------: -------------- -------:
 for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x1 h2_aadgate h1_aadgate h2_nginx; do
     [[ -n ${ALL_RPS[$s]:-} ]] || continue
     case $s in
@@ -316,14 +317,17 @@ for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x
         h1_*) load="h2load --h1 -c $H2_CONNS" ;;
         *) load="h2load -c $H2_CONNS -m $H2_STREAMS" ;;
     esac
-    printf '| %-18s | %-20s | %9.0f | %-26s | %7s | %7s | %11s | %12s | %6s | %6s |\n' "$s" "$load" "$(median <<<"${ALL_RPS[$s]}")" \
+    printf '| %-18s | %-20s | %9.0f | %-26s | %7s | %7s | %11s | %12s | %-12s | %6s |\n' "$s" "$load" "$(median <<<"${ALL_RPS[$s]}")" \
         "$(tr ' ' '\n' <<<"${ALL_RPS[$s]}" | grep -v '^$' | awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 }')" \
         "$(median <<<"${ALL_P50[$s]}")" "$(median <<<"${ALL_P99[$s]}")" "$(median <<<"${ALL_GW[$s]:-}")" \
-        "$(median <<<"${ALL_UPC[$s]}")" "$(median <<<"${ALL_SUTB[$s]}")" "$(median <<<"${ALL_LOADB[$s]}")"
+        "$(median <<<"${ALL_UPC[$s]}")" "$(tr ' ' '\n' <<<"${ALL_SUTB[$s]}" | grep -v '^$' | paste -sd/ -)" "$(median <<<"${ALL_LOADB[$s]}")"
 done
 echo
-echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was (anything running on it)."
-echo "Other load on the machine: CPU $SUT_CPU was $(tr ' ' '\n' <<<"${ALL_SUTB[grpc_direct]}" | grep -v '^$' | paste -sd/ -)% busy during grpc_direct (per round), where nothing of the benchmark runs on it."
+echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); other CPU$SUT_CPU %: time CPU $SUT_CPU spent on anything but the server under test, per round (other work on the machine, or steal); CPU$LOAD_CPU %: how busy CPU $LOAD_CPU was."
+OTHER_MAX=$(printf '%s ' "${ALL_SUTB[@]}" | tr ' ' '\n' | grep -v '^$' | sort -n | tail -n 1)
+if ((OTHER_MAX > 10)); then
+    echo "Warning: up to $OTHER_MAX % of CPU $SUT_CPU went to other work during a run: those rounds are disturbed; rerun on a quiet machine."
+fi
 RATIO=$(per_round ALL_RPS grpc_aadgate grpc_direct /)
 MET=$(awk -v r="$RATIO" -v t="$TARGET" 'BEGIN { print ((r >= t) ? "met" : "NOT MET") }')
 echo
