@@ -168,6 +168,15 @@ ticks() {
 }
 # Busy and total ticks of one CPU (busy: user, nice, system, irq, softirq, steal).
 cpu_stat() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# Other work on the machine: CPU ticks of every process outside this script's process group
+# (with the children they reaped), and the ticks of all CPUs together.
+OUR_PGID=$(awk '{ sub(/^.*\) /, ""); print $3 }' "/proc/$$/stat")
+other_stat() {
+    local all
+    all=$(cpu_stat "")
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$OUR_PGID" -v all="${all#* }" '
+        { sub(/^.*\) /, ""); if ($3 != g) s += $12 + $13 + $14 + $15 } END { print s + 0, all }'
+}
 
 GRPC_DIRECT=http://127.0.0.1:$ECHO
 GRPC_AADGATE=http://127.0.0.1:$GW
@@ -207,13 +216,13 @@ print(f"{rps:.1f} {pct(50)} {pct(99)} {errors}")
 EOF
 }
 
-declare -A ALL_RPS ALL_P50 ALL_P99 ALL_GW ALL_UPC ALL_SUTB ALL_LOADB
+declare -A ALL_RPS ALL_P50 ALL_P99 ALL_GW ALL_UPC ALL_OTHER ALL_SUTB ALL_LOADB
 LAST=""
 # usage: measure SCENARIO KIND ARGS... — KIND grpc (URL CONNS STREAMS) or h2load (NAME URL ARGS...);
 # records calls/s, p50, p99, CPU microseconds per call of the server under test (gateway or
 # nginx) and of the upstream (echo or HTTP upstream), and how busy each CPU was.
 measure() {
-    local scenario=$1 kind=$2 srv=() upstream s0 s1 u0 u1 sut0 sut1 load0 load1 rps p50 p99 errors
+    local scenario=$1 kind=$2 srv=() upstream s0 s1 u0 u1 sut0 sut1 load0 load1 o0 o1 rps p50 p99 errors
     shift 2
     case $scenario in
         grpc_direct*) srv=() ;;
@@ -224,6 +233,7 @@ measure() {
     [[ $scenario == h* ]] && upstream=$UP_PID
     s0=$(ticks "${srv[@]}"); u0=$(ticks "$upstream")
     read -r sut0 sutt0 <<<"$(cpu_stat "$SUT_CPU")"; read -r load0 loadt0 <<<"$(cpu_stat "$LOAD_CPU")"
+    read -r o0 ot0 <<<"$(other_stat)"
     if [[ $kind == grpc ]]; then
         LAST=$(grpc_run "$1" "$2" "$3" "$DURATION")
     else
@@ -231,6 +241,7 @@ measure() {
     fi
     s1=$(ticks "${srv[@]}"); u1=$(ticks "$upstream")
     read -r sut1 sutt1 <<<"$(cpu_stat "$SUT_CPU")"; read -r load1 loadt1 <<<"$(cpu_stat "$LOAD_CPU")"
+    read -r o1 ot1 <<<"$(other_stat)"
     read -r rps p50 p99 errors <<<"$LAST"
     [[ $errors == 0 ]] || die "$scenario: $errors errors during the run"
     ALL_RPS[$scenario]+="$rps "
@@ -242,8 +253,8 @@ measure() {
         ALL_GW[$scenario]+="$(awk -v t=$((s1 - s0)) -v k="$TICK" -v n="$calls" 'BEGIN { printf "%.1f", (n > 0 ? t / k * 1e6 / n : 0) }') "
     fi
     ALL_UPC[$scenario]+="$(awk -v t=$((u1 - u0)) -v k="$TICK" -v n="$calls" 'BEGIN { printf "%.1f", (n > 0 ? t / k * 1e6 / n : 0) }') "
-    # Other load on the server's CPU: its busy time that is not the server under test's.
-    ALL_SUTB[$scenario]+="$(awk -v b=$((sut1 - sut0)) -v s=$((s1 - s0)) -v t=$((sutt1 - sutt0)) 'BEGIN { o = t > 0 ? 100 * (b - s) / t : 0; printf "%.0f", (o > 0 ? o : 0) }') "
+    ALL_OTHER[$scenario]+="$(awk -v o=$((o1 - o0)) -v t=$((ot1 - ot0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * o / t : 0) }') "
+    ALL_SUTB[$scenario]+="$(awk -v b=$((sut1 - sut0)) -v t=$((sutt1 - sutt0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }') "
     ALL_LOADB[$scenario]+="$(awk -v b=$((load1 - load0)) -v t=$((loadt1 - loadt0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }') "
     log "$(printf '%-18s %10s calls/s  p50 %6s us  p99 %6s us' "$scenario" "$rps" "$p50" "$p99")"
 }
@@ -287,7 +298,7 @@ one_round() { # seconds
 log "warm-up"
 one_round 2
 for s in "${!ALL_RPS[@]}"; do
-    ALL_RPS[$s]=""; ALL_P50[$s]=""; ALL_P99[$s]=""; ALL_GW[$s]=""; ALL_UPC[$s]=""; ALL_SUTB[$s]=""; ALL_LOADB[$s]=""
+    ALL_RPS[$s]=""; ALL_P50[$s]=""; ALL_P99[$s]=""; ALL_GW[$s]=""; ALL_UPC[$s]=""; ALL_OTHER[$s]=""; ALL_SUTB[$s]=""; ALL_LOADB[$s]=""
 done
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round/$ROUNDS"
@@ -307,8 +318,8 @@ echo
 echo "aadgate protocols benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $MACHINE — commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "$ROUNDS rounds of ${DURATION}s per scenario; gateway (1 worker, h2c, access log on) and nginx on CPU $SUT_CPU; load clients, gRPC echo, HTTP upstream, emulator on CPU $LOAD_CPU"
 echo
-printf '| %-18s | %-20s | %9s | %-26s | %7s | %7s | %11s | %12s | %-12s | %6s |\n' scenario load "calls/s" "calls/s per round" "p50 us" "p99 us" "gw CPU us" "upstr CPU us" "other CPU$SUT_CPU %" "CPU$LOAD_CPU %"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------------------- ----------: ---------------------------- --------: --------: ------------: -------------: -------------- -------:
+printf '| %-18s | %-20s | %9s | %-26s | %7s | %7s | %9s | %12s | %6s | %6s | %-12s |\n' scenario load "calls/s" "calls/s per round" "p50 us" "p99 us" "gw CPU us" "upstr CPU us" "CPU$SUT_CPU %" "CPU$LOAD_CPU %" "other load %"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------------------- ----------: ---------------------------- --------: --------: ----------: -------------: -------: -------: --------------
 for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x1 h2_aadgate h1_aadgate h2_nginx; do
     [[ -n ${ALL_RPS[$s]:-} ]] || continue
     case $s in
@@ -317,16 +328,17 @@ for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x
         h1_*) load="h2load --h1 -c $H2_CONNS" ;;
         *) load="h2load -c $H2_CONNS -m $H2_STREAMS" ;;
     esac
-    printf '| %-18s | %-20s | %9.0f | %-26s | %7s | %7s | %11s | %12s | %-12s | %6s |\n' "$s" "$load" "$(median <<<"${ALL_RPS[$s]}")" \
+    printf '| %-18s | %-20s | %9.0f | %-26s | %7s | %7s | %9s | %12s | %6s | %6s | %-12s |\n' "$s" "$load" "$(median <<<"${ALL_RPS[$s]}")" \
         "$(tr ' ' '\n' <<<"${ALL_RPS[$s]}" | grep -v '^$' | awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 }')" \
         "$(median <<<"${ALL_P50[$s]}")" "$(median <<<"${ALL_P99[$s]}")" "$(median <<<"${ALL_GW[$s]:-}")" \
-        "$(median <<<"${ALL_UPC[$s]}")" "$(tr ' ' '\n' <<<"${ALL_SUTB[$s]}" | grep -v '^$' | paste -sd/ -)" "$(median <<<"${ALL_LOADB[$s]}")"
+        "$(median <<<"${ALL_UPC[$s]}")" "$(median <<<"${ALL_SUTB[$s]}")" "$(median <<<"${ALL_LOADB[$s]}")" \
+        "$(tr ' ' '\n' <<<"${ALL_OTHER[$s]}" | grep -v '^$' | paste -sd/ -)"
 done
 echo
-echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); other CPU$SUT_CPU %: time CPU $SUT_CPU spent on anything but the server under test, per round (other work on the machine, or steal); CPU$LOAD_CPU %: how busy CPU $LOAD_CPU was."
-OTHER_MAX=$(printf '%s ' "${ALL_SUTB[@]}" | tr ' ' '\n' | grep -v '^$' | sort -n | tail -n 1)
-if ((OTHER_MAX > 10)); then
-    echo "Warning: up to $OTHER_MAX % of CPU $SUT_CPU went to other work during a run: those rounds are disturbed; rerun on a quiet machine."
+echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark, in % of both CPUs, per round (other work on the machine)."
+OTHER_MAX=$(printf '%s ' "${ALL_OTHER[@]}" | tr ' ' '\n' | grep -v '^$' | sort -n | tail -n 1)
+if ((OTHER_MAX > 5)); then
+    echo "Warning: other processes took up to $OTHER_MAX % of the CPUs during a run: those rounds are disturbed; rerun on a quiet machine."
 fi
 RATIO=$(per_round ALL_RPS grpc_aadgate grpc_direct /)
 MET=$(awk -v r="$RATIO" -v t="$TARGET" 'BEGIN { print ((r >= t) ? "met" : "NOT MET") }')
