@@ -169,13 +169,14 @@ ticks() {
 # Busy and total ticks of one CPU (busy: user, nice, system, irq, softirq, steal).
 cpu_stat() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 # Other work on the machine: CPU ticks of every process outside this script's process group
-# (with the children they reaped), and the ticks of all CPUs together.
+# (with the children they reaped) plus the time the hypervisor took (steal), and the ticks of
+# all CPUs together.
 OUR_PGID=$(awk '{ sub(/^.*\) /, ""); print $3 }' "/proc/$$/stat")
 other_stat() {
-    local all
-    all=$(cpu_stat "")
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$OUR_PGID" -v all="${all#* }" '
-        { sub(/^.*\) /, ""); if ($3 != g) s += $12 + $13 + $14 + $15 } END { print s + 0, all }'
+    local steal_all
+    steal_all=$(awk '$1 == "cpu" { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$OUR_PGID" -v steal="${steal_all% *}" -v all="${steal_all#* }" '
+        { sub(/^.*\) /, ""); if ($3 != g) s += $12 + $13 + $14 + $15 } END { print s + steal, all }'
 }
 
 GRPC_DIRECT=http://127.0.0.1:$ECHO
@@ -335,7 +336,7 @@ for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x
         "$(tr ' ' '\n' <<<"${ALL_OTHER[$s]}" | grep -v '^$' | paste -sd/ -)"
 done
 echo
-echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark, in % of both CPUs, per round (other work on the machine)."
+echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark and time taken by the hypervisor (steal), in % of both CPUs, per round."
 OTHER_MAX=$(printf '%s ' "${ALL_OTHER[@]}" | tr ' ' '\n' | grep -v '^$' | sort -n | tail -n 1)
 if ((OTHER_MAX > 5)); then
     echo "Warning: other processes took up to $OTHER_MAX % of the CPUs during a run: those rounds are disturbed; rerun on a quiet machine."
