@@ -336,10 +336,11 @@ for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x
         "$(tr ' ' '\n' <<<"${ALL_OTHER[$s]}" | grep -v '^$' | paste -sd/ -)"
 done
 echo
-echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark and time taken by the hypervisor (steal), in % of both CPUs, per round."
-OTHER_MAX=$(printf '%s ' "${ALL_OTHER[@]}" | tr ' ' '\n' | grep -v '^$' | sort -n | tail -n 1)
+echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark and time taken by the hypervisor (steal), in % of both CPUs, per round (negative: a process outside ended during the run)."
+# A negative figure: a process outside the benchmark ended during the run, its time unknown.
+OTHER_MAX=$(printf '%s ' "${ALL_OTHER[@]}" | tr ' ' '\n' | grep -v '^$' | tr -d - | sort -n | tail -n 1)
 if ((OTHER_MAX > 5)); then
-    echo "Warning: other processes took up to $OTHER_MAX % of the CPUs during a run: those rounds are disturbed; rerun on a quiet machine."
+    echo "Warning: other work on the machine during a run (other load up to $OTHER_MAX %, or a process that ended): those rounds are disturbed; rerun on a quiet machine."
 fi
 RATIO=$(per_round ALL_RPS grpc_aadgate grpc_direct /)
 MET=$(awk -v r="$RATIO" -v t="$TARGET" 'BEGIN { print ((r >= t) ? "met" : "NOT MET") }')
