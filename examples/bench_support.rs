@@ -1,9 +1,21 @@
-//! Helpers for `benches/load.sh`: a fast upstream and a bulk token minter.
+//! Helpers for the scripts in `benches/`: fast upstreams (HTTP/1.1 and gRPC), a bulk token
+//! minter and a gRPC load client.
 //!
 //! ```text
 //! bench_support upstream --listen 127.0.0.1:PORT [--threads N]
 //!     a minimal hyper HTTP/1.1 server answering every request with 200 "ok" (keep-alive);
 //!     unlike the emulator's echo server it records nothing, so it stays fast and flat.
+//! bench_support grpc-upstream --listen 127.0.0.1:PORT
+//!     the gRPC service `aadgate.echo.v1.Echo` over h2c with only its `Unary` method (the
+//!     emulator's messages, on tonic), on one current-thread runtime; the reply carries the
+//!     message and payload back. Unlike the emulator's `GrpcEchoServer` it neither records the
+//!     requests nor copies their metadata into the reply, so it stays fast and flat.
+//! bench_support grpc-load --url URL [--token-file FILE] --connections C --concurrency N
+//!                         --duration SECS
+//!     `Unary` calls as fast as possible for SECS seconds over C HTTP/2 connections with N calls
+//!     in flight on each (`aadgate_emulator::grpc_load` on one current-thread runtime), with
+//!     `authorization: Bearer <first line of FILE>` when given. Prints one line,
+//!     `calls/s p50_us p99_us errors`; exits 1 when a call failed, printing the first failure.
 //! bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid]
 //!                    [--tid T] [--aud A] [--roles R1,R2] [--lifetime SECS] [--threads N]
 //!     N distinct RS256 tokens, one per line, signed by the key in FILE (the PEM bundle shared
@@ -17,9 +29,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use aadgate_emulator::{SigningKey, TokenSpec};
+use aadgate_emulator::grpc::{EchoReply, EchoRequest, Status, SERVICE_NAME};
+use aadgate_emulator::{grpc_load, SigningKey, TokenSpec};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,10 +42,15 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_prost::ProstCodec;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  bench_support upstream --listen ADDR [--threads N]\n  bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid] [--tid T] [--aud A] [--roles R1,R2] [--lifetime SECS] [--threads N]"
+        "usage:\n  bench_support upstream --listen ADDR [--threads N]\n  bench_support grpc-upstream --listen ADDR\n  bench_support grpc-load --url URL [--token-file FILE] --connections C --concurrency N --duration SECS\n  bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid] [--tid T] [--aud A] [--roles R1,R2] [--lifetime SECS] [--threads N]"
     );
     ExitCode::from(2)
 }
@@ -52,6 +71,8 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "upstream" => upstream(rest),
+        "grpc-upstream" => grpc_upstream(rest),
+        "grpc-load" => grpc_load_run(rest),
         "mint" => mint(rest),
         _ => return usage(),
     };
@@ -104,6 +125,150 @@ fn upstream(args: &[String]) -> Result<(), String> {
             });
         }
     })
+}
+
+/// The path of the only method the benchmark echo serves.
+fn unary_path() -> String {
+    format!("/{SERVICE_NAME}/Unary")
+}
+
+/// `aadgate.echo.v1.Echo` with only `Unary`: the tower service tonic serves.
+#[derive(Clone)]
+struct BenchEcho {
+    unary: Arc<str>,
+}
+
+impl NamedService for BenchEcho {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for BenchEcho
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != &*self.unary {
+            let status = Status::unimplemented(format!("no method {}", req.uri().path()));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        Box::pin(async move {
+            let codec = ProstCodec::<EchoReply, EchoRequest>::default();
+            Ok(Grpc::new(codec).unary(UnaryEcho, req).await)
+        })
+    }
+}
+
+/// `Unary`: the message and payload back.
+struct UnaryEcho;
+
+impl UnaryService<EchoRequest> for UnaryEcho {
+    type Response = EchoReply;
+    type Future = BoxFuture<tonic::Response<EchoReply>, Status>;
+
+    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
+        let EchoRequest { message, payload } = request.into_inner();
+        let reply = EchoReply {
+            message,
+            payload,
+            metadata: Default::default(),
+        };
+        Box::pin(std::future::ready(Ok(tonic::Response::new(reply))))
+    }
+}
+
+fn grpc_upstream(args: &[String]) -> Result<(), String> {
+    let listen: SocketAddr = flag(args, "--listen")
+        .ok_or("--listen ADDR is required")?
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("bind {listen}: {e}"))?;
+        eprintln!("gRPC echo listening on {listen} (h2c)");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let echo = BenchEcho {
+            unary: unary_path().into(),
+        };
+        Server::builder()
+            .serve_with_incoming(echo, incoming)
+            .await
+            .map_err(|e| format!("serve: {e}"))
+    })
+}
+
+/// A required `--name N` flag parsed as a number.
+fn number<T: std::str::FromStr>(args: &[String], name: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    flag(args, name)
+        .ok_or_else(|| format!("{name} N is required"))?
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+fn grpc_load_run(args: &[String]) -> Result<(), String> {
+    let url = flag(args, "--url").ok_or("--url URL is required")?;
+    let connections: usize = number(args, "--connections")?;
+    let concurrency: usize = number(args, "--concurrency")?;
+    let duration: f64 = number(args, "--duration")?;
+    if !(duration.is_finite() && duration > 0.0) {
+        return Err("--duration must be a positive number of seconds".into());
+    }
+    let token = match flag(args, "--token-file") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let first = text.lines().next().unwrap_or_default().trim().to_string();
+            if first.is_empty() {
+                return Err(format!("{path}: no token on the first line"));
+            }
+            Some(first)
+        }
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = rt
+        .block_on(grpc_load(
+            url,
+            token.as_deref(),
+            connections,
+            concurrency,
+            Duration::from_secs_f64(duration),
+        ))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{:.1} {} {} {}",
+        report.calls_per_second(),
+        report.p50.as_micros(),
+        report.p99.as_micros(),
+        report.errors
+    );
+    if report.errors > 0 {
+        return Err(format!(
+            "{} of {} calls failed; the first: {}",
+            report.errors,
+            report.calls + report.errors,
+            report.first_error.as_deref().unwrap_or("(not recorded)")
+        ));
+    }
+    Ok(())
 }
 
 fn mint(args: &[String]) -> Result<(), String> {
