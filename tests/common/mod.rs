@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod browser;
+pub(crate) mod fleet;
 pub(crate) mod redis;
 
 use std::io::{BufRead, BufReader};

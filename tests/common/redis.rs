@@ -124,3 +124,294 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Whether `redis-server` is installed; when it is not, CI fails and elsewhere the test is
+/// skipped with a notice.
+fn installed() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs redis-server (apt-get install redis-server)"
+        );
+        eprintln!("skipped: redis-server is not installed");
+    }
+    found
+}
+
+/// Runs `redis-server` with `args`, output discarded.
+fn spawn(args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts")
+}
+
+/// One command to `127.0.0.1:port`, polled (bounded) until `ok` accepts the answer.
+async fn until_answer<T: redis::FromRedisValue>(
+    port: u16,
+    cmd: &redis::Cmd,
+    what: &str,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if let Ok(answer) = cmd.query_async::<T>(&mut c).await {
+                if ok(&answer) {
+                    return answer;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = super::free_port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A three-node Redis Cluster (three primaries, no replicas), created with `redis-cli --cluster
+/// create`; killed when dropped.
+pub(crate) struct RedisCluster {
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them and waits until the cluster state is `ok` on each.
+    pub(crate) async fn start() -> Option<RedisCluster> {
+        if !installed() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let mut children = Vec::new();
+        for port in &ports {
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            children.push(spawn(&[
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf.display().to_string(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ]));
+        }
+        let cluster = RedisCluster {
+            ports: ports.clone(),
+            _dir: dir,
+            children,
+        };
+        for port in &ports {
+            until_answer::<String>(*port, &redis::cmd("PING"), "a cluster node starts", |_| {
+                true
+            })
+            .await;
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for port in &ports {
+            until_answer::<String>(
+                *port,
+                redis::cmd("CLUSTER").arg("INFO"),
+                "the cluster state becomes ok",
+                |info| info.contains("cluster_state:ok"),
+            )
+            .await;
+        }
+        Some(cluster)
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub(crate) fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The keys each node holds.
+    pub(crate) async fn keys_per_node(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for port in &self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut c)
+                .await
+                .expect("keys");
+            out.push(keys);
+        }
+        out
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A primary, its replica and one Sentinel watching them as `aadgate` (quorum 1, a primary is
+/// declared down after 1 s); killed when dropped.
+pub(crate) struct RedisSentinel {
+    pub primary: u16,
+    pub replica: u16,
+    pub sentinel: u16,
+    _dir: tempfile::TempDir,
+    primary_child: Option<Child>,
+    others: Vec<Child>,
+}
+
+impl RedisSentinel {
+    /// Starts the three servers and waits until the Sentinel knows the replica.
+    pub(crate) async fn start() -> Option<RedisSentinel> {
+        if !installed() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (primary, replica, sentinel) =
+            (super::free_port(), super::free_port(), super::free_port());
+        let server = |port: u16| -> Vec<String> {
+            ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+                .into_iter()
+                .chain(["--save", "", "--appendonly", "no"])
+                .map(String::from)
+                .collect()
+        };
+        let primary_child = spawn(&server(primary));
+        until_answer::<String>(primary, &redis::cmd("PING"), "the primary starts", |_| true).await;
+        let mut replica_args = server(replica);
+        replica_args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ]);
+        let replica_child = spawn(&replica_args);
+        until_answer::<String>(
+            replica,
+            redis::cmd("INFO").arg("replication"),
+            "the replica follows the primary",
+            |info| info.contains("master_link_status:up"),
+        )
+        .await;
+        // Sentinel rewrites its configuration file: it lives in the test's folder.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor aadgate 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds aadgate 1000\n\
+                 sentinel failover-timeout aadgate 5000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .expect("sentinel.conf");
+        let sentinel_child = spawn(&[conf.display().to_string(), "--sentinel".into()]);
+        until_answer::<Vec<redis::Value>>(
+            sentinel,
+            redis::cmd("SENTINEL").arg("REPLICAS").arg("aadgate"),
+            "the Sentinel finds the replica",
+            |replicas| !replicas.is_empty(),
+        )
+        .await;
+        Some(RedisSentinel {
+            primary,
+            replica,
+            sentinel,
+            _dir: dir,
+            primary_child: Some(primary_child),
+            others: vec![replica_child, sentinel_child],
+        })
+    }
+
+    /// `redis+sentinel://` naming the Sentinel and the service.
+    pub(crate) fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/aadgate/0", self.sentinel)
+    }
+
+    /// Kills the primary (as a crash would).
+    pub(crate) fn kill_primary(&mut self) {
+        if let Some(mut c) = self.primary_child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the Sentinel names the replica as the primary.
+    pub(crate) async fn until_failed_over(&self) {
+        let replica = self.replica.to_string();
+        until_answer::<Vec<String>>(
+            self.sentinel,
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("aadgate"),
+            "the Sentinel promotes the replica",
+            |addr| addr.get(1) == Some(&replica),
+        )
+        .await;
+        until_answer::<String>(
+            self.replica,
+            redis::cmd("INFO").arg("replication"),
+            "the replica becomes the primary",
+            |info| info.contains("role:master"),
+        )
+        .await;
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.kill_primary();
+        for c in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

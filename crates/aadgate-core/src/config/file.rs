@@ -368,7 +368,8 @@ pub struct TenantsFile {
 pub struct StoreFile {
     /// `kind`: `"local"` (default) or `"redis"`.
     pub kind: Option<Spanned<String>>,
-    /// `url`: `redis://` or `rediss://` URL (ACL user and password may be in it); with
+    /// `url`: `redis://`, `redis+sentinel://` or `redis+cluster://` URL, `rediss…` for TLS (ACL
+    /// user and password may be in it; see [`crate::config::RedisTarget`]); with
     /// `kind = "redis"`, required unless `AADGATE_STORE_URL` is set.
     pub url: Option<Spanned<String>>,
     /// `key_prefix`: every key starts with it; default `"aadgate:"`.

@@ -7,6 +7,7 @@ pub mod duration;
 mod error;
 pub mod file;
 mod model;
+pub mod redis_url;
 mod route;
 pub use cloud::Cloud;
 
@@ -18,3 +19,4 @@ pub use compile::{
 pub use duration::{parse_duration, Duration, DurationError};
 pub use error::{ConfigError, ConfigErrors, Reporter};
 pub use model::*;
+pub use redis_url::RedisTarget;

@@ -286,10 +286,12 @@ impl Default for StoreSettings {
 pub enum StoreKind {
     /// In process and files (default).
     Local,
-    /// A Redis server (standalone, TLS with `rediss://`).
+    /// Redis: one server, a Sentinel-managed primary or a cluster; TLS with `rediss`.
     Redis {
         /// `url` (or `AADGATE_STORE_URL`); may hold a password: never logged.
         url: String,
+        /// What `url` names.
+        target: Box<super::RedisTarget>,
         /// The AES-256-GCM key read from `encryption_key_file`. Never logged.
         encryption_key: Arc<[u8; 32]>,
         /// `encryption_key_file`, resolved against the config folder.
@@ -317,14 +319,7 @@ impl std::fmt::Debug for StoreKind {
 
 /// `url` with its password (if any) replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<invalid url>".to_string(),
-    }
+    super::redis_url::redact(url)
 }
 
 /// `[onboarding]`: "sign up my organization" through Entra ID admin consent (SPEC section 9).

@@ -19,9 +19,11 @@
 //! random 96-bit nonce per value, and the key name as associated data, so a value copied to
 //! another key does not open.
 
+mod backend;
 mod buckets;
 mod registry;
 
+pub use crate::config::RedisTarget;
 pub use buckets::RedisBuckets;
 pub use registry::RedisRegistry;
 
@@ -30,21 +32,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use redis::aio::ConnectionManager;
 use std::cell::RefCell;
 use std::sync::atomic::AtomicU64;
 
 use crate::config::{redact_url, StoreKind, StoreSettings};
 use crate::metrics::Metrics;
+use backend::{Backend, Conn};
 
 /// Each store's id, for [`THREAD_CONNECTIONS`].
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's connection to each store: (store id, the store, its connection).
-    static THREAD_CONNECTIONS: RefCell<Vec<(u64, std::sync::Weak<SharedStore>, ConnectionManager)>> =
-        const { RefCell::new(Vec::new()) };
+    /// This thread's connection to each store: (store id, the store, the generation it was
+    /// made in, the connection).
+    static THREAD_CONNECTIONS: RefCell<Vec<ThreadConnection>> = const { RefCell::new(Vec::new()) };
 }
+
+/// One entry of [`THREAD_CONNECTIONS`].
+type ThreadConnection = (u64, std::sync::Weak<SharedStore>, u64, Conn);
 
 /// How often the health task pings Redis.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -59,7 +64,10 @@ pub struct SharedStore {
     url: String,
     prefix: String,
     timeout: Duration,
-    client: redis::Client,
+    backend: Backend,
+    /// Increased by every failure when the backend renews its connections (Sentinel, Cluster):
+    /// a thread's connection of an older generation is replaced on its next use.
+    generation: AtomicU64,
     key: LessSafeKey,
     /// Tells this store's connections apart in [`THREAD_CONNECTIONS`].
     id: u64,
@@ -95,6 +103,7 @@ impl SharedStore {
     ) -> Result<Option<Arc<SharedStore>>, StoreError> {
         let StoreKind::Redis {
             url,
+            target,
             encryption_key,
             ..
         } = &settings.kind
@@ -102,8 +111,7 @@ impl SharedStore {
             metrics.store_up.set(1);
             return Ok(None);
         };
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| StoreError(format!("{}: {e}", redact_url(url))))?;
+        let backend = Backend::new(target, settings.timeout)?;
         let key = UnboundKey::new(&AES_256_GCM, &encryption_key[..])
             .map_err(|_| StoreError("the encryption key is not an AES-256 key".into()))?;
         metrics.store_up.set(0);
@@ -111,7 +119,8 @@ impl SharedStore {
             url: url.clone(),
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
-            client,
+            backend,
+            generation: AtomicU64::new(0),
             key: LessSafeKey::new(key),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             me: me.clone(),
@@ -186,7 +195,22 @@ impl SharedStore {
     }
 
     async fn ping(&self) {
-        let result = match self.connection() {
+        let located = match self.is_up() {
+            true => Ok(()),
+            // Down: ask Sentinel where the primary is now (a no-op for the other kinds).
+            false => {
+                match tokio::time::timeout(
+                    self.timeout.max(Duration::from_millis(250)),
+                    self.backend.locate(),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError("Sentinel does not answer".into())),
+                }
+            }
+        };
+        let result = match located.and_then(|()| self.connection()) {
             Ok(mut conn) => {
                 let ping = redis::cmd("PING");
                 let answer = tokio::time::timeout(
@@ -222,12 +246,16 @@ impl SharedStore {
     /// The connection of this thread: each thread that talks to Redis (a proxy worker, the
     /// control runtime) has its own multiplexed connection whose driver task runs on its own
     /// runtime, so a request's round trip wakes no other thread.
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    fn connection(&self) -> Result<Conn, StoreError> {
         let id = self.id;
+        let generation = match self.backend.renews_connections() {
+            true => self.generation.load(Ordering::Acquire),
+            false => 0,
+        };
         let found = THREAD_CONNECTIONS.with(|c| {
             (c.borrow().iter())
-                .find(|(i, _, _)| *i == id)
-                .map(|(_, _, conn)| conn.clone())
+                .find(|(i, _, g, _)| *i == id && *g == generation)
+                .map(|(_, _, _, conn)| conn.clone())
         });
         if let Some(conn) = found {
             return Ok(conn);
@@ -235,18 +263,13 @@ impl SharedStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError("no async runtime on this thread".into()));
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| StoreError(e.to_string()))?;
+        let conn = self.backend.connect(self.timeout)?;
         THREAD_CONNECTIONS.with(|c| {
             let mut c = c.borrow_mut();
-            // Connections of stores that a reload replaced are closed here.
-            c.retain(|(_, store, _)| store.strong_count() > 0);
-            c.push((id, self.me.clone(), conn.clone()));
+            // Connections of stores that a reload replaced, and of older generations, are
+            // closed here.
+            c.retain(|(i, store, _, _)| store.strong_count() > 0 && *i != id);
+            c.push((id, self.me.clone(), generation, conn.clone()));
         });
         Ok(conn)
     }
@@ -255,6 +278,9 @@ impl SharedStore {
     fn mark(&self, ok: bool, op: Option<&'static str>) {
         if let (false, Some(op)) = (ok, op) {
             self.metrics.store_errors.with_label_values(&[op]).inc();
+        }
+        if !ok && self.backend.renews_connections() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         let was = self.up.swap(ok, Ordering::Relaxed);
         self.metrics.store_up.set(i64::from(ok));
@@ -318,6 +344,12 @@ impl SharedStore {
             Ok(Ok(v)) => {
                 self.mark(true, None);
                 Ok(v)
+            }
+            Ok(Err(e)) if unavailable(&e) => {
+                // A replica (the old primary after a failover), a cluster without quorum, a
+                // server still loading its data: not this one, or not now.
+                self.mark(false, Some(op));
+                Err(StoreError(e.to_string()))
             }
             Ok(Err(e)) if e.code().is_some() => {
                 // The server answered with an error: it is up, the command is wrong.
@@ -411,6 +443,15 @@ impl SharedStore {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+/// Whether a server's error answer means the store cannot serve now (rather than that the
+/// command was wrong).
+fn unavailable(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("READONLY" | "MASTERDOWN" | "CLUSTERDOWN" | "LOADING" | "TRYAGAIN")
+    )
 }
 
 /// The first 8 bytes of SHA-256 of `key`: tells keys apart without keeping a copy.

@@ -4,6 +4,7 @@ fn store() -> Arc<SharedStore> {
     let settings = StoreSettings {
         kind: StoreKind::Redis {
             url: "redis://user:secret@127.0.0.1:1/0".into(),
+            target: Box::new(RedisTarget::parse("redis://user:secret@127.0.0.1:1/0").expect("url")),
             encryption_key: Arc::new([9u8; 32]),
             encryption_key_file: "k".into(),
         },

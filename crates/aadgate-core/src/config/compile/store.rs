@@ -9,6 +9,7 @@ use serde_spanned::Spanned;
 use super::Compiler;
 use crate::config::file::StoreFile;
 use crate::config::model::{StoreKind, StoreSettings};
+use crate::config::RedisTarget;
 
 /// The environment variable that gives the Redis URL when `[store] url` is absent.
 pub const STORE_URL_ENV: &str = "AADGATE_STORE_URL";
@@ -65,17 +66,18 @@ impl Compiler<'_> {
             (Some(u), _) => (u.get_ref().clone(), u.span()),
             (None, Some(u)) => (u, span.clone()),
             (None, None) => {
-                self.r.error(span.clone(), format!("kind = \"redis\" needs `url` (redis:// or rediss://) or the {STORE_URL_ENV} environment variable"));
+                self.r.error(span.clone(), format!("kind = \"redis\" needs `url` (redis://, redis+sentinel:// or redis+cluster://; rediss… for TLS) or the {STORE_URL_ENV} environment variable"));
                 return None;
             }
         };
-        match reqwest::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
-            _ => {
-                self.r.error(url_span, "the store URL must be redis://[user:password@]host[:port][/db] or rediss://… (TLS)");
+        let target = match RedisTarget::parse(&url) {
+            Ok(t) => t,
+            Err(why) => {
+                self.r
+                    .error(url_span, format!("the store URL is not usable: {why}"));
                 return None;
             }
-        }
+        };
         let Some(key_file) = &f.encryption_key_file else {
             self.r.error(span, "kind = \"redis\" needs `encryption_key_file` (32 bytes, e.g. `openssl rand -base64 32 > store.key`): app-only tokens are stored encrypted");
             return None;
@@ -88,6 +90,7 @@ impl Compiler<'_> {
         match key {
             Ok(key) => Some(StoreKind::Redis {
                 url,
+                target: Box::new(target),
                 encryption_key: Arc::new(key),
                 encryption_key_file: path,
             }),
@@ -127,6 +130,70 @@ fn encryption_key(bytes: &[u8]) -> Result<[u8; 32], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[store]` with `url` (the key file in a temporary folder) in an otherwise minimal config.
+    fn load(url: &str) -> Result<StoreSettings, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("store.key"), [3u8; 32]).expect("key");
+        let toml = format!(
+            r#"
+[server]
+listen = ["127.0.0.1:8080"]
+[identity]
+jwks_uri = "http://127.0.0.1:1/keys"
+audiences = ["api://orders"]
+[tenants]
+mode = "any"
+[[routes]]
+name = "orders"
+path_prefix = "/"
+upstream = "http://127.0.0.1:1"
+[store]
+kind = "redis"
+url = "{url}"
+encryption_key_file = "store.key"
+"#
+        );
+        crate::config::load_str(&dir.path().join("t.toml"), &toml)
+            .map(|c| c.store)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_store_url_names_a_server_a_sentinel_set_or_a_cluster() {
+        let s = load("redis+sentinel://app:hunter2@s1,s2:26380/mymaster/1").expect("sentinel");
+        let StoreKind::Redis { target, .. } = &s.kind else {
+            panic!("{s:?}")
+        };
+        assert!(
+            matches!(&**target, RedisTarget::Sentinel(t) if t.service == "mymaster" && t.db == 1)
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let c = load("rediss+cluster://n1:7000,n2:7001").expect("cluster");
+        assert!(
+            matches!(&c.kind, StoreKind::Redis { target, .. } if matches!(&**target, RedisTarget::Cluster(t) if t.tls && t.nodes.len() == 2))
+        );
+        assert!(load("redis://127.0.0.1:6379/0").is_ok());
+        for (url, says) in [
+            ("redis+cluster://:hunter2@n1/2", "only database 0"),
+            (
+                "redis+sentinel://:hunter2@s1:26379",
+                "names the monitored service",
+            ),
+            ("memcached://:hunter2@h:11211", "unknown scheme"),
+            (
+                "redis+sentinel://:hunter2@s1:99999/m",
+                "the port must be 1 to 65535",
+            ),
+        ] {
+            let e = load(url).expect_err(url);
+            assert!(
+                e.contains("the store URL is not usable") && e.contains(says),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
 
     #[test]
     fn an_encryption_key_is_32_raw_bytes_or_their_base64() {

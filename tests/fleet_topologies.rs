@@ -1,0 +1,156 @@
+//! End-to-end: fleet mode on the Redis deployments operators run besides one server (SPEC
+//! section 10) — a real three-node Redis Cluster, and a primary with a replica under a real
+//! Sentinel that fails over while the gateways serve.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fleet::*;
+use common::redis::{RedisCluster, RedisSentinel};
+use common::*;
+use serde_json::Value;
+
+/// Polls each gateway's admin `/tenants` (no quota spent) until it lists `tid`.
+async fn until_listed<S>(f: &Fleet<S>, tid: &str) {
+    for gw in &f.gws {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t: Value = reqwest::get(gw.admin_url("/tenants"))
+                .await
+                .expect("tenants")
+                .json()
+                .await
+                .expect("json");
+            if t["tenants"].to_string().contains(tid) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "registry change not seen: {t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_a_redis_cluster_shares_tokens_the_registry_and_limits() {
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let limit = r#"
+[[rate_limits]]
+name = "per-tenant"
+key = "tenant"
+rate = 1
+period = "1h"
+burst = 5
+routes = ["api"]
+"#;
+    let url = cluster.url();
+    let f = fleet_on(cluster, &url, 2, limit).await;
+    // Failures counted before the first health check (a registry read at start-up) are not
+    // this test's business; none may follow.
+    let mut errors_before = Vec::new();
+    for gw in &f.gws {
+        errors_before.push(sample(
+            &gw.metrics().await,
+            "aadgate_store_errors_total",
+            &[],
+        ));
+    }
+    f.w.idp.consent(TENANT_B, APP, roles());
+    let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
+    assert_eq!(code, 0, "{out}");
+    until_listed(&f, TENANT_B).await;
+    // Every replica misses its own token cache at once: one token request for the cluster.
+    f.w.idp.reset_counts();
+    let calls: Vec<_> = (f.gws.iter())
+        .flat_map(|gw| (0..4).map(move |_| gw))
+        .map(|gw| f.get(gw, TENANT_B, "/v1.0/users/x"))
+        .collect();
+    for (status, body) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(f.token_requests(TENANT_B), 1, "one token request");
+    // One bucket for the fleet: the burst is admitted once across both replicas.
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        statuses.push(f.get(&f.gws[i % 2], TENANT_B, "/orders").await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The keys live on the cluster's nodes; the registry's keys share one slot (their hash tag),
+    // which its multi-key scripts need.
+    let per_node = f.redis.keys_per_node().await;
+    let all: Vec<&String> = per_node.iter().flatten().collect();
+    for prefix in [
+        "aadgate:apptoken:",
+        "aadgate:ratelimit:",
+        "aadgate:{tenants}",
+    ] {
+        assert!(
+            all.iter().any(|k| k.starts_with(prefix)),
+            "{prefix}: {all:?}"
+        );
+    }
+    let with_registry: Vec<_> = (per_node.iter())
+        .filter(|keys| keys.iter().any(|k| k.contains("{tenants}")))
+        .collect();
+    assert_eq!(with_registry.len(), 1, "{per_node:?}");
+    for (gw, before) in f.gws.iter().zip(errors_before) {
+        assert_eq!(
+            sample(&gw.metrics().await, "aadgate_store_errors_total", &[]),
+            before,
+            "{}",
+            gw.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_a_sentinel_failover_without_failing_a_request() {
+    let Some(sentinel) = RedisSentinel::start().await else {
+        return;
+    };
+    let url = sentinel.url();
+    let mut f = fleet_on(sentinel, &url, 2, "").await;
+    f.w.idp.consent(TENANT_B, APP, roles());
+    assert_eq!(f.cli(&f.gws[0], &["add", TENANT_B]).await.0, 0);
+    for gw in &f.gws {
+        f.until(gw, TENANT_B, 200).await;
+    }
+    let mut failures = Vec::new();
+    let mut check = |answers: Vec<(u16, String)>| {
+        failures.extend(answers.into_iter().filter(|(s, _)| *s != 200));
+    };
+    check(round(&f).await);
+    // The primary crashes: the replicas serve from what they have until Sentinel promotes the
+    // replica, then find the new primary by themselves.
+    f.redis.kill_primary();
+    for gw in &f.gws {
+        check(round(&f).await);
+        f.until_metric(gw, "aadgate_store_up", 0.0).await;
+    }
+    check(round(&f).await);
+    f.redis.until_failed_over().await;
+    for gw in &f.gws {
+        f.until_metric(gw, "aadgate_store_up", 1.0).await;
+    }
+    check(round(&f).await);
+    assert!(failures.is_empty(), "{failures:?}");
+    // The registry survived on the promoted replica, and a change made now reaches everyone.
+    let (code, out) = f.cli(&f.gws[1], &["show", TENANT_B]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("active"), "{out}");
+    f.w.idp.consent(TENANT_C, APP, roles());
+    let (code, out) = f.cli(&f.gws[1], &["add", TENANT_C]).await;
+    assert_eq!(code, 0, "{out}");
+    for gw in &f.gws {
+        f.until(gw, TENANT_C, 200).await;
+    }
+    let logs = f.gws[0].logs();
+    assert!(logs.contains("shared store up"), "{logs}");
+}
