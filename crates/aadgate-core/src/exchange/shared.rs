@@ -26,6 +26,49 @@ use crate::store::SharedStore;
 /// How often a waiting replica looks for the holder's result.
 const WAIT_STEP: Duration = Duration::from_millis(20);
 
+/// Reads the shared entry (KEYS[1]) or, when there is none, takes the fleet's lock (KEYS[2],
+/// `SET NX PX ARGV[1]`), atomically: `{1, entry}`, `{2}` (this replica requests the token) or
+/// `{3}` (another replica holds the lock). The two keys share a Redis Cluster slot
+/// ([`lock_key`]).
+const CLAIM_LUA: &str = r"
+local entry = redis.call('GET', KEYS[1])
+if entry then return {1, entry} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return {2, false} end
+return {3, false}
+";
+
+static CLAIM: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CLAIM_LUA));
+
+/// What [`CLAIM_LUA`] found.
+enum Claim {
+    /// A usable entry.
+    Entry(Slot),
+    /// An entry due for a refresh (or that does not open): the lock was not taken.
+    Stale,
+    /// This replica took the lock.
+    Lock,
+    /// Another replica holds the lock.
+    Held,
+}
+
+/// The lock's key for the entry `key`, in the entry's Redis Cluster slot: `key:lock` when
+/// `key` has a hash tag (the lock has the same one), else `{key}:lock` (the tag is the whole
+/// entry key). `None` when braces in `key` form no tag (only a `key_prefix` can do that).
+fn lock_key(key: &str) -> Option<String> {
+    let tagged = key
+        .find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tagged {
+        Some(format!("{key}:lock"))
+    } else if key.contains(['{', '}']) {
+        None
+    } else {
+        Some(format!("{{{key}}}:lock"))
+    }
+}
+
 /// An entry as stored (before sealing).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -142,18 +185,36 @@ impl Exchanger {
         slot.usable(now).then_some(slot)
     }
 
-    /// Writes `slot` as the shared entry, until it is useless.
-    async fn shared_put(&self, store: &SharedStore, key: &str, slot: &Slot, now: i64) {
-        let stored = Stored::of(slot);
-        let ttl = Duration::from_secs(u64::try_from(stored.end() - now).unwrap_or(0).max(1));
-        let Ok(plain) = serde_json::to_vec(&stored) else {
-            return;
-        };
-        if let Some(sealed) = store.seal(key, &plain) {
-            let _ = store.set_px(key, &sealed, ttl).await;
-        }
+    /// [`CLAIM_LUA`]: the usable entry, the lock, or neither.
+    async fn read_or_claim(
+        &self,
+        store: &SharedStore,
+        key: &str,
+        lock: &str,
+        hold: Duration,
+    ) -> Result<Claim, crate::store::StoreError> {
+        let ms = hold.as_millis().max(1).to_string();
+        let (state, sealed): (i64, Option<Vec<u8>>) = store
+            .script("get", &CLAIM, &[key, lock], &[ms.as_bytes()])
+            .await?;
+        Ok(match (state, sealed) {
+            (1, Some(sealed)) => {
+                let now = self.clock.now();
+                let slot = (store.open(key, &sealed))
+                    .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok())
+                    .map(Stored::slot)
+                    .filter(|slot| slot.usable(now));
+                slot.map_or(Claim::Stale, Claim::Entry)
+            }
+            (2, _) => Claim::Lock,
+            _ => Claim::Held,
+        })
     }
 
+    /// Writes `slot` as the shared entry, until it is useless.
+    async fn shared_put(&self, store: &SharedStore, key: &str, slot: &Slot, now: i64) {
+        put(store, key, slot, now).await;
+    }
     /// Writes `slot`, just obtained for `tenant`, as the fleet's entry.
     pub(super) async fn share(&self, store: &SharedStore, tenant: &str, slot: &Slot) {
         let key = self.shared_key(store, tenant);
@@ -171,20 +232,57 @@ impl Exchanger {
         from_cache: &mut bool,
     ) -> Option<Slot> {
         let key = self.shared_key(store, tenant);
-        if let Some(slot) = self.shared_get(store, &key, self.clock.now()).await {
-            *from_cache = true;
-            return Some(slot);
-        }
-        let lock = format!("{key}:lock");
         let hold = self.settings.timeout + Duration::from_secs(2);
-        match store.set_nx_px(&lock, b"1", hold).await {
-            Ok(true) => {
+        // Whether this replica took the lock (then it requests the token), with the lock's key.
+        let claimed: Result<(bool, String), _> = match lock_key(&key) {
+            // One round trip: the entry, or the lock, or neither (another replica holds it).
+            Some(lock) => match self.read_or_claim(store, &key, &lock, hold).await {
+                Ok(Claim::Entry(slot)) => {
+                    *from_cache = true;
+                    return Some(slot);
+                }
+                Ok(Claim::Lock) => Ok(true),
+                Ok(Claim::Held) => Ok(false),
+                // The entry is there but due for a refresh: the lock on its own.
+                Ok(Claim::Stale) => store.set_nx_px(&lock, b"1", hold).await,
+                Err(e) => Err(e),
+            }
+            .map(|won| (won, lock)),
+            // A key_prefix with braces that form no hash tag: two round trips.
+            None => {
+                if let Some(slot) = self.shared_get(store, &key, self.clock.now()).await {
+                    *from_cache = true;
+                    return Some(slot);
+                }
+                let lock = format!("{key}:lock");
+                store
+                    .set_nx_px(&lock, b"1", hold)
+                    .await
+                    .map(|won| (won, lock))
+            }
+        };
+        match claimed {
+            Ok((true, lock)) => {
                 let slot = self.fetch_here(tenant, previous, from_cache).await;
-                self.shared_put(store, &key, &slot, self.clock.now()).await;
-                let _ = store.del(&lock).await;
+                let now = self.clock.now();
+                // The caller has its answer now; the entry is written and the lock released
+                // after it (waiting replicas poll for the entry), two round trips off its path.
+                let write = {
+                    let (store, slot) = (self.store.clone(), slot.clone());
+                    async move {
+                        if let Some(store) = store {
+                            put(&store, &key, &slot, now).await;
+                            let _ = store.del(&lock).await;
+                        }
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => drop(handle.spawn(write)),
+                    Err(_) => write.await,
+                }
                 Some(slot)
             }
-            Ok(false) => {
+            Ok((false, _)) => {
                 // Another replica is asking: wait for its answer.
                 let deadline = Instant::now() + hold;
                 while Instant::now() < deadline {
@@ -235,5 +333,39 @@ impl Exchanger {
                 let _ = store.del(&key).await;
             }
         });
+    }
+}
+
+/// Writes `slot` as the shared entry under `key`, until it is useless.
+async fn put(store: &SharedStore, key: &str, slot: &Slot, now: i64) {
+    let stored = Stored::of(slot);
+    let ttl = Duration::from_secs(u64::try_from(stored.end() - now).unwrap_or(0).max(1));
+    let Ok(plain) = serde_json::to_vec(&stored) else {
+        return;
+    };
+    if let Some(sealed) = store.seal(key, &plain) {
+        let _ = store.set_px(key, &sealed, ttl).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_key;
+
+    #[test]
+    fn the_lock_shares_the_entrys_cluster_slot() {
+        // No tag: the whole entry key becomes the lock's tag.
+        assert_eq!(
+            lock_key("aadgate:apptoken:c:t:s").as_deref(),
+            Some("{aadgate:apptoken:c:t:s}:lock")
+        );
+        // A tag from the prefix: the lock keeps it.
+        assert_eq!(
+            lock_key("{gw}:apptoken:c:t:s").as_deref(),
+            Some("{gw}:apptoken:c:t:s:lock")
+        );
+        // Braces that form no tag cannot be matched: the caller takes two round trips.
+        assert_eq!(lock_key("{}gw:apptoken"), None);
+        assert_eq!(lock_key("gw}:apptoken"), None);
     }
 }
