@@ -73,6 +73,9 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// `aadgate_rate_limited_total{route, limit}`: requests refused by a rate limit.
     pub rate_limited: IntCounterVec,
+    /// `aadgate_rate_limit_leased_total`: requests admitted from this replica's lease of a
+    /// shared bucket, without a round trip to the store.
+    pub rate_limit_leased: IntCounter,
 }
 
 /// Results of `aadgate_onboarding_total`.
@@ -325,6 +328,13 @@ impl Metrics {
             "Requests refused with 429 rate_limited, by route and by the [[rate_limits]] entry that refused them.",
             &["route", "limit"],
         );
+        let rate_limit_leased = register(
+            &r,
+            IntCounter::new(
+                "aadgate_rate_limit_leased_total",
+                "Requests admitted by a shared (Redis) rate limit from this replica's lease of the bucket, without a round trip.",
+            ),
+        );
         Metrics {
             jwks_keys: register(
                 &r,
@@ -375,6 +385,7 @@ impl Metrics {
             config_reloads,
             build_info,
             rate_limited,
+            rate_limit_leased,
         }
     }
 

@@ -120,9 +120,17 @@ impl Buckets for LocalBuckets {
 /// - `ARGV[4]`: the key's TTL in milliseconds, set (`PX`) whenever the TAT is written: at least
 ///   the refill time ([`GcraParams::refill_us`] / 1000, rounded up).
 /// - `ARGV[5]`: `1` = [`Mode::Spend`], `0` = [`Mode::Peek`] (nothing is written).
+/// - `ARGV[6]`: a lease `n` ≥ 1 (absent: 1): a spend takes `n` requests at once when at least
+///   `2n` would be admitted now, else one — so a replica may admit the rest of a lease
+///   without a round trip while the bucket is far from empty, and near the limit every
+///   request is decided here, exactly.
+/// - `ARGV[7]`: requests given back (absent: 0): the unused rest of an expired lease, returned
+///   to the bucket (the TAT moves back by as many emission intervals, never before now) before
+///   the step is decided. Written even by a refusal or a peek.
 ///
-/// Returns `{allowed (1|0), remaining, retry_after_us, reset_after_us}`: the fields of
-/// [`Decision`]. The TAT is written only when a spend is admitted.
+/// Returns `{allowed (1|0), remaining, retry_after_us, reset_after_us, granted}`: the fields
+/// of [`Decision`] after the spend, and how many requests were taken (0 when refused or
+/// peeked). The TAT is written only when a spend is admitted.
 pub const GCRA_LUA: &str = r#"
 local now = tonumber(ARGV[1])
 if not now or now <= 0 then
@@ -133,28 +141,47 @@ local emission = math.max(tonumber(ARGV[2]), 1)
 local tolerance = tonumber(ARGV[3])
 local ttl = math.max(tonumber(ARGV[4]), 1)
 local spend = ARGV[5] == '1'
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local lease = math.max(math.floor(tonumber(ARGV[6] or '1') or 1), 1)
+local give = math.max(math.floor(tonumber(ARGV[7] or '0') or 0), 0)
+local stored = redis.call('GET', KEYS[1])
+local tat = tonumber(stored or now)
 if tat < now then tat = now end
+if give > 0 and stored then
+  tat = math.max(tat - give * emission, now)
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', ttl)
+end
 local ahead = tat - now
 if ahead > tolerance then
-  return {0, 0, ahead - tolerance, ahead}
+  return {0, 0, ahead - tolerance, ahead, 0}
 end
+local admissible = math.floor((tolerance - ahead) / emission) + 1
 if not spend then
-  return {1, math.floor((tolerance - ahead) / emission) + 1, 0, ahead}
+  return {1, admissible, 0, ahead, 0}
 end
-ahead = ahead + emission
-redis.call('SET', KEYS[1], string.format('%d', tat + emission), 'PX', ttl)
-return {1, math.floor((tolerance + emission - ahead) / emission), 0, ahead}
+local granted = 1
+if lease > 1 and admissible >= 2 * lease then granted = lease end
+ahead = ahead + emission * granted
+redis.call('SET', KEYS[1], string.format('%d', tat + emission * granted), 'PX', ttl)
+return {1, math.floor((tolerance + emission - ahead) / emission), 0, ahead, granted}
 "#;
 
 /// The `ARGV` of [`GCRA_LUA`] for one step (now given by the caller; pass `0` for `now_us` to
-/// use the Redis server's clock).
-pub fn gcra_lua_args(params: GcraParams, now_us: u64, mode: Mode) -> [String; 5] {
+/// use the Redis server's clock), asking for a lease of `lease` requests (1: none) and giving
+/// back `give` requests of an expired one.
+pub fn gcra_lua_args(
+    params: GcraParams,
+    now_us: u64,
+    mode: Mode,
+    lease: u64,
+    give: u64,
+) -> [String; 7] {
     [
         now_us.to_string(),
         params.emission_us.to_string(),
         params.tolerance_us.to_string(),
         params.refill_us().div_ceil(1000).max(1).to_string(),
         if mode == Mode::Spend { "1" } else { "0" }.to_string(),
+        lease.max(1).to_string(),
+        give.to_string(),
     ]
 }

@@ -393,7 +393,7 @@ fn the_lua_script_agrees_with_the_rust_gcra() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("gcra.lua");
     std::fs::write(&script, GCRA_LUA).expect("write script");
-    let eval = |key: &str, args: [String; 5]| -> Option<Vec<u64>> {
+    let eval = |key: &str, args: [String; 7]| -> Option<Vec<u64>> {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string(), "--eval"])
             .arg(&script)
@@ -404,14 +404,14 @@ fn the_lua_script_agrees_with_the_rust_gcra() {
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let nums: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        (nums.len() == 4).then_some(nums)
+        (nums.len() == 5).then_some(nums)
     };
     let started = std::time::Instant::now();
     let p = GcraParams::new(1, Duration::from_secs(3600), 3);
     let now = 1_700_000_000 * S;
     let mut got = None;
     while started.elapsed() < Duration::from_secs(5) && got.is_none() {
-        got = eval("probe", gcra_lua_args(p, now, Mode::Peek));
+        got = eval("probe", gcra_lua_args(p, now, Mode::Peek, 1, 0));
         std::thread::sleep(Duration::from_millis(20));
     }
     let result = (|| {
@@ -428,24 +428,43 @@ fn the_lua_script_agrees_with_the_rust_gcra() {
         ] {
             let (want, t) = gcra::gcra(tat, now + at, p, mode);
             tat = Some(t);
-            let v = eval("bucket", gcra_lua_args(p, now + at, mode))?;
-            steps.push((want, v));
+            let v = eval("bucket", gcra_lua_args(p, now + at, mode, 1, 0))?;
+            steps.push((want, v, mode));
         }
-        Some(steps)
+        // Leases: 4 at once while 8 or more would be admitted, else one.
+        let big = GcraParams::new(1, Duration::from_secs(3600), 10);
+        let leases = [
+            eval("leased", gcra_lua_args(big, now, Mode::Spend, 4, 0))?,
+            eval("leased", gcra_lua_args(big, now, Mode::Spend, 4, 0))?,
+            eval("leased", gcra_lua_args(big, now, Mode::Peek, 4, 0))?,
+            // Three of the first lease given back with a peek: 8 admissible again.
+            eval("leased", gcra_lua_args(big, now, Mode::Peek, 1, 3))?,
+            // Giving back more than was taken stops at a full bucket.
+            eval("leased", gcra_lua_args(big, now, Mode::Peek, 1, 50))?,
+        ];
+        Some((steps, leases))
     })();
     let _ = server.kill();
     let _ = server.wait();
-    let Some(steps) = result else {
+    let Some((steps, leases)) = result else {
         eprintln!("redis-server did not answer: the Lua script is not run");
         return;
     };
-    for (want, got) in steps {
+    for (want, got, mode) in steps {
         let want = [
             u64::from(want.allowed),
             want.remaining,
             want.retry_after_us,
             want.reset_after_us,
         ];
-        assert_eq!(got, want);
+        assert_eq!(got[..4], want);
+        // Without a lease a spend that is admitted takes one request; a refusal or peek none.
+        assert_eq!(got[4], u64::from(mode == Mode::Spend && want[0] == 1));
     }
+    // 10 admissible: 4 taken (6 left); 6 admissible < 8: one taken (5 left); a peek takes none.
+    assert_eq!((leases[0][0], leases[0][1], leases[0][4]), (1, 6, 4));
+    assert_eq!((leases[1][0], leases[1][1], leases[1][4]), (1, 5, 1));
+    assert_eq!((leases[2][0], leases[2][1], leases[2][4]), (1, 5, 0));
+    assert_eq!((leases[3][0], leases[3][1], leases[3][4]), (1, 8, 0));
+    assert_eq!((leases[4][0], leases[4][1], leases[4][4]), (1, 10, 0));
 }
