@@ -173,22 +173,7 @@ routes = ["api"]
     };
     assert_eq!(f.cli(&f.gws[0], &["add", TENANT_A]).await.0, 0);
     // Every replica has read the change (seen on its admin listener: no quota spent).
-    for gw in &f.gws {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t: Value = reqwest::get(gw.admin_url("/tenants"))
-                .await
-                .expect("tenants")
-                .json()
-                .await
-                .expect("json");
-            if t["tenants"].to_string().contains(TENANT_A) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "registry change not seen: {t}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    f.until_listed(TENANT_A).await;
     // 15 requests spread over 3 replicas: the fleet admits the burst once, not 3 times.
     let mut admitted = 0;
     let mut refused = Vec::new();
@@ -313,22 +298,7 @@ routes = ["api"]
         return;
     };
     assert_eq!(f.cli(&f.gws[0], &["add", TENANT_A]).await.0, 0);
-    for gw in &f.gws {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t: Value = reqwest::get(gw.admin_url("/tenants"))
-                .await
-                .expect("tenants")
-                .json()
-                .await
-                .expect("json");
-            if t["tenants"].to_string().contains(TENANT_A) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "registry change not seen: {t}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    f.until_listed(TENANT_A).await;
     // 400 requests, 16 in flight at any time, over both replicas, against a fleet-wide burst
     // of 300 (one token: the requests are what is measured, not minting).
     let token =

@@ -4,32 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::fleet::*;
 use common::redis::{RedisCluster, RedisSentinel};
 use common::*;
-use serde_json::Value;
-
-/// Polls each gateway's admin `/tenants` (no quota spent) until it lists `tid`.
-async fn until_listed<S>(f: &Fleet<S>, tid: &str) {
-    for gw in &f.gws {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t: Value = reqwest::get(gw.admin_url("/tenants"))
-                .await
-                .expect("tenants")
-                .json()
-                .await
-                .expect("json");
-            if t["tenants"].to_string().contains(tid) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "registry change not seen: {t}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_redis_cluster_shares_tokens_the_registry_and_limits() {
@@ -60,7 +37,7 @@ routes = ["api"]
     f.w.idp.consent(TENANT_B, APP, roles());
     let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
     assert_eq!(code, 0, "{out}");
-    until_listed(&f, TENANT_B).await;
+    f.until_listed(TENANT_B).await;
     // Every replica misses its own token cache at once: one token request for the cluster.
     f.w.idp.reset_counts();
     let calls: Vec<_> = (f.gws.iter())

@@ -86,6 +86,26 @@ timeout = "200ms"
 }
 
 impl<S> Fleet<S> {
+    /// Polls each gateway's admin `/tenants` (no quota spent) until it lists `tid`.
+    pub(crate) async fn until_listed(&self, tid: &str) {
+        for gw in &self.gws {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let t: serde_json::Value = reqwest::get(gw.admin_url("/tenants"))
+                    .await
+                    .expect("tenants")
+                    .json()
+                    .await
+                    .expect("json");
+                if t["tenants"].to_string().contains(tid) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "registry change not seen: {t}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     pub(crate) async fn get(&self, gw: &Gateway, tid: &str, path: &str) -> (u16, String) {
         let token = self.w.idp.mint(&TokenSpec::app(tid, AUD, &["Orders.Read"]));
         match client().get(gw.url(path)).bearer_auth(token).send().await {
