@@ -1,11 +1,13 @@
-//! End-to-end: fleet mode on the Redis deployments operators run besides one server (SPEC
-//! section 10) — a real three-node Redis Cluster, and a primary with a replica under a real
-//! Sentinel that fails over while the gateways serve.
+//! End-to-end: fleet mode on the Redis deployments operators run besides one plain server
+//! (SPEC section 10) — a real three-node Redis Cluster, a primary with a replica under a real
+//! Sentinel that fails over while the gateways serve, and a server that speaks only TLS with
+//! an ACL user.
 
 mod common;
 
+use aadgate_emulator::TokenSpec;
 use common::fleet::*;
-use common::redis::{RedisCluster, RedisSentinel};
+use common::redis::{RedisCluster, RedisSentinel, RedisTls};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,4 +132,85 @@ async fn a_fleet_follows_a_sentinel_failover_without_failing_a_request() {
     }
     let logs = f.gws[0].logs();
     assert!(logs.contains("shared store up"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_redis_over_tls_with_an_acl_user_shares_tokens() {
+    const USER: &str = "aadgate";
+    const PASSWORD: &str = "test-only-redis-password";
+    let Some(redis) = RedisTls::start(USER, PASSWORD).await else {
+        return;
+    };
+    let url = redis.url(USER, PASSWORD);
+    let ca = redis.ca.display().to_string();
+    let f = fleet_on_with_env(redis, &url, 2, "", &[("SSL_CERT_FILE", &ca)]).await;
+    f.w.idp.consent(TENANT_B, APP, roles());
+    let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
+    assert_eq!(code, 0, "{out}");
+    f.until_listed(TENANT_B).await;
+    f.w.idp.reset_counts();
+    let calls: Vec<_> = (f.gws.iter())
+        .flat_map(|gw| (0..4).map(move |_| gw))
+        .map(|gw| f.get(gw, TENANT_B, "/v1.0/users/x"))
+        .collect();
+    for (status, body) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    // One token request for the fleet: the entry, the lock and the registry are all within
+    // the ACL's `~aadgate:*`, over TLS.
+    assert_eq!(f.token_requests(TENANT_B), 1, "one token request");
+    let logs = f.gws[0].logs();
+    assert!(!logs.contains(PASSWORD), "the password is logged:\n{logs}");
+
+    // A wrong password: the gateway serves from its own state and says why.
+    let wrong = format!(
+        "rediss://{USER}:not-the-password@127.0.0.1:{}/0",
+        f.redis.port
+    );
+    let template = base_config("", &format!("allow = [\"{TENANT_A}\"]\n"))
+        + &format!(
+            r#"
+[store]
+kind = "redis"
+url = "{wrong}"
+encryption_key_file = "{{dir}}/store.key"
+
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "{{echo}}"
+"#
+        );
+    let p = Prepared::new(&template, &f.w);
+    std::fs::write(p.dir.path().join("store.key"), STORE_KEY).expect("store key");
+    let path = p.dir.path().join("aadgate.toml");
+    std::fs::write(&path, &p.rendered).expect("config");
+    let gw = p
+        .launch_with_env(path, &[], &[("SSL_CERT_FILE", Some(ca.as_str()))])
+        .await;
+    gw.wait_ready().await;
+    let token =
+        f.w.idp
+            .mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Read"]));
+    let r = client()
+        .get(gw.url("/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let logs = gw
+        .wait_for_log("shared store does not answer at start-up")
+        .await;
+    // Redis's refusal, not a timeout, is what the operator reads.
+    assert!(
+        logs.to_ascii_lowercase()
+            .contains("password authentication failed"),
+        "{logs}"
+    );
+    assert!(!logs.contains("not-the-password"), "{logs}");
+    assert_eq!(
+        sample(&gw.metrics().await, "aadgate_store_up", &[]),
+        Some(0.0)
+    );
 }

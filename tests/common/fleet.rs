@@ -17,6 +17,8 @@ pub(crate) struct Fleet<S = RedisServer> {
     pub w: World,
     pub redis: S,
     pub gws: Vec<Gateway>,
+    /// Environment of the gateways and of `aadgate tenants` (e.g. `SSL_CERT_FILE`).
+    pub env: Vec<(String, String)>,
 }
 
 pub(crate) fn roles() -> Vec<String> {
@@ -38,6 +40,17 @@ pub(crate) async fn fleet_with(n: usize, extra: &str) -> Option<Fleet> {
 
 /// `n` gateways on `redis`, reached at `url`, each with `extra` appended to its configuration.
 pub(crate) async fn fleet_on<S>(redis: S, url: &str, n: usize, extra: &str) -> Fleet<S> {
+    fleet_on_with_env(redis, url, n, extra, &[]).await
+}
+
+/// As [`fleet_on`], the gateways and `aadgate tenants` running with `env` set.
+pub(crate) async fn fleet_on_with_env<S>(
+    redis: S,
+    url: &str,
+    n: usize,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Fleet<S> {
     let w = World::start().await;
     let cert = SigningKey::generate().expect("key");
     let mut app = AppRegistration::new(APP)
@@ -74,11 +87,15 @@ timeout = "200ms"
     for p in prepared {
         let path = p.dir.path().join("aadgate.toml");
         std::fs::write(&path, &p.rendered).expect("config");
-        let gw = p.launch(path, &[]).await;
+        let vars: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        let gw = p.launch_with_env(path, &[], &vars).await;
         gw.wait_ready().await;
         gws.push(gw);
     }
-    let fleet = Fleet { w, redis, gws };
+    let env = (env.iter())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let fleet = Fleet { w, redis, gws, env };
     for gw in &fleet.gws {
         fleet.until_metric(gw, "aadgate_store_up", 1.0).await;
     }
@@ -153,6 +170,7 @@ impl<S> Fleet<S> {
             .args(args)
             .arg("-c")
             .arg(&gw.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .await
             .expect("cli");

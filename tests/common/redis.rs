@@ -405,3 +405,76 @@ impl Drop for RedisSentinel {
         }
     }
 }
+
+/// A `redis-server` that speaks only TLS (a throwaway self-signed certificate for 127.0.0.1,
+/// written to `ca`) and knows one ACL user, with the rules of
+/// `deploy/kubernetes/redis/secrets.example.yaml` (the default user off); killed when dropped.
+pub(crate) struct RedisTls {
+    pub port: u16,
+    /// The certificate to trust (`SSL_CERT_FILE` for the gateway).
+    pub ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RedisTls {
+    /// Starts it and waits until it accepts connections.
+    pub(crate) async fn start(user: &str, password: &str) -> Option<RedisTls> {
+        if !installed() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let (crt, pem) = (dir.path().join("redis.crt"), dir.path().join("redis.key"));
+        std::fs::write(&crt, cert.pem()).expect("write");
+        std::fs::write(&pem, key.serialize_pem()).expect("write");
+        let port = super::free_port();
+        let conf = dir.path().join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\nbind 127.0.0.1\ntls-port {port}\ntls-cert-file {crt}\n\
+                 tls-key-file {pem}\ntls-ca-cert-file {crt}\ntls-auth-clients no\n\
+                 save \"\"\nappendonly no\nuser default off\n\
+                 user {user} on >{password} ~aadgate:* resetchannels +@all -@dangerous\n",
+                crt = crt.display(),
+                pem = pem.display(),
+            ),
+        )
+        .expect("redis.conf");
+        let child = spawn(&[conf.display().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(RedisTls {
+            port,
+            ca: crt,
+            _dir: dir,
+            child,
+        })
+    }
+
+    /// `rediss://user:password@127.0.0.1:PORT/0`.
+    pub(crate) fn url(&self, user: &str, password: &str) -> String {
+        format!("rediss://{user}:{password}@127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -52,21 +52,17 @@ enum Claim {
     Held,
 }
 
-/// The lock's key for the entry `key`, in the entry's Redis Cluster slot: `key:lock` when
-/// `key` has a hash tag (the lock has the same one), else `{key}:lock` (the tag is the whole
-/// entry key). `None` when braces in `key` form no tag (only a `key_prefix` can do that).
+/// The lock's key for the entry `key`: `key:lock`, which starts with the store's `key_prefix`
+/// (so an ACL that allows the prefix allows it) and, when `key` has a Redis Cluster hash tag,
+/// has the same one, so one script may touch both. `None` when `key` has no tag (Redis's rule:
+/// the first `{`, then the first `}` after it, something between), which only a `key_prefix`
+/// with braces can cause (e.g. `{}x:`): the caller then takes two round trips.
 fn lock_key(key: &str) -> Option<String> {
     let tagged = key
         .find('{')
         .and_then(|open| key[open + 1..].find('}'))
         .is_some_and(|len| len > 0);
-    if tagged {
-        Some(format!("{key}:lock"))
-    } else if key.contains(['{', '}']) {
-        None
-    } else {
-        Some(format!("{{{key}}}:lock"))
-    }
+    tagged.then(|| format!("{key}:lock"))
 }
 
 /// An entry as stored (before sealing).
@@ -171,8 +167,9 @@ impl Exchanger {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        // The braces are a Redis Cluster hash tag: the entry and its lock share a slot.
         store.key(&format!(
-            "apptoken:{}:{tenant}:{short}",
+            "apptoken:{{{}:{tenant}:{short}}}",
             self.settings.client_id.to_ascii_lowercase()
         ))
     }
@@ -353,19 +350,19 @@ mod tests {
     use super::lock_key;
 
     #[test]
-    fn the_lock_shares_the_entrys_cluster_slot() {
-        // No tag: the whole entry key becomes the lock's tag.
+    fn the_lock_shares_the_entrys_cluster_slot_and_prefix() {
+        // The entry's own tag.
         assert_eq!(
-            lock_key("aadgate:apptoken:c:t:s").as_deref(),
-            Some("{aadgate:apptoken:c:t:s}:lock")
+            lock_key("aadgate:apptoken:{c:t:s}").as_deref(),
+            Some("aadgate:apptoken:{c:t:s}:lock")
         );
-        // A tag from the prefix: the lock keeps it.
+        // A tag from the prefix comes first: both keep it.
         assert_eq!(
-            lock_key("{gw}:apptoken:c:t:s").as_deref(),
-            Some("{gw}:apptoken:c:t:s:lock")
+            lock_key("{gw}:apptoken:{c:t:s}").as_deref(),
+            Some("{gw}:apptoken:{c:t:s}:lock")
         );
-        // Braces that form no tag cannot be matched: the caller takes two round trips.
-        assert_eq!(lock_key("{}gw:apptoken"), None);
-        assert_eq!(lock_key("gw}:apptoken"), None);
+        // An empty first pair of braces: no tag at all (Redis hashes the whole key), so the
+        // two keys may live on different nodes.
+        assert_eq!(lock_key("{}gw:apptoken:{c:t:s}"), None);
     }
 }

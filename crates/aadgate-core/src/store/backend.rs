@@ -73,6 +73,7 @@ impl ConnectionLike for Conn {
 impl Backend {
     /// The clients for `target`; nothing is contacted yet.
     pub(super) fn new(target: &RedisTarget, timeout: Duration) -> Result<Backend, StoreError> {
+        tls_provider();
         match target {
             RedisTarget::Standalone(url) => redis::Client::open(url.as_str())
                 .map(Backend::Standalone)
@@ -110,6 +111,39 @@ impl Backend {
         Ok(())
     }
 
+    /// Why a connection cannot be made now, found with a fresh connection and a `PING` outside
+    /// the connection manager (whose retries can turn a refusal such as `WRONGPASS` or an
+    /// untrusted certificate into a mere timeout); `None` when it works.
+    pub(super) async fn diagnose(&self, timeout: Duration) -> Option<String> {
+        let attempt = async {
+            match self {
+                Backend::Cluster(client) => {
+                    let mut c = client.get_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                }
+                _ => {
+                    let client = match self {
+                        Backend::Standalone(client) => client.clone(),
+                        Backend::Sentinel { primary, .. } => {
+                            match primary.lock().ok().and_then(|p| p.clone()) {
+                                Some(client) => client,
+                                None => return Ok(String::new()),
+                            }
+                        }
+                        Backend::Cluster(_) => return Ok(String::new()),
+                    };
+                    let mut c = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// A new connection, made lazily (it connects on first use) with `timeout`.
     pub(super) fn connect(&self, timeout: Duration) -> Result<Conn, StoreError> {
         let client = match self {
@@ -136,6 +170,15 @@ impl Backend {
         ConnectionManager::new_lazy_with_config(client, config)
             .map(Conn::Single)
             .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+/// The `redis` crate's TLS (`rediss`) uses rustls's process-wide provider, which rustls cannot
+/// choose by itself when the build holds more than one: aws-lc-rs, the one the rest of the
+/// gateway uses, is installed when none is.
+fn tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 

@@ -229,10 +229,20 @@ impl SharedStore {
             }
             Err(e) => Err(e.0),
         };
+        let first = !self.pinged.swap(true, Ordering::Relaxed);
+        // A timeout may hide the reason (the connection manager retries a refused sign-in):
+        // when it is about to be reported, ask once more without it.
+        let result = match result {
+            Err(why) if (first || self.is_up()) && why.starts_with("no answer") => Err(self
+                .backend
+                .diagnose(self.timeout.max(Duration::from_millis(250)))
+                .await
+                .unwrap_or(why)),
+            other => other,
+        };
         if let Ok(mut last) = self.last_error.lock() {
             *last = result.as_ref().err().cloned();
         }
-        let first = !self.pinged.swap(true, Ordering::Relaxed);
         if let (true, Err(why)) = (first, &result) {
             tracing::warn!(store = %self.describe(), error = %why, "shared store does not answer at start-up: serving from this replica's state until it does");
         } else if let (false, Err(why)) = (self.is_up(), &result) {
