@@ -209,6 +209,8 @@ impl RedisCluster {
                 conf.display().to_string(),
                 "--cluster-node-timeout".into(),
                 "2000".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
             ]));
         }
         let cluster = RedisCluster {
@@ -307,10 +309,12 @@ impl RedisSentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let (primary, replica, sentinel) =
             (super::free_port(), super::free_port(), super::free_port());
+        // The replica writes the primary's snapshot to its `--dir`: the test's folder.
+        let folder = dir.path().display().to_string();
         let server = |port: u16| -> Vec<String> {
             ["--port", &port.to_string(), "--bind", "127.0.0.1"]
                 .into_iter()
-                .chain(["--save", "", "--appendonly", "no"])
+                .chain(["--save", "", "--appendonly", "no", "--dir", &folder])
                 .map(String::from)
                 .collect()
         };
@@ -439,10 +443,11 @@ impl RedisTls {
             format!(
                 "port 0\nbind 127.0.0.1\ntls-port {port}\ntls-cert-file {crt}\n\
                  tls-key-file {pem}\ntls-ca-cert-file {crt}\ntls-auth-clients no\n\
-                 save \"\"\nappendonly no\nuser default off\n\
+                 save \"\"\nappendonly no\ndir {dir}\nuser default off\n\
                  user {user} on >{password} ~aadgate:* resetchannels +@all -@dangerous\n",
                 crt = crt.display(),
                 pem = pem.display(),
+                dir = dir.path().display(),
             ),
         )
         .expect("redis.conf");
