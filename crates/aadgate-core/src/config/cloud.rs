@@ -18,6 +18,16 @@ pub enum Cloud {
     China,
 }
 
+/// The global cloud's authority host (the defaults of `[onboarding] authority` and of the
+/// global cloud's `metadata_url`).
+pub(crate) const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// The global cloud's v1 and v2 issuer templates (the default `[tenants] issuers`).
+pub(crate) const PUBLIC_ISSUERS: [&str; 2] = [
+    "https://sts.windows.net/{tenantid}/",
+    "https://login.microsoftonline.com/{tenantid}/v2.0",
+];
+
 impl Cloud {
     /// The names `cloud` accepts.
     pub const NAMES: [&'static str; 3] = ["public", "usgov", "china"];
@@ -44,7 +54,7 @@ impl Cloud {
     /// The Entra ID authentication endpoint (authority host), without a trailing `/`.
     pub fn authority(self) -> &'static str {
         match self {
-            Cloud::Public => "https://login.microsoftonline.com",
+            Cloud::Public => PUBLIC_AUTHORITY,
             Cloud::UsGov => "https://login.microsoftonline.us",
             Cloud::China => "https://login.partner.microsoftonline.cn",
         }
@@ -64,10 +74,7 @@ impl Cloud {
     /// (`login.partner.microsoftonline.cn`) or the older (`login.chinacloudapi.cn`) host.
     pub fn issuers(self) -> Vec<String> {
         let list: &[&str] = match self {
-            Cloud::Public => &[
-                "https://sts.windows.net/{tenantid}/",
-                "https://login.microsoftonline.com/{tenantid}/v2.0",
-            ],
+            Cloud::Public => &PUBLIC_ISSUERS,
             Cloud::UsGov => &[
                 "https://sts.windows.net/{tenantid}/",
                 "https://login.microsoftonline.us/{tenantid}/v2.0",

@@ -44,10 +44,7 @@ pub const DEFAULT_TOKEN_CACHE_SIZE: u64 = 100_000;
 /// Default `[exchange.NAME] purge_interval`.
 pub(super) const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
 /// The AAD issuer templates used when `[tenants] issuers` is absent.
-pub const DEFAULT_ISSUERS: [&str; 2] = [
-    "https://sts.windows.net/{tenantid}/",
-    "https://login.microsoftonline.com/{tenantid}/v2.0",
-];
+pub const DEFAULT_ISSUERS: [&str; 2] = super::cloud::PUBLIC_ISSUERS;
 
 /// Reads and validates the configuration at `path`. The running parts are built from it by
 /// [`crate::runtime`], which also decides what a reload carries over.

@@ -13,7 +13,7 @@ use crate::config::model::{ExchangeSettings, ExchangeTarget, OnboardingSettings,
 /// Default `[onboarding] path_prefix`.
 pub const DEFAULT_ONBOARDING_PREFIX: &str = "/.aadgate/onboarding/";
 /// Default `[onboarding] authority` (the public cloud).
-pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_AUTHORITY: &str = crate::config::cloud::PUBLIC_AUTHORITY;
 /// Default `[onboarding] state_ttl`.
 const DEFAULT_STATE_TTL: Duration = Duration::from_secs(600);
 /// Shortest accepted `state_key_file` content, in bytes.
