@@ -65,3 +65,23 @@ upstream = "http://127.0.0.1:$5"
 roles_any = ["Bench.Read"]
 EOF
 }
+
+# Waits (at most 30 s) until something listens on loopback port $1; $2 names it for the error.
+wait_port() { # port what
+    local i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "$2 did not start on port $1"
+}
+
+# Waits (at most 2 min) until URL $1 answers 2xx; $2 names it for the error.
+wait_http() { # url what
+    local i
+    for ((i = 0; i < 600; i++)); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    die "$2 did not answer at $1"
+}

@@ -43,14 +43,6 @@ SUPPORT=$TARGET_DIR/dist/examples/bench_support
 SUT=(taskset -c "$SUT_CPU")
 LOAD=(taskset -c "$LOAD_CPU")
 
-wait_port() { # port what
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not start on port $1"
-}
 
 UP=$(free_port); IDP=$(free_port); REDIS=$(free_port)
 "${LOAD[@]}" "$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &

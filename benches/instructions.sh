@@ -49,14 +49,6 @@ SUPPORT=${SUPPORT:-$TARGET_DIR/dist/examples/bench_support}
 BARE_BIN=${BARE_BIN:-$TARGET_DIR/dist/examples/bare_pingora}
 mkdir -p "$DATA"
 
-wait_http() { # url what
-    local i
-    for ((i = 0; i < 600; i++)); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    die "$2 did not answer at $1"
-}
 
 # Tokens: the load benchmark's files when present (same key), else a small set of our own.
 KEY=$DATA/bench-key.pem

@@ -94,14 +94,6 @@ mkdir -p "$DATA" "$RESULTS"
 
 # ---------------------------------------------------------------- helpers
 
-wait_port() { # port, what
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not start on port $1"
-}
 
 metric() { # name-with-labels-prefix -> value (sum over matching lines)
     curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%.0f\n", s }'

@@ -259,14 +259,6 @@ ORDER=(nginx example bare_pingora no_work_stealing pool_size_1 max_retries_1 ser
 read -r -a SELECTED <<<"${VARIANTS:-${ORDER[*]}}"
 
 # ---------------------------------------------------------------- helpers
-wait_http() { # url what
-    local i
-    for ((i = 0; i < 600; i++)); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    die "$2 did not answer at $1"
-}
 
 UP=$(free_port)
 "$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &

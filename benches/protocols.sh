@@ -67,14 +67,6 @@ SUPPORT=$TARGET_DIR/dist/examples/bench_support
 SUT=(taskset -c "$SUT_CPU")
 LOAD=(taskset -c "$LOAD_CPU")
 
-wait_port() { # port what
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not start on port $1"
-}
 
 # ---------------------------------------------------------------- processes
 ECHO=$(free_port); UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port)
