@@ -36,19 +36,9 @@ routes = ["api"]
             &[],
         ));
     }
-    f.w.idp.consent(TENANT_B, APP, roles());
-    let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
-    assert_eq!(code, 0, "{out}");
-    f.until_listed(TENANT_B).await;
+    f.onboard(TENANT_B).await;
     // Every replica misses its own token cache at once: one token request for the cluster.
-    f.w.idp.reset_counts();
-    let calls: Vec<_> = (f.gws.iter())
-        .flat_map(|gw| (0..4).map(move |_| gw))
-        .map(|gw| f.get(gw, TENANT_B, "/v1.0/users/x"))
-        .collect();
-    for (status, body) in futures_util::future::join_all(calls).await {
-        assert_eq!(status, 200, "{body}");
-    }
+    f.miss_everywhere(TENANT_B, 4).await;
     assert_eq!(f.token_requests(TENANT_B), 1, "one token request");
     // One bucket for the fleet: the burst is admitted once across both replicas.
     let mut statuses = Vec::new();
@@ -144,18 +134,8 @@ async fn a_fleet_on_redis_over_tls_with_an_acl_user_shares_tokens() {
     let url = redis.url(USER, PASSWORD);
     let ca = redis.ca.display().to_string();
     let f = fleet_on_with_env(redis, &url, 2, "", &[("SSL_CERT_FILE", &ca)]).await;
-    f.w.idp.consent(TENANT_B, APP, roles());
-    let (code, out) = f.cli(&f.gws[0], &["add", TENANT_B]).await;
-    assert_eq!(code, 0, "{out}");
-    f.until_listed(TENANT_B).await;
-    f.w.idp.reset_counts();
-    let calls: Vec<_> = (f.gws.iter())
-        .flat_map(|gw| (0..4).map(move |_| gw))
-        .map(|gw| f.get(gw, TENANT_B, "/v1.0/users/x"))
-        .collect();
-    for (status, body) in futures_util::future::join_all(calls).await {
-        assert_eq!(status, 200, "{body}");
-    }
+    f.onboard(TENANT_B).await;
+    f.miss_everywhere(TENANT_B, 4).await;
     // One token request for the fleet: the entry, the lock and the registry are all within
     // the ACL's `~aadgate:*`, over TLS.
     assert_eq!(f.token_requests(TENANT_B), 1, "one token request");

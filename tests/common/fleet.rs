@@ -103,6 +103,35 @@ timeout = "200ms"
 }
 
 impl<S> Fleet<S> {
+    /// Consents the application in `tid`, adds `tid` with `aadgate tenants add` through the
+    /// first replica and waits until every replica lists it.
+    pub(crate) async fn onboard(&self, tid: &str) {
+        self.w.idp.consent(tid, APP, roles());
+        let (code, out) = self.cli(&self.gws[0], &["add", tid]).await;
+        assert_eq!(code, 0, "{out}");
+        self.until_listed(tid).await;
+    }
+
+    /// Forgets the emulator's counts, then sends `per_replica` requests for `tid` to the
+    /// exchange route of every replica at once (each misses its own token cache); every answer
+    /// must be 200. Returns the answers.
+    pub(crate) async fn miss_everywhere(
+        &self,
+        tid: &str,
+        per_replica: usize,
+    ) -> Vec<(u16, String)> {
+        self.w.idp.reset_counts();
+        let calls: Vec<_> = (self.gws.iter())
+            .flat_map(|gw| (0..per_replica).map(move |_| gw))
+            .map(|gw| self.get(gw, tid, "/v1.0/users/x"))
+            .collect();
+        let answers = futures_util::future::join_all(calls).await;
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{body}");
+        }
+        answers
+    }
+
     /// Polls each gateway's admin `/tenants` (no quota spent) until it lists `tid`.
     pub(crate) async fn until_listed(&self, tid: &str) {
         for gw in &self.gws {
