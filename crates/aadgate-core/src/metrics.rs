@@ -256,6 +256,24 @@ fn request_metrics(r: &Registry) -> (IntCounterVec, HistogramVec, HistogramVec, 
     (requests, request_duration, auth_duration, upstream_duration)
 }
 
+/// `aadgate_rate_limited_total` and `aadgate_rate_limit_leased_total`.
+fn rate_limit_metrics(r: &Registry) -> (IntCounterVec, IntCounter) {
+    let rate_limited = counter_vec(
+        r,
+        "aadgate_rate_limited_total",
+        "Requests refused with 429 rate_limited, by route and by the [[rate_limits]] entry that refused them.",
+        &["route", "limit"],
+    );
+    let leased = register(
+        r,
+        IntCounter::new(
+            "aadgate_rate_limit_leased_total",
+            "Requests admitted by a shared (Redis) rate limit from this replica's lease of the bucket, without a round trip.",
+        ),
+    );
+    (rate_limited, leased)
+}
+
 /// `aadgate_build_info` (set to 1), and the process collector on Linux.
 fn build_info(r: &Registry) -> IntGaugeVec {
     let build_info = register(
@@ -322,19 +340,7 @@ impl Metrics {
             config_reloads.with_label_values(&[result]);
         }
         let build_info = build_info(&r);
-        let rate_limited = counter_vec(
-            &r,
-            "aadgate_rate_limited_total",
-            "Requests refused with 429 rate_limited, by route and by the [[rate_limits]] entry that refused them.",
-            &["route", "limit"],
-        );
-        let rate_limit_leased = register(
-            &r,
-            IntCounter::new(
-                "aadgate_rate_limit_leased_total",
-                "Requests admitted by a shared (Redis) rate limit from this replica's lease of the bucket, without a round trip.",
-            ),
-        );
+        let (rate_limited, rate_limit_leased) = rate_limit_metrics(&r);
         Metrics {
             jwks_keys: register(
                 &r,
