@@ -149,16 +149,8 @@ async fn redis_dying_and_coming_back_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_for_the_fleet_and_per_replica_without_redis() {
-    let limit = r#"
-[[rate_limits]]
-name = "per-tenant"
-key = "tenant"
-rate = 1
-period = "1h"
-burst = 5
-routes = ["api"]
-"#;
-    let Some(mut f) = fleet_with(3, limit).await else {
+    let limit = tenant_limit("per-tenant", 5);
+    let Some(mut f) = fleet_with(3, &limit).await else {
         return;
     };
     assert_eq!(f.cli(&f.gws[0], &["add", TENANT_A]).await.0, 0);
@@ -275,16 +267,8 @@ async fn a_shared_token_from_before_a_withdrawal_does_not_prove_consent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_key_spends_from_leases_and_the_fleet_never_admits_more_than_the_limit() {
-    let limit = r#"
-[[rate_limits]]
-name = "busy"
-key = "tenant"
-rate = 1
-period = "1h"
-burst = 300
-routes = ["api"]
-"#;
-    let Some(f) = fleet_with(2, limit).await else {
+    let limit = tenant_limit("busy", 300);
+    let Some(f) = fleet_with(2, &limit).await else {
         return;
     };
     assert_eq!(f.cli(&f.gws[0], &["add", TENANT_A]).await.0, 0);

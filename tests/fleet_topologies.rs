@@ -15,17 +15,9 @@ async fn a_fleet_on_a_redis_cluster_shares_tokens_the_registry_and_limits() {
     let Some(cluster) = RedisCluster::start().await else {
         return;
     };
-    let limit = r#"
-[[rate_limits]]
-name = "per-tenant"
-key = "tenant"
-rate = 1
-period = "1h"
-burst = 5
-routes = ["api"]
-"#;
+    let limit = tenant_limit("per-tenant", 5);
     let url = cluster.url();
-    let f = fleet_on(cluster, &url, 2, limit).await;
+    let f = fleet_on(cluster, &url, 2, &limit).await;
     // Failures counted before the first health check (a registry read at start-up) are not
     // this test's business; none may follow.
     let mut errors_before = Vec::new();

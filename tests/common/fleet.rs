@@ -12,6 +12,14 @@ pub(crate) const APP: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 pub(crate) const STORE_KEY: &[u8; 32] = b"test-only-store-key-32-bytes-000";
 pub(crate) const STATE_KEY: &str = "test-only-onboarding-state-key-0123456789";
 
+/// A `[[rate_limits]]` entry named `name`, keyed by tenant, on the route `api`: `burst`
+/// requests at once, then one an hour (so a test sees the burst, never a refill).
+pub(crate) fn tenant_limit(name: &str, burst: u64) -> String {
+    format!(
+        "\n[[rate_limits]]\nname = \"{name}\"\nkey = \"tenant\"\nrate = 1\nperiod = \"1h\"\nburst = {burst}\nroutes = [\"api\"]\n"
+    )
+}
+
 /// Gateways sharing one Redis deployment `S` (a server, a Sentinel set, a cluster).
 pub(crate) struct Fleet<S = RedisServer> {
     pub w: World,
