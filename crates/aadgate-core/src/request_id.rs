@@ -43,11 +43,17 @@ impl std::fmt::Display for RequestId {
 }
 
 /// The caller's id when it is valid, else a new one. Runs once per request, before any check.
+///
+/// The value is marked sensitive, which HTTP/2 and HTTP/3 header compression read as "never
+/// index": an id differs on every request, so entering it in a connection's HPACK table would
+/// only push out the entries that do repeat (HTTP/1.1 ignores the mark).
 pub fn request_id(incoming: Option<&HeaderValue>) -> RequestId {
-    match incoming {
-        Some(v) if is_valid(v.as_bytes()) => RequestId(v.clone()),
-        _ => RequestId(new_id()),
-    }
+    let mut value = match incoming {
+        Some(v) if is_valid(v.as_bytes()) => v.clone(),
+        _ => new_id(),
+    };
+    value.set_sensitive(true);
+    RequestId(value)
 }
 
 /// 1–128 characters of `[A-Za-z0-9._-]`.
@@ -115,6 +121,13 @@ mod tests {
             );
         }
         assert!(uuid::Uuid::parse_str(request_id(None).as_str()).is_ok());
+    }
+
+    #[test]
+    fn ids_are_never_indexed_by_header_compression() {
+        assert!(request_id(None).header_value().is_sensitive());
+        let caller = HeaderValue::from_static("req-1");
+        assert!(request_id(Some(&caller)).header_value().is_sensitive());
     }
 
     #[test]

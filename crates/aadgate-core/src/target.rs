@@ -149,6 +149,16 @@ fn segment_is_normal(seg: &[u8], fold: bool) -> bool {
 /// everything from the first `;` dropped, ASCII folded when `fold`. The whole segment,
 /// parameters included, is checked for NUL, `\`, `%2F`, `%5C` and malformed escapes.
 fn segment_into(seg: &[u8], fold: bool, out: &mut Vec<u8>) -> Result<(), Rejection> {
+    if segment_is_normal(seg, false) {
+        // Nothing to decode or drop (the usual segment, e.g. gRPC's `pkg.Service`): copied
+        // whole, then folded in place, rather than byte by byte.
+        let from = out.len();
+        out.extend_from_slice(seg);
+        if fold {
+            out[from..].make_ascii_lowercase();
+        }
+        return Ok(());
+    }
     let mut params = false;
     let mut i = 0;
     while i < seg.len() {
@@ -269,11 +279,12 @@ pub fn normalize_path(path: &str, case: PathCase) -> Result<Cow<'_, str>, Reject
 /// match on it), `raw` is returned unchanged.
 pub fn strip_prefix<'a>(raw: &'a str, prefix: &str, case: PathCase) -> Cow<'a, str> {
     let fold = case == PathCase::Insensitive;
-    let wanted: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+    let mut wanted = prefix.split('/').filter(|s| !s.is_empty()).peekable();
     let bytes = raw.as_bytes();
     let mut pos = 0; // at a '/' (or the end) after the last consumed segment
     let mut seg_buf = Vec::new();
-    for (k, want) in wanted.iter().enumerate() {
+    while let Some(want) = wanted.next() {
+        let is_last = wanted.peek().is_none();
         loop {
             if pos >= bytes.len() {
                 return Cow::Borrowed(raw);
@@ -283,8 +294,19 @@ pub fn strip_prefix<'a>(raw: &'a str, prefix: &str, case: PathCase) -> Cow<'a, s
                 .iter()
                 .position(|&b| b == b'/')
                 .map_or(bytes.len(), |p| start + p);
+            let seg = &bytes[start..end];
+            let plain_match = if fold {
+                seg.eq_ignore_ascii_case(want.as_bytes())
+            } else {
+                seg == want.as_bytes()
+            };
+            if plain_match && segment_is_normal(seg, false) {
+                // The usual case: the raw segment is the prefix's segment, no decoding.
+                pos = end;
+                break;
+            }
             seg_buf.clear();
-            if segment_into(&bytes[start..end], fold, &mut seg_buf).is_err() {
+            if segment_into(seg, fold, &mut seg_buf).is_err() {
                 return Cow::Borrowed(raw);
             }
             pos = end;
@@ -294,7 +316,6 @@ pub fn strip_prefix<'a>(raw: &'a str, prefix: &str, case: PathCase) -> Cow<'a, s
             if seg_buf == want.as_bytes() {
                 break;
             }
-            let is_last = k + 1 == wanted.len();
             if is_last && seg_buf.starts_with(want.as_bytes()) {
                 // The prefix ends inside this segment: keep the raw bytes after it when the
                 // raw segment starts with the prefix's bytes as they are, else the rest of
@@ -306,7 +327,7 @@ pub fn strip_prefix<'a>(raw: &'a str, prefix: &str, case: PathCase) -> Cow<'a, s
                     && if fold {
                         head.eq_ignore_ascii_case(want)
                     } else {
-                        head == *want
+                        head == want
                     };
                 let tail = if same {
                     raw_seg[cut..].to_string()
