@@ -11,9 +11,10 @@
 //!     message and payload back. Unlike the emulator's `GrpcEchoServer` it neither records the
 //!     requests nor copies their metadata into the reply, so it stays fast and flat.
 //! bench_support grpc-load --url URL [--token-file FILE] --connections C --concurrency N
-//!                         --duration SECS
-//!     `Unary` calls as fast as possible for SECS seconds over C HTTP/2 connections with N calls
-//!     in flight on each (`aadgate_emulator::grpc_load` on one current-thread runtime), with
+//!                         (--duration SECS | --calls TOTAL)
+//!     `Unary` calls as fast as possible for SECS seconds (or TOTAL calls in all) over C HTTP/2
+//!     connections with N calls in flight on each (`aadgate_emulator::grpc_load` on one
+//!     current-thread runtime), with
 //!     `authorization: Bearer <first line of FILE>` when given. Prints one line,
 //!     `calls/s p50_us p99_us errors`; exits 1 when a call failed, printing the first failure.
 //! bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid]
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aadgate_emulator::grpc::{EchoReply, EchoRequest, Status, SERVICE_NAME};
-use aadgate_emulator::{grpc_load, SigningKey, TokenSpec};
+use aadgate_emulator::{grpc_load, LoadStop, SigningKey, TokenSpec};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -50,7 +51,7 @@ use tonic_prost::ProstCodec;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  bench_support upstream --listen ADDR [--threads N]\n  bench_support grpc-upstream --listen ADDR\n  bench_support grpc-load --url URL [--token-file FILE] --connections C --concurrency N --duration SECS\n  bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid] [--tid T] [--aud A] [--roles R1,R2] [--lifetime SECS] [--threads N]"
+        "usage:\n  bench_support upstream --listen ADDR [--threads N]\n  bench_support grpc-upstream --listen ADDR\n  bench_support grpc-load --url URL [--token-file FILE] --connections C --concurrency N (--duration SECS | --calls TOTAL)\n  bench_support mint --key FILE --count N --out FILE [--kind valid|badsig|unknownkid] [--tid T] [--aud A] [--roles R1,R2] [--lifetime SECS] [--threads N]"
     );
     ExitCode::from(2)
 }
@@ -225,10 +226,17 @@ fn grpc_load_run(args: &[String]) -> Result<(), String> {
     let url = flag(args, "--url").ok_or("--url URL is required")?;
     let connections: usize = number(args, "--connections")?;
     let concurrency: usize = number(args, "--concurrency")?;
-    let duration: f64 = number(args, "--duration")?;
-    if !(duration.is_finite() && duration > 0.0) {
-        return Err("--duration must be a positive number of seconds".into());
-    }
+    let stop = match (flag(args, "--duration"), flag(args, "--calls")) {
+        (Some(_), None) => {
+            let duration: f64 = number(args, "--duration")?;
+            if !(duration.is_finite() && duration > 0.0) {
+                return Err("--duration must be a positive number of seconds".into());
+            }
+            LoadStop::After(Duration::from_secs_f64(duration))
+        }
+        (None, Some(_)) => LoadStop::Calls(number(args, "--calls")?),
+        _ => return Err("give either --duration SECS or --calls TOTAL".into()),
+    };
     let token = match flag(args, "--token-file") {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
@@ -250,7 +258,7 @@ fn grpc_load_run(args: &[String]) -> Result<(), String> {
             token.as_deref(),
             connections,
             concurrency,
-            Duration::from_secs_f64(duration),
+            stop,
         ))
         .map_err(|e| e.to_string())?;
     println!(

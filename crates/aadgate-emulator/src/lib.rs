@@ -64,7 +64,7 @@ pub use echo::{download_pattern_byte, EchoHandle, EchoServer, WsConnection, WsEn
 pub use graph::{MockGraph, MockGraphHandle, SentMail};
 pub use grpc::{
     grpc_call, grpc_load, GrpcClientError, GrpcEchoClient, GrpcEchoHandle, GrpcEchoServer,
-    LoadReport,
+    LoadReport, LoadStop,
 };
 pub use keys::{certificate_thumbprint_hex, default_dev_key_path, x5t_of, x5t_s256_of, SigningKey};
 pub use mint::{issuer_v1, issuer_v2, TokenSpec};

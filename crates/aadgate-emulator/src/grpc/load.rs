@@ -1,6 +1,8 @@
 //! A gRPC load client for the benchmarks: unary calls as fast as possible over several HTTP/2
 //! connections, with latency percentiles.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,17 +44,46 @@ impl LoadReport {
     }
 }
 
+/// When a [`grpc_load`] run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStop {
+    /// When this much time has passed; calls in flight then are finished and counted.
+    After(Duration),
+    /// When exactly this many calls have been made, over all connections (for instruction
+    /// counts per call).
+    Calls(u64),
+}
+
+/// The calls a run may still start, shared by its workers.
+struct Budget {
+    deadline: Option<Instant>,
+    left: AtomicU64,
+}
+
+impl Budget {
+    /// True when one more call may start (and counts it).
+    fn take(&self) -> bool {
+        match self.deadline {
+            Some(deadline) => Instant::now() < deadline,
+            None => self
+                .left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+}
+
 /// Calls `Unary` (a 4-byte message, no payload) at `url` (h2c: `http://host:port`, with an
-/// optional path prefix) as fast as possible for `duration`: `connections` HTTP/2 connections,
+/// optional path prefix) as fast as possible until `stop`: `connections` HTTP/2 connections,
 /// each with `concurrency` calls in flight, and `authorization: Bearer <token>` on each call
-/// when `token` is given. Calls in flight when the time is up are finished and counted. Runs on
-/// the current tokio runtime (a multi-threaded one uses all its workers).
+/// when `token` is given. Runs on the current tokio runtime (a multi-threaded one uses all its
+/// workers).
 pub async fn grpc_load(
     url: &str,
     token: Option<&str>,
     connections: usize,
     concurrency: usize,
-    duration: Duration,
+    stop: LoadStop,
 ) -> Result<LoadReport, GrpcClientError> {
     if connections == 0 || concurrency == 0 {
         return Err(GrpcClientError::Invalid(
@@ -75,12 +106,26 @@ pub async fn grpc_load(
         channels.push(connect_endpoint(url, target.endpoint.clone()).await?);
     }
     let started = Instant::now();
-    let deadline = started + duration;
+    let budget = Arc::new(match stop {
+        LoadStop::After(duration) => Budget {
+            deadline: Some(started + duration),
+            left: AtomicU64::new(0),
+        },
+        LoadStop::Calls(n) => Budget {
+            deadline: None,
+            left: AtomicU64::new(n),
+        },
+    });
     let mut workers = JoinSet::new();
     for channel in channels {
         for _ in 0..concurrency {
             let grpc = tonic::client::Grpc::new(channel.clone());
-            workers.spawn(worker(grpc, path.clone(), authorization.clone(), deadline));
+            workers.spawn(worker(
+                grpc,
+                path.clone(),
+                authorization.clone(),
+                budget.clone(),
+            ));
         }
     }
     let mut latencies = Vec::new();
@@ -111,19 +156,19 @@ struct Tally {
     first_error: Option<String>,
 }
 
-/// Makes calls one after another until `deadline`.
+/// Makes calls one after another while the budget lasts.
 async fn worker(
     mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
     path: http::uri::PathAndQuery,
     authorization: Option<AsciiMetadataValue>,
-    deadline: Instant,
+    budget: Arc<Budget>,
 ) -> Tally {
     let mut tally = Tally {
         latencies: Vec::new(),
         errors: 0,
         first_error: None,
     };
-    while Instant::now() < deadline {
+    while budget.take() {
         let began = Instant::now();
         let mut request = tonic::Request::new(EchoRequest {
             message: "load".into(),

@@ -23,7 +23,7 @@ mod server;
 
 pub use call::grpc_call;
 pub use client::{GrpcClientError, GrpcEchoClient, StreamOutcome, UnaryOutcome};
-pub use load::{grpc_load, LoadReport};
+pub use load::{grpc_load, LoadReport, LoadStop};
 pub use messages::{EchoReply, EchoRequest, FailRequest, StreamRequest};
 pub use server::{EchoService, GrpcEchoHandle, GrpcEchoServer};
 /// gRPC status codes and statuses, as the client returns them and tests compare them.

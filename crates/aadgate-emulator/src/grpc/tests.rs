@@ -215,7 +215,7 @@ async fn load_counts_every_call_over_several_connections() {
         Some("t"),
         2,
         4,
-        Duration::from_millis(200),
+        LoadStop::After(Duration::from_millis(200)),
     )
     .await
     .expect("load");
@@ -231,9 +231,19 @@ async fn load_counts_every_call_over_several_connections() {
         Some("Bearer t")
     );
     assert!(matches!(
-        grpc_load(&server.base_url(), None, 0, 1, Duration::ZERO).await,
+        grpc_load(&server.base_url(), None, 0, 1, LoadStop::Calls(1)).await,
         Err(GrpcClientError::Invalid(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_with_a_call_budget_makes_exactly_that_many_calls() {
+    let (server, _client) = start().await;
+    let report = grpc_load(&server.base_url(), None, 2, 3, LoadStop::Calls(37))
+        .await
+        .expect("load");
+    assert_eq!((report.calls, report.errors), (37, 0));
+    assert_eq!(server.calls(), 37);
 }
 
 #[tokio::test]
