@@ -17,7 +17,17 @@
 #   unique_tokens         authenticated route, a different valid token per request (RS256 each)
 #   bad_signature         authenticated route, tokens with a wrong signature (401)
 #
-# Environment: N=2000 requests per scenario; LOG (the gateway's RUST_LOG; unset: the default,
+# With GRPC=1 (the default) it also counts gRPC unary calls (`bench_support grpc-load`, one
+# HTTP/2 connection, one call in flight, the ~1 KB token on every call) to a gRPC echo service
+# over h2c, through a second gateway (`h2c = true`) and a second bare pingora (`--h2c true`),
+# both under callgrind:
+#
+#   grpc_bare_pingora     the smallest pingora proxy, h2c in and out
+#   grpc_anonymous        anonymous route (`strip_prefix`), the token forwarded
+#   grpc_authenticated    authenticated route, one token (cache hits), the token forwarded
+#   grpc_noauthz          as grpc_authenticated with `pass_authorization = false`
+#
+# Environment: N=2000 requests (and calls) per scenario; GRPC=1; LOG (the gateway's RUST_LOG; unset: the default,
 # info, with the access log); BUILD=1 (0: use target/dist as it is);
 # KEEP=0 (1: keep the callgrind files for callgrind_annotate); GW_BIN and SUPPORT to measure
 # other builds of `aadgate` and `bench_support` (e.g. two commits side by side, with BUILD=0).
@@ -61,6 +71,7 @@ if [[ ! -s $KEY || ! -s $VALID || $(wc -l <"$VALID") -le $N || ! -s $BADSIG ]]; 
     "$SUPPORT" mint --key "$KEY" --kind badsig --count "$N" --out "$BADSIG" --tid "$TID" --aud "$AUD" --roles Bench.Read --lifetime 86400
 fi
 ONE_TOKEN=$(head -n 1 "$VALID")
+GRPC=${GRPC:-1}
 
 UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port); BARE=$(free_port)
 "$SUPPORT" upstream --listen "127.0.0.1:$UP" --threads 1 2>"$WORK/upstream.log" &
@@ -145,6 +156,81 @@ PID=$BARE_PID
 WAKE=http://127.0.0.1:$BARE/x
 scenario bare_pingora 200 /x "" ""
 
+# ---------------------------------------------------------------- gRPC
+if [[ $GRPC == 1 ]]; then
+    ECHO=$(free_port); GW2=$(free_port); ADMIN2=$(free_port); BARE2=$(free_port)
+    "$SUPPORT" grpc-upstream --listen "127.0.0.1:$ECHO" 2>"$WORK/grpc-echo.log" &
+    PIDS+=($!)
+    head -n 1 "$VALID" >"$WORK/grpc-token.txt"
+    mkdir -p "$WORK/conf2"
+    bench_gateway_config "$WORK/conf2/aadgate.toml" "$GW2" "$ADMIN2" "$IDP" "$UP" 1 "$WORK/upgrade2.sock"
+    sed -i '/^\[server\]$/a h2c = true' "$WORK/conf2/aadgate.toml"
+    cat >>"$WORK/conf2/aadgate.toml" <<EOF
+
+[[routes]]
+name = "grpc"
+path_prefix = "/aadgate.echo.v1.Echo/"
+upstream = "h2c://127.0.0.1:$ECHO"
+roles_any = ["Bench.Read"]
+
+[[routes]]
+name = "grpc-anon"
+path_prefix = "/anon-grpc/"
+strip_prefix = "/anon-grpc"
+upstream = "h2c://127.0.0.1:$ECHO"
+auth = "anonymous"
+
+[[routes]]
+name = "grpc-noauthz"
+path_prefix = "/noauthz-grpc/"
+strip_prefix = "/noauthz-grpc"
+upstream = "h2c://127.0.0.1:$ECHO"
+roles_any = ["Bench.Read"]
+pass_authorization = false
+EOF
+    wait_port "$ECHO" "gRPC echo"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+        "$GW_BIN" run -c "$WORK/conf2/aadgate.toml" >/dev/null 2>"$WORK/gateway2.log" &
+    GW2_PID=$!
+    PIDS+=("$GW2_PID")
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+        "$BARE_BIN" --listen "127.0.0.1:$BARE2" --upstream "127.0.0.1:$ECHO" --workers 1 --h2c true >/dev/null 2>"$WORK/bare2.log" &
+    BARE2_PID=$!
+    PIDS+=("$BARE2_PID")
+    wait_http "http://127.0.0.1:$ADMIN2/readyz" "gateway (h2c)"
+    wait_port "$BARE2" "bare pingora (h2c)"
+    grpc_calls() { # url calls
+        "$SUPPORT" grpc-load --url "$1" --token-file "$WORK/grpc-token.txt" --connections 1 --concurrency 1 --calls "$2"
+    }
+    # Each grpc-load run opens a connection of its own: 20 calls first warm the gateway's
+    # upstream connection and lazily built state; the counted run's own connection set-up is
+    # spread over its N calls.
+    grpc_scenario() { # name url pid
+        local name=$1 url=$2 pid=$3
+        grpc_calls "$url" 20 >/dev/null || die "$name: the warm-up calls failed"
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        grpc_calls "$url" "$N" >"$WORK/$name.out" 2>&1 || die "$name: $(cat "$WORK/$name.out")"
+        callgrind_control -d "$name" "$pid" >/dev/null 2>&1
+        local i f=""
+        for ((i = 0; i < 300; i++)); do
+            grpc_calls "$url" 1 >/dev/null 2>&1 || true
+            f=$(grep -lx "desc: Trigger: dump $name" "$WORK"/callgrind.* 2>/dev/null | head -n 1 || true)
+            [[ -n $f ]] && break
+            sleep 0.2
+        done
+        [[ -n $f ]] || die "no callgrind dump for $name"
+        local total
+        total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
+        IR[$name]=$((total / N))
+        STATUS[$name]="$N OK"
+        log "$(printf '%-22s %9d instructions/call' "$name" "${IR[$name]}")"
+    }
+    grpc_scenario grpc_bare_pingora "http://127.0.0.1:$BARE2" "$BARE2_PID"
+    grpc_scenario grpc_anonymous "http://127.0.0.1:$GW2/anon-grpc" "$GW2_PID"
+    grpc_scenario grpc_authenticated "http://127.0.0.1:$GW2" "$GW2_PID"
+    grpc_scenario grpc_noauthz "http://127.0.0.1:$GW2/noauthz-grpc" "$GW2_PID"
+fi
+
 echo
 echo "aadgate instructions per request (callgrind) — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $N requests per scenario, workers = 1, gateway RUST_LOG=${LOG:-(default: info, access log on)}"
 echo
@@ -153,3 +239,13 @@ echo "|---|---|---|---|"
 for s in bare_pingora anonymous anonymous_same_header cached_token unique_tokens bad_signature; do
     awk -v s="$s" -v v="${IR[$s]}" -v a="${IR[anonymous]}" -v b="${IR[bare_pingora]}" 'BEGIN { printf "| %s | %d | %+d (%.2f×) | %.2f× |\n", s, v, v - a, v / a, v / b }'
 done
+if [[ $GRPC == 1 ]]; then
+    echo
+    echo "gRPC unary calls ($N per scenario, one HTTP/2 connection, one call in flight):"
+    echo
+    echo "| scenario | instructions/call | vs grpc_anonymous | vs grpc_bare_pingora |"
+    echo "|---|---|---|---|"
+    for s in grpc_bare_pingora grpc_anonymous grpc_authenticated grpc_noauthz; do
+        awk -v s="$s" -v v="${IR[$s]}" -v a="${IR[grpc_anonymous]}" -v b="${IR[grpc_bare_pingora]}" 'BEGIN { printf "| %s | %d | %+d (%.2f×) | %.2f× |\n", s, v, v - a, v / a, v / b }'
+    done
+fi
