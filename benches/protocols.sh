@@ -5,10 +5,13 @@
 # (`bench_support grpc-upstream`: `aadgate.echo.v1.Echo/Unary`, records nothing), the fast HTTP/1.1
 # upstream (`bench_support upstream`), the AAD emulator (`aadgate dev-idp`), one gateway with
 # `h2c = true`, one worker and the access log on as users run it, and, when nginx is installed,
-# nginx passing HTTP/2 (cleartext, prior knowledge) through to the HTTP upstream as a ceiling.
+# nginx passing HTTP/2 (cleartext, prior knowledge) through to the HTTP upstream as a ceiling,
+# and the smallest pingora proxy (`examples/bare_pingora.rs --h2c true`: h2c in, h2c out, nothing
+# else) in front of the echo: the ceiling of any gRPC proxy built on pingora.
 # The gateway's routes: `grpc` (`/aadgate.echo.v1.Echo/` to the echo over h2c, app role
 # Bench.Read), `grpc-anon` (`/anon-grpc/`, the same service without authentication, the prefix
-# stripped) and the `anon` and `api` HTTP routes of the other benchmarks.
+# stripped), `grpc-noauthz` (`/noauthz-grpc/`, as `grpc` with `pass_authorization = false`, the
+# prefix stripped) and the `anon` and `api` HTTP routes of the other benchmarks.
 #
 # Each round runs, back to back, for DURATION seconds each:
 #   grpc_direct      Unary calls straight to the echo, GRPC_CONNS connections x GRPC_STREAMS calls
@@ -16,6 +19,8 @@
 #   grpc_aadgate     the same calls through the gateway with the token (route `grpc`)
 #   grpc_anonymous   the same calls through the gateway's anonymous route (same token header):
 #                    what proxying costs without authentication
+#   grpc_noauthz     the same calls, authenticated, the token not forwarded to the service
+#   grpc_bare_pingora  the same calls through the bare pingora proxy (token forwarded)
 #   grpc_direct_1x1, grpc_aadgate_1x1   one call in flight, for the latency a call gains
 #   h2_aadgate       h2load over h2c, H2_CONNS connections x H2_STREAMS streams, GET /api/x with
 #                    the token
@@ -59,17 +64,18 @@ command -v nginx >/dev/null && HAVE_NGINX=1
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ ${BUILD:-1} == 1 ]]; then
     log "building (profile dist)"
-    (cd "$ROOT" && cargo build -q --profile dist --bin aadgate --example bench_support) || die "build failed"
+    (cd "$ROOT" && cargo build -q --profile dist --bin aadgate --example bench_support --example bare_pingora) || die "build failed"
 fi
 GW_BIN=$TARGET_DIR/dist/aadgate
 SUPPORT=$TARGET_DIR/dist/examples/bench_support
-[[ -x $GW_BIN && -x $SUPPORT ]] || die "no $GW_BIN or $SUPPORT (run with BUILD=1)"
+BARE_BIN=$TARGET_DIR/dist/examples/bare_pingora
+[[ -x $GW_BIN && -x $SUPPORT && -x $BARE_BIN ]] || die "no $GW_BIN, $SUPPORT or $BARE_BIN (run with BUILD=1)"
 SUT=(taskset -c "$SUT_CPU")
 LOAD=(taskset -c "$LOAD_CPU")
 
 
 # ---------------------------------------------------------------- processes
-ECHO=$(free_port); UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port)
+ECHO=$(free_port); UP=$(free_port); IDP=$(free_port); GW=$(free_port); ADMIN=$(free_port); BARE=$(free_port)
 "${LOAD[@]}" "$SUPPORT" grpc-upstream --listen "127.0.0.1:$ECHO" 2>"$WORK/grpc-echo.log" &
 ECHO_PID=$!
 PIDS+=("$ECHO_PID")
@@ -103,6 +109,14 @@ path_prefix = "/anon-grpc/"
 strip_prefix = "/anon-grpc"
 upstream = "h2c://127.0.0.1:$ECHO"
 auth = "anonymous"
+
+[[routes]]
+name = "grpc-noauthz"
+path_prefix = "/noauthz-grpc/"
+strip_prefix = "/noauthz-grpc"
+upstream = "h2c://127.0.0.1:$ECHO"
+roles_any = ["Bench.Read"]
+pass_authorization = false
 EOF
 env -u RUST_LOG "${SUT[@]}" "$GW_BIN" run -c "$WORK/aadgate.toml" >/dev/null 2>"$WORK/gateway.log" &
 GW_PID=$!
@@ -113,6 +127,10 @@ for ((i = 0; i < 100; i++)); do
     sleep 0.1
 done
 curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/readyz" || die "gateway not ready (see $WORK/gateway.log)"
+"${SUT[@]}" "$BARE_BIN" --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$ECHO" --h2c true >/dev/null 2>"$WORK/bare.log" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+wait_port "$BARE" "bare pingora"
 
 NGINX_PID=""
 if [[ $HAVE_NGINX == 1 ]]; then
@@ -174,6 +192,8 @@ other_stat() {
 GRPC_DIRECT=http://127.0.0.1:$ECHO
 GRPC_AADGATE=http://127.0.0.1:$GW
 GRPC_ANON=http://127.0.0.1:$GW/anon-grpc
+GRPC_NOAUTHZ=http://127.0.0.1:$GW/noauthz-grpc
+GRPC_BARE=http://127.0.0.1:$BARE
 # usage: grpc_run URL CONNS STREAMS SECONDS — prints `calls/s p50_us p99_us errors`
 grpc_run() {
     local out
@@ -220,6 +240,7 @@ measure() {
     case $scenario in
         grpc_direct*) srv=() ;;
         h2_nginx) mapfile -t srv < <(echo "$NGINX_PID"; pgrep -P "$NGINX_PID" || true) ;;
+        grpc_bare_pingora) srv=("$BARE_PID") ;;
         *) srv=("$GW_PID") ;;
     esac
     upstream=$ECHO_PID
@@ -261,6 +282,8 @@ if "${LOAD[@]}" "$SUPPORT" grpc-load --url "$GRPC_AADGATE" --connections 1 --con
 fi
 grep -q UNAUTHENTICATED "$WORK/noauth.err" || die "a gRPC call without a token: $(cat "$WORK/noauth.err")"
 grpc_run "$GRPC_ANON" 1 1 0.3 >/dev/null
+grpc_run "$GRPC_NOAUTHZ" 1 1 0.3 >/dev/null
+grpc_run "$GRPC_BARE" 1 1 0.3 >/dev/null
 grpc_run "$GRPC_DIRECT" 1 1 0.3 >/dev/null
 h2_check() { # name URL protocol h2load-args...
     local out
@@ -281,6 +304,8 @@ one_round() { # seconds
     DURATION=$d measure grpc_direct grpc "$GRPC_DIRECT" "$GRPC_CONNS" "$GRPC_STREAMS"
     DURATION=$d measure grpc_aadgate grpc "$GRPC_AADGATE" "$GRPC_CONNS" "$GRPC_STREAMS"
     DURATION=$d measure grpc_anonymous grpc "$GRPC_ANON" "$GRPC_CONNS" "$GRPC_STREAMS"
+    DURATION=$d measure grpc_noauthz grpc "$GRPC_NOAUTHZ" "$GRPC_CONNS" "$GRPC_STREAMS"
+    DURATION=$d measure grpc_bare_pingora grpc "$GRPC_BARE" "$GRPC_CONNS" "$GRPC_STREAMS"
     DURATION=$d measure grpc_direct_1x1 grpc "$GRPC_DIRECT" 1 1
     DURATION=$d measure grpc_aadgate_1x1 grpc "$GRPC_AADGATE" 1 1
     DURATION=$d measure h2_aadgate h2load h2-aadgate "http://127.0.0.1:$GW/api/x" "$d" "${H2_ARGS[@]}"
@@ -313,7 +338,7 @@ echo "$ROUNDS rounds of ${DURATION}s per scenario; gateway (1 worker, h2c, acces
 echo
 printf '| %-18s | %-20s | %9s | %-26s | %7s | %7s | %9s | %12s | %6s | %6s | %-12s |\n' scenario load "calls/s" "calls/s per round" "p50 us" "p99 us" "gw CPU us" "upstr CPU us" "CPU$SUT_CPU %" "CPU$LOAD_CPU %" "other load %"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------------------- ----------: ---------------------------- --------: --------: ----------: -------------: -------: -------: --------------
-for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x1 h2_aadgate h1_aadgate h2_nginx; do
+for s in grpc_direct grpc_aadgate grpc_anonymous grpc_noauthz grpc_bare_pingora grpc_direct_1x1 grpc_aadgate_1x1 h2_aadgate h1_aadgate h2_nginx; do
     [[ -n ${ALL_RPS[$s]:-} ]] || continue
     case $s in
         grpc_*1x1) load="gRPC 1 conn x 1" ;;
@@ -328,7 +353,7 @@ for s in grpc_direct grpc_aadgate grpc_anonymous grpc_direct_1x1 grpc_aadgate_1x
         "$(tr ' ' '\n' <<<"${ALL_OTHER[$s]}" | grep -v '^$' | paste -sd/ -)"
 done
 echo
-echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark and time taken by the hypervisor (steal), in % of both CPUs, per round (negative: a process outside ended during the run)."
+echo "gw CPU: CPU microseconds (user + system) per call of the gateway (of nginx on h2_nginx, of bare pingora on grpc_bare_pingora); upstr CPU: of the gRPC echo (grpc_*) or the HTTP upstream (h*_*); CPU N %: how busy each CPU was; other load %: CPU time of processes outside this benchmark and time taken by the hypervisor (steal), in % of both CPUs, per round (negative: a process outside ended during the run)."
 # A negative figure: a process outside the benchmark ended during the run, its time unknown.
 OTHER_MAX=$(printf '%s ' "${ALL_OTHER[@]}" | tr ' ' '\n' | grep -v '^$' | tr -d - | sort -n | tail -n 1)
 if ((OTHER_MAX > 5)); then
@@ -341,6 +366,9 @@ echo "| ratio (median of per-round ratios) | value |"
 echo "|---|---|"
 echo "| gRPC unary through aadgate / direct, $GRPC_CONNS x $GRPC_STREAMS (target >= $TARGET) | $RATIO ($MET) |"
 echo "| gRPC through aadgate, authenticated / anonymous route | $(per_round ALL_RPS grpc_aadgate grpc_anonymous /) |"
+echo "| gRPC through aadgate, token not forwarded / forwarded | $(per_round ALL_RPS grpc_noauthz grpc_aadgate /) |"
+echo "| gRPC through bare pingora / direct (the ceiling on pingora) | $(per_round ALL_RPS grpc_bare_pingora grpc_direct /) |"
+echo "| gRPC through aadgate / bare pingora | $(per_round ALL_RPS grpc_aadgate grpc_bare_pingora /) |"
 echo "| gRPC 1 x 1 through aadgate / direct | $(per_round ALL_RPS grpc_aadgate_1x1 grpc_direct_1x1 /) |"
 echo "| gRPC latency a call gains through aadgate, 1 x 1, p50 / p99 | +$(per_round ALL_P50 grpc_aadgate_1x1 grpc_direct_1x1 -) / +$(per_round ALL_P99 grpc_aadgate_1x1 grpc_direct_1x1 -) us |"
 echo "| HTTP/2 / HTTP/1.1 through aadgate (req/s) | $(per_round ALL_RPS h2_aadgate h1_aadgate /) |"
