@@ -66,6 +66,38 @@ roles_any = ["Bench.Read"]
 EOF
 }
 
+# Turns on `h2c` in the gateway configuration FILE and adds the gRPC routes to the echo service
+# on ECHO_PORT: `grpc` (`/aadgate.echo.v1.Echo/`, app role Bench.Read), `grpc-anon`
+# (`/anon-grpc/`, anonymous, the prefix stripped) and `grpc-noauthz` (`/noauthz-grpc/`, as `grpc`
+# with `pass_authorization = false`, the prefix stripped).
+# usage: bench_grpc_routes FILE ECHO_PORT
+bench_grpc_routes() {
+    sed -i '/^\[server\]$/a h2c = true' "$1"
+    cat >>"$1" <<EOF
+
+[[routes]]
+name = "grpc"
+path_prefix = "/aadgate.echo.v1.Echo/"
+upstream = "h2c://127.0.0.1:$2"
+roles_any = ["Bench.Read"]
+
+[[routes]]
+name = "grpc-anon"
+path_prefix = "/anon-grpc/"
+strip_prefix = "/anon-grpc"
+upstream = "h2c://127.0.0.1:$2"
+auth = "anonymous"
+
+[[routes]]
+name = "grpc-noauthz"
+path_prefix = "/noauthz-grpc/"
+strip_prefix = "/noauthz-grpc"
+upstream = "h2c://127.0.0.1:$2"
+roles_any = ["Bench.Read"]
+pass_authorization = false
+EOF
+}
+
 # Waits (at most 30 s) until something listens on loopback port $1; $2 names it for the error.
 wait_port() { # port what
     local i

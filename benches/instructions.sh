@@ -122,25 +122,30 @@ transfers() { # path token-file|"" fixed-token|""
 
 DUMPS=0
 declare -A IR STATUS
-scenario() { # name expected-status path token-file fixed-token
-    local name=$1 want=$2
-    transfers "$3" "$4" "$5" >"$WORK/$name.curl"
-    callgrind_control -z "$PID" >/dev/null 2>&1
-    curl -sS -K "$WORK/$name.curl" >"$WORK/$name.status"
-    callgrind_control -d "$name" "$PID" >/dev/null 2>&1
+# Asks callgrind for the dump NAME of process PID and sets IR[NAME] to its instructions per
+# request; a dump is taken when the process next runs code, so WAKE (a command) is run until
+# the dump appears.
+collect_dump() { # name pid wake-command...
+    local name=$1 pid=$2 i f="" total
+    shift 2
+    callgrind_control -d "$name" "$pid" >/dev/null 2>&1
     DUMPS=$((DUMPS + 1))
-    local i f=""
     for ((i = 0; i < 300; i++)); do
-        # A dump is taken when the process next runs code: wake it.
-        curl -fsS -o /dev/null "$WAKE" || true
+        "$@" >/dev/null 2>&1 || true
         f=$(grep -lx "desc: Trigger: dump $name" "$WORK"/callgrind.* 2>/dev/null | head -n 1 || true)
         [[ -n $f ]] && break
         sleep 0.2
     done
     [[ -n $f ]] || die "no callgrind dump for $name"
-    local total
     total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
     IR[$name]=$((total / N))
+}
+scenario() { # name expected-status path token-file fixed-token
+    local name=$1 want=$2
+    transfers "$3" "$4" "$5" >"$WORK/$name.curl"
+    callgrind_control -z "$PID" >/dev/null 2>&1
+    curl -sS -K "$WORK/$name.curl" >"$WORK/$name.status"
+    collect_dump "$name" "$PID" curl -fsS -o /dev/null "$WAKE"
     STATUS[$name]=$(sort "$WORK/$name.status" | uniq -c | awk '{ printf "%s%s×%s", sep, $1, $2; sep = " " }')
     grep -qv "^$want\$" "$WORK/$name.status" && die "$name: unexpected statuses ${STATUS[$name]}"
     log "$(printf '%-22s %9d instructions/request  (%s)' "$name" "${IR[$name]}" "${STATUS[$name]}")"
@@ -164,30 +169,7 @@ if [[ $GRPC == 1 ]]; then
     head -n 1 "$VALID" >"$WORK/grpc-token.txt"
     mkdir -p "$WORK/conf2"
     bench_gateway_config "$WORK/conf2/aadgate.toml" "$GW2" "$ADMIN2" "$IDP" "$UP" 1 "$WORK/upgrade2.sock"
-    sed -i '/^\[server\]$/a h2c = true' "$WORK/conf2/aadgate.toml"
-    cat >>"$WORK/conf2/aadgate.toml" <<EOF
-
-[[routes]]
-name = "grpc"
-path_prefix = "/aadgate.echo.v1.Echo/"
-upstream = "h2c://127.0.0.1:$ECHO"
-roles_any = ["Bench.Read"]
-
-[[routes]]
-name = "grpc-anon"
-path_prefix = "/anon-grpc/"
-strip_prefix = "/anon-grpc"
-upstream = "h2c://127.0.0.1:$ECHO"
-auth = "anonymous"
-
-[[routes]]
-name = "grpc-noauthz"
-path_prefix = "/noauthz-grpc/"
-strip_prefix = "/noauthz-grpc"
-upstream = "h2c://127.0.0.1:$ECHO"
-roles_any = ["Bench.Read"]
-pass_authorization = false
-EOF
+    bench_grpc_routes "$WORK/conf2/aadgate.toml" "$ECHO"
     wait_port "$ECHO" "gRPC echo"
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
         "$GW_BIN" run -c "$WORK/conf2/aadgate.toml" >/dev/null 2>"$WORK/gateway2.log" &
@@ -210,18 +192,7 @@ EOF
         grpc_calls "$url" 20 >/dev/null || die "$name: the warm-up calls failed"
         callgrind_control -z "$pid" >/dev/null 2>&1
         grpc_calls "$url" "$N" >"$WORK/$name.out" 2>&1 || die "$name: $(cat "$WORK/$name.out")"
-        callgrind_control -d "$name" "$pid" >/dev/null 2>&1
-        local i f=""
-        for ((i = 0; i < 300; i++)); do
-            grpc_calls "$url" 1 >/dev/null 2>&1 || true
-            f=$(grep -lx "desc: Trigger: dump $name" "$WORK"/callgrind.* 2>/dev/null | head -n 1 || true)
-            [[ -n $f ]] && break
-            sleep 0.2
-        done
-        [[ -n $f ]] || die "no callgrind dump for $name"
-        local total
-        total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
-        IR[$name]=$((total / N))
+        collect_dump "$name" "$pid" grpc_calls "$url" 1
         STATUS[$name]="$N OK"
         log "$(printf '%-22s %9d instructions/call' "$name" "${IR[$name]}")"
     }

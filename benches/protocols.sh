@@ -94,30 +94,7 @@ wait_port "$IDP" emulator
 TOKEN=$(head -n 1 "$TOKEN_FILE")
 
 bench_gateway_config "$WORK/aadgate.toml" "$GW" "$ADMIN" "$IDP" "$UP" 1 "$WORK/upgrade.sock"
-sed -i '/^\[server\]$/a h2c = true' "$WORK/aadgate.toml"
-cat >>"$WORK/aadgate.toml" <<EOF
-
-[[routes]]
-name = "grpc"
-path_prefix = "/aadgate.echo.v1.Echo/"
-upstream = "h2c://127.0.0.1:$ECHO"
-roles_any = ["Bench.Read"]
-
-[[routes]]
-name = "grpc-anon"
-path_prefix = "/anon-grpc/"
-strip_prefix = "/anon-grpc"
-upstream = "h2c://127.0.0.1:$ECHO"
-auth = "anonymous"
-
-[[routes]]
-name = "grpc-noauthz"
-path_prefix = "/noauthz-grpc/"
-strip_prefix = "/noauthz-grpc"
-upstream = "h2c://127.0.0.1:$ECHO"
-roles_any = ["Bench.Read"]
-pass_authorization = false
-EOF
+bench_grpc_routes "$WORK/aadgate.toml" "$ECHO"
 env -u RUST_LOG "${SUT[@]}" "$GW_BIN" run -c "$WORK/aadgate.toml" >/dev/null 2>"$WORK/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
