@@ -44,9 +44,9 @@ impl std::fmt::Display for RequestId {
 
 /// The caller's id when it is valid, else a new one. Runs once per request, before any check.
 ///
-/// The value is marked sensitive, which HTTP/2 and HTTP/3 header compression read as "never
-/// index": an id differs on every request, so entering it in a connection's HPACK table would
-/// only push out the entries that do repeat (HTTP/1.1 ignores the mark).
+/// The value is marked sensitive, which HTTP/2 header compression (HPACK) reads as "never
+/// index": an id differs on every request, so entering it in a connection's table would only
+/// push out the entries that do repeat (HTTP/1.1 ignores the mark).
 pub fn request_id(incoming: Option<&HeaderValue>) -> RequestId {
     let mut value = match incoming {
         Some(v) if is_valid(v.as_bytes()) => v.clone(),
