@@ -213,13 +213,7 @@ upstream = "{{echo}}"
     assert!(ready.text().await.expect("body").contains("store degraded"));
     // Tenants in `allow` are served; the registry is empty until Redis answers.
     let token = w.idp.mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Read"]));
-    let r = client()
-        .get(gw.url("/x"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(get_status_and_reason(&gw, "/x", &token).await.0, 200);
     assert_eq!(
         sample(&gw.metrics().await, "aadgate_store_up", &[]),
         Some(0.0)

@@ -5,7 +5,6 @@
 
 mod common;
 
-use aadgate_emulator::TokenSpec;
 use common::fleet::*;
 use common::redis::{RedisCluster, RedisSentinel, RedisTls};
 use common::*;
@@ -161,16 +160,7 @@ upstream = "{{echo}}"
         .launch_with_env(path, &[], &[("SSL_CERT_FILE", Some(ca.as_str()))])
         .await;
     gw.wait_ready().await;
-    let token =
-        f.w.idp
-            .mint(&TokenSpec::app(TENANT_A, AUD, &["Orders.Read"]));
-    let r = client()
-        .get(gw.url("/x"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(f.get(&gw, TENANT_A, "/x").await.0, 200);
     let logs = gw
         .wait_for_log("shared store does not answer at start-up")
         .await;
