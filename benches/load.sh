@@ -27,8 +27,11 @@
 #   WORKERS=1        worker threads of the gateway and of bare pingora, nginx worker_processes,
 #                    hyper proxy threads
 #   PIN=1            pin servers under test to SUT_CPU=0 and the rest to LOAD_CPU=1 (needs 2 cores)
-#   UNIQUE=200000    pre-minted distinct valid tokens (cached between runs in target/bench-load);
-#                    each round of the unique-token scenario uses its own slice of them
+#   UNIQUE=300000    pre-minted distinct valid tokens (cached between runs in target/bench-load):
+#                    the first FILL fill the token cache before the rounds, and each round of the
+#                    unique-token scenario uses its own slice of the rest
+#   FILL=100000      distinct tokens put into the cache before the rounds (its capacity in the
+#                    benchmark configuration): the unique-token rounds then measure a full cache
 #   SOAK=60          seconds of the RSS-flatness run (SOAK=300 for the full 5-minute check)
 #   ACCESS_LOG=1     also measure the gateway with the access log off (RUST_LOG=warn), to show its cost
 #   PERF=0           1: perf record the gateway during the cached and unique scenarios
@@ -50,7 +53,8 @@ WORKERS=${WORKERS:-1}
 PIN=${PIN:-$(($(nproc) >= 2 ? 1 : 0))}
 SUT_CPU=${SUT_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-UNIQUE=${UNIQUE:-200000}
+UNIQUE=${UNIQUE:-300000}
+FILL=${FILL:-100000}
 SOAK=${SOAK:-60}
 ACCESS_LOG=${ACCESS_LOG:-1}
 PERF=${PERF:-0}
@@ -210,6 +214,7 @@ mint() { # kind count file
         "$SUPPORT" mint --key "$KEY" --kind "$1" --count "$2" --out "$3" --tid "$TID" --aud "$AUD" --roles Bench.Read --lifetime 86400
     fi
 }
+((UNIQUE > FILL)) || die "UNIQUE ($UNIQUE) must exceed FILL ($FILL): the rounds need tokens the fill did not use"
 mint valid "$UNIQUE" "$DATA/tokens-valid.txt"
 mint badsig 2000 "$DATA/tokens-badsig.txt"
 mint unknownkid 2000 "$DATA/tokens-unknownkid.txt"
@@ -319,11 +324,38 @@ run_wrk warmup3 "$CONNS" 2 "http://127.0.0.1:$NG/x" -s "$WORK/report.lua"
 run_wrk warmup4 "$CONNS" 2 "http://127.0.0.1:$BARE/x" -s "$WORK/report.lua"
 run_wrk warmup5 "$CONNS" 2 "http://127.0.0.1:$HYPER/x" -s "$WORK/report.lua" -H "Authorization: Bearer $ONE_TOKEN"
 
+# The token cache is filled to its capacity before the rounds: a gateway that has run for a
+# while has a full cache, and every new token replaces an entry (or is refused admission) in
+# memory already in use. While the cache fills, each new entry is new memory the kernel has to
+# fault in and zero: that rate is reported separately (unique_tokens_filling).
+log "memory: $FILL distinct tokens into the cache"
+HITS_BEFORE_FILL=$(( $(metric aadgate_token_cache_misses_total) + $(metric aadgate_token_cache_hits_total) ))
+FILL_T0=$(date +%s.%N)
+# wrk keeps running for -d even when every thread stopped: poll the miss counter (bounded) and
+# stop wrk once every token of the fill set went through the gateway.
+"${LOAD[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d300s "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" once "$FILL" >"$WORK/wrk-fill.txt" 2>&1 &
+FILL_PID=$!
+PIDS+=("$FILL_PID")
+for ((i = 0; i < 600; i++)); do
+    sleep 0.5
+    kill -0 "$FILL_PID" 2>/dev/null || break
+    [[ $(( $(metric aadgate_token_cache_misses_total) + $(metric aadgate_token_cache_hits_total) - HITS_BEFORE_FILL )) -ge $FILL ]] && break
+done
+FILL_T1=$(date +%s.%N)
+kill "$FILL_PID" 2>/dev/null || true
+wait "$FILL_PID" 2>/dev/null || true
+MISSES=$(metric aadgate_token_cache_misses_total)
+FILL_RPS=$(awk -v n="$((MISSES + $(metric aadgate_token_cache_hits_total) - HITS_BEFORE_FILL))" -v a="$FILL_T0" -v b="$FILL_T1" 'BEGIN { printf "%.0f", n / (b - a) }')
+sleep 1
+RSS_100K=$(metric process_resident_memory_bytes)
+RSS_100K_MIB=$((RSS_100K / 1048576))
+log "after fill: cache misses since start $MISSES (>= $FILL distinct tokens verified, ~$FILL_RPS req/s while filling), RSS ${RSS_100K_MIB} MiB"
+
 log "scenarios: ${DURATION}s each, $ROUNDS rounds, $CONNS connections, $WRK_THREADS wrk threads, $WORKERS workers"
 UNIQUE_MISSES=0
 UNIQUE_HITS=0
 UNIQUE_NON2XX=0
-UNIQUE_SLICE=$((UNIQUE / ROUNDS))
+UNIQUE_SLICE=$(((UNIQUE - FILL) / ROUNDS))
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round of $ROUNDS"
     run_wrk anon "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
@@ -354,16 +386,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
     run_wrk anon_lua "$CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-badsig.txt" "$WRK_THREADS" cycle 0 /anon/x
     record anonymous_lua "wrk Lua request() per call"
 
-    # Each round replays its own slice of the pre-minted tokens: no token is seen twice.
+    # Each round replays its own slice of the pre-minted tokens after the fill set: no token is
+    # seen twice, and the cache is full (steady state).
     m0=$(metric aadgate_token_cache_misses_total); h0=$(metric aadgate_token_cache_hits_total)
     perf_start "unique-$round"
-    run_wrk unique "$CONNS" "$UNIQUE_DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" cycle "$UNIQUE_SLICE" /api/x $(((round - 1) * UNIQUE_SLICE))
+    run_wrk unique "$CONNS" "$UNIQUE_DURATION" "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" cycle "$UNIQUE_SLICE" /api/x $((FILL + (round - 1) * UNIQUE_SLICE))
     perf_stop
     m1=$(metric aadgate_token_cache_misses_total); h1=$(metric aadgate_token_cache_hits_total)
     UNIQUE_MISSES=$((UNIQUE_MISSES + m1 - m0))
     UNIQUE_HITS=$((UNIQUE_HITS + h1 - h0))
     UNIQUE_NON2XX=$((UNIQUE_NON2XX + $(field non2xx)))
-    record unique_tokens "misses=$UNIQUE_MISSES hits=$UNIQUE_HITS non2xx=$UNIQUE_NON2XX (all rounds)"
+    record unique_tokens "cache full; misses=$UNIQUE_MISSES hits=$UNIQUE_HITS non2xx=$UNIQUE_NON2XX (all rounds)"
 
     # Added latency: moderate load, the two routes back to back.
     run_wrk anon_mod "$MODERATE_CONNS" "$DURATION" "http://127.0.0.1:$GW/anon/x" -s "$WORK/report.lua"
@@ -383,29 +416,6 @@ JWKS_FETCHES=$((f1 - f0))
 JWKS_ALLOWED=$(( (2 * DURATION + 29) / 30 ))
 record invalid_unknown_kid "401s=$(field non2xx)/$(field requests) jwks_fetches=$JWKS_FETCHES (allowed <= $JWKS_ALLOWED)"
 UNKNOWN_OK=$([[ $(field non2xx) == "$(field requests)" ]] && echo 1 || echo 0)
-
-log "memory: 100k distinct tokens into the cache"
-FILL=100000
-[[ $UNIQUE -lt $FILL ]] && FILL=$UNIQUE
-HITS_BEFORE_FILL=$(( $(metric aadgate_token_cache_misses_total) + $(metric aadgate_token_cache_hits_total) ))
-# wrk keeps running for -d even when every thread stopped: poll the miss counter (bounded) and
-# stop wrk once every token of the fill set went through the gateway.
-"${LOAD[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d300s "http://127.0.0.1:$GW/api/x" -s "$WORK/tokens.lua" -- "$DATA/tokens-valid.txt" "$WRK_THREADS" once "$FILL" >"$WORK/wrk-fill.txt" 2>&1 &
-FILL_PID=$!
-PIDS+=("$FILL_PID")
-for ((i = 0; i < 300; i++)); do
-    sleep 1
-    kill -0 "$FILL_PID" 2>/dev/null || break
-    # the fill set starts with the tokens of the unique run (already cached: hits)
-    [[ $(( $(metric aadgate_token_cache_misses_total) + $(metric aadgate_token_cache_hits_total) - HITS_BEFORE_FILL )) -ge $FILL ]] && break
-done
-kill "$FILL_PID" 2>/dev/null || true
-wait "$FILL_PID" 2>/dev/null || true
-MISSES=$(metric aadgate_token_cache_misses_total)
-sleep 1
-RSS_100K=$(metric process_resident_memory_bytes)
-RSS_100K_MIB=$((RSS_100K / 1048576))
-log "after fill: cache misses since start $MISSES (>= $FILL distinct tokens verified), RSS ${RSS_100K_MIB} MiB"
 
 log "RSS flatness: ${SOAK}s at cached-token load, sampled every 5 s"
 SAMPLES=()
@@ -474,6 +484,7 @@ echo "| (info) cached / anonymous with the same Authorization header | $(per_rou
 echo "| (info) cached / nginx | $r2 | - |"
 echo "| (info) bare pingora / nginx | $rbng | - |"
 echo "| unique / anonymous >= 0.60 | $r3 (vs anonymous with the same wrk Lua path: $r3l) | $(verdict ge "$r3" 0.60) |"
+echo "| (info) unique tokens while the cache fills (before the rounds) / unique, cache full | $(ratio "$FILL_RPS" "${RPS[unique_tokens]}") ($FILL_RPS req/s) | - |"
 echo "| unique run had no cache hits | hits=$UNIQUE_HITS | $(verdict test "$UNIQUE_HITS" -eq 0) |"
 echo "| added latency p50 <= 50 us ($MODERATE_CONNS conns) | ${d50} us | $(verdict le "$d50" 50) |"
 echo "| added latency p99 <= 200 us ($MODERATE_CONNS conns) | ${d99} us | $(verdict le "$d99" 200) |"
