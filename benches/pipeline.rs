@@ -5,6 +5,8 @@
 //! - `pipeline/warm_cache`: `Authenticator::authenticate` with a token already in the cache;
 //! - `pipeline/cold_cache`: a different token each call (pre-minted), so every call decodes,
 //!   verifies the RS256 signature and inserts into the cache;
+//! - `scale/*`: a cached token with 1, 1,000 and 100,000 tenants (allow-list and registry), route
+//!   selection among 1, 100 and 10,000 routes;
 //! - `stages/*`: token parsing, the signature check alone, the SHA-256 cache key, route
 //!   matching among 100 routes, and header injection (`Principal::identity_headers`).
 //!
@@ -19,6 +21,7 @@ use aadgate_core::auth::{token, token_hash, Authenticator, RequestParts};
 use aadgate_core::config::{self, Config, Route};
 use aadgate_core::jwks::{KeySet, KeySource, KeyStore};
 use aadgate_core::metrics::Metrics;
+use aadgate_core::registry::{AddedBy, Snapshot, TenantRecord, TenantState};
 use aadgate_core::routing;
 use aadgate_core::runtime::Runtime;
 use aadgate_emulator::{SigningKey, TokenSpec};
@@ -305,11 +308,16 @@ fn bench_stages(c: &mut Criterion) {
     g.finish();
 }
 
+/// Other tenants than the benchmark's own: distinct GUIDs.
+fn other_tenants(n: usize) -> impl Iterator<Item = String> {
+    (1..=n).map(|i| format!("{:08x}-0000-4000-8000-{:012x}", i, i))
+}
+
 /// The configuration text with `tenants` allowed tenants (the benchmark's own first) and
 /// `routes` routes spread over 100 hosts.
 fn scale_config(tenants: usize, routes: usize) -> String {
     let mut allow = vec![format!("\"{TID}\"")];
-    allow.extend((1..tenants).map(|i| format!("\"{:08x}-0000-4000-8000-{:012x}\"", i, i)));
+    allow.extend(other_tenants(tenants - 1).map(|t| format!("\"{t}\"")));
     let mut s = config_text(0).replace(
         &format!("allow = [\"{TID}\"]"),
         &format!("allow = [{}]", allow.join(", ")),
@@ -324,40 +332,76 @@ fn scale_config(tenants: usize, routes: usize) -> String {
     s
 }
 
+/// The configuration text of `mode = "registry"` with a registry file in `dir` that holds
+/// `tenants` active tenants (the benchmark's own among them) and nothing in `allow`, so that
+/// every request looks its tenant up in the registry.
+fn registry_config(tenants: usize, dir: &Path) -> String {
+    let record = |tenant_id: String| TenantRecord {
+        tenant_id,
+        state: TenantState::Active,
+        added_at: 1_800_000_000,
+        added_by: AddedBy::Cli,
+        changed_at: 1_800_000_000,
+        reason: "benchmark".into(),
+    };
+    let records = std::iter::once(TID.to_string())
+        .chain(other_tenants(tenants - 1))
+        .map(record)
+        .collect();
+    let snapshot = Snapshot::from_records(records).expect("registry records");
+    let file = dir.join(format!("tenants-{tenants}.json"));
+    std::fs::write(&file, snapshot.to_json()).expect("registry file written");
+    config_text(0).replace(
+        &format!("mode = \"allow_list\"\nallow = [\"{TID}\"]"),
+        &format!(
+            "mode = \"registry\"\nregistry = {:?}",
+            file.display().to_string()
+        ),
+    )
+}
+
 /// Per-request cost against the size of the configuration: a cached token through the whole
-/// pipeline with 1, 1,000 and 100,000 allowed tenants, and route selection among 1, 100 and
-/// 10,000 routes (the route table, and the one-route-at-a-time rule it replaces).
+/// pipeline with 1, 1,000 and 100,000 tenants (allow-list, and registry), and route selection
+/// among 1, 100 and 10,000 routes (the route table, and the one-route-at-a-time rule it
+/// replaces).
 fn bench_scale(c: &mut Criterion) {
     let fx = Fixture::new();
     let rt = runtime();
     let method = Method::GET;
     let headers = headers_for(&fx.mint(0));
+    let dir = tempfile::tempdir().expect("temporary folder");
     let mut g = c.benchmark_group("scale");
     g.throughput(Throughput::Elements(1));
-    for tenants in [1, 1_000, 100_000] {
-        let config = config::load_str(Path::new("bench.toml"), &scale_config(tenants, 0))
-            .expect("scale config loads");
-        let auth = Runtime::builder(config)
-            .key_store(fx.keys.clone())
-            .metrics(fx.metrics.clone())
-            .build()
-            .expect("runtime builds")
-            .authenticator()
-            .clone();
-        let route = auth.config().routes[0].clone();
-        let parts = RequestParts {
-            method: &method,
-            path: "/api/orders",
-            normalized_path: "/api/orders",
-            host: "localhost",
-            headers: &headers,
-        };
-        rt.block_on(auth.authenticate(&route, &parts))
-            .expect("token accepted");
-        g.bench_function(format!("warm_cache_{tenants}_tenants"), |b| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(auth.authenticate(&route, &parts).await.is_ok()) })
-        });
+    let modes: [(&str, &dyn Fn(usize) -> String); 2] = [
+        ("tenants", &|n| scale_config(n, 0)),
+        ("registry_tenants", &|n| registry_config(n, dir.path())),
+    ];
+    for (mode, text) in modes {
+        for tenants in [1, 1_000, 100_000] {
+            let config = config::load_str(&dir.path().join("bench.toml"), &text(tenants))
+                .expect("scale config loads");
+            let auth = Runtime::builder(config)
+                .key_store(fx.keys.clone())
+                .metrics(fx.metrics.clone())
+                .build()
+                .expect("runtime builds")
+                .authenticator()
+                .clone();
+            let route = auth.config().routes[0].clone();
+            let parts = RequestParts {
+                method: &method,
+                path: "/api/orders",
+                normalized_path: "/api/orders",
+                host: "localhost",
+                headers: &headers,
+            };
+            rt.block_on(auth.authenticate(&route, &parts))
+                .expect("token accepted");
+            g.bench_function(format!("warm_cache_{tenants}_{mode}"), |b| {
+                b.to_async(&rt)
+                    .iter(|| async { black_box(auth.authenticate(&route, &parts).await.is_ok()) })
+            });
+        }
     }
     for routes in [1, 100, 10_000] {
         let config = config::load_str(Path::new("bench.toml"), &scale_config(1, routes))
