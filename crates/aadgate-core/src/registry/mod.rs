@@ -346,7 +346,7 @@ impl Registry {
     fn count_states(&self) {
         let snapshot = self.current.load();
         for state in TenantState::ALL {
-            let n = snapshot.tenants().filter(|r| r.state == state).count();
+            let n = snapshot.count(state);
             self.metrics
                 .tenants
                 .with_label_values(&[state.as_str()])

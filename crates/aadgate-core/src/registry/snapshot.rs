@@ -3,7 +3,7 @@
 //! Stored as JSON (`{"version": 1, "tenants": [{…}, …]}`, tenants sorted by id, times in RFC 3339
 //! UTC), so an operator can read it, back it up and diff it.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -143,10 +143,11 @@ pub enum Applied {
     Unchanged,
 }
 
-/// The registry's content: tenants by lower-case id.
+/// The registry's content: tenants by lower-case id. Looked up on every request of a
+/// registry-mode gateway, so by hash: the cost does not grow with the number of tenants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    tenants: BTreeMap<String, TenantRecord>,
+    tenants: HashMap<String, TenantRecord>,
 }
 
 /// The file format's top level.
@@ -166,9 +167,16 @@ impl Snapshot {
         self.tenants.get(tid)
     }
 
-    /// Every record, by tenant id.
+    /// Every record, sorted by tenant id.
     pub fn tenants(&self) -> impl Iterator<Item = &TenantRecord> {
-        self.tenants.values()
+        let mut records: Vec<&TenantRecord> = self.tenants.values().collect();
+        records.sort_unstable_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        records.into_iter()
+    }
+
+    /// How many tenants are in `state`.
+    pub fn count(&self, state: TenantState) -> usize {
+        self.tenants.values().filter(|r| r.state == state).count()
     }
 
     /// How many tenants it holds.
@@ -242,7 +250,7 @@ impl Snapshot {
 
     /// A registry of `records` (ids lower-cased); two records of one tenant are an error.
     pub fn from_records(records: Vec<TenantRecord>) -> Result<Snapshot, String> {
-        let mut tenants = BTreeMap::new();
+        let mut tenants = HashMap::with_capacity(records.len());
         for mut record in records {
             if !is_guid(&record.tenant_id) {
                 return Err(format!("{:?} is not a tenant id (GUID)", record.tenant_id));
@@ -260,7 +268,7 @@ impl Snapshot {
     pub fn to_json(&self) -> String {
         let form = FileForm {
             version: FORMAT_VERSION,
-            tenants: self.tenants.values().cloned().collect(),
+            tenants: self.tenants().cloned().collect(),
         };
         let mut text = serde_json::to_string_pretty(&form).unwrap_or_default();
         text.push('\n');

@@ -207,3 +207,30 @@ async fn a_deleted_registry_keeps_the_last_one_and_a_lost_revocation_is_stored_l
     let stored = FileStore::new(&path).load().await.expect("load").0;
     assert_eq!(stored.get(A).map(|r| r.state), Some(TenantState::Revoked));
 }
+
+#[test]
+fn records_are_listed_and_stored_sorted_by_tenant_id_whatever_the_order_they_came_in() {
+    let ids: Vec<String> = (0..50u32)
+        .map(|i| {
+            let n = i.wrapping_mul(2_654_435_761);
+            format!("{n:08x}-0000-4000-8000-{i:012x}")
+        })
+        .collect();
+    let mut s = Snapshot::default();
+    for (i, id) in ids.iter().enumerate() {
+        s.apply(&record(id, TenantState::Active), i as i64)
+            .expect("add");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let listed: Vec<&str> = s.tenants().map(|r| r.tenant_id.as_str()).collect();
+    assert_eq!(listed, sorted);
+    let text = s.to_json();
+    let positions: Vec<usize> = sorted
+        .iter()
+        .map(|id| text.find(id.as_str()).expect("stored"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(s.count(TenantState::Active), 50);
+    assert_eq!(s.count(TenantState::Pending), 0);
+}
