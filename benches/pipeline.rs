@@ -25,7 +25,8 @@ use aadgate_core::registry::{AddedBy, Snapshot, TenantRecord, TenantState};
 use aadgate_core::routing;
 use aadgate_core::runtime::Runtime;
 use aadgate_emulator::{SigningKey, TokenSpec};
-use criterion::{criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_main, BenchmarkGroup, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method};
 
@@ -137,6 +138,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Benchmarks `name`: `headers`' token through `auth` on `route`, verified once (and cached)
+/// before measuring.
+fn bench_warm(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    (auth, route): (&Authenticator, &Arc<Route>),
+    headers: &HeaderMap,
+) {
+    let parts = RequestParts {
+        method: &Method::GET,
+        path: "/api/orders",
+        normalized_path: "/api/orders",
+        host: "localhost",
+        headers,
+    };
+    rt.block_on(auth.authenticate(route, &parts))
+        .expect("token accepted");
+    g.bench_function(name, |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(auth.authenticate(route, &parts).await.is_ok()) })
+    });
+}
+
 fn bench_pipeline(c: &mut Criterion) {
     let fx = Fixture::new();
     let rt = runtime();
@@ -147,20 +172,13 @@ fn bench_pipeline(c: &mut Criterion) {
 
     // Warm cache: one token, verified once before measuring.
     let auth = fx.authenticator();
-    let headers = headers_for(&fx.mint(0));
-    let parts = RequestParts {
-        method: &method,
-        path: "/api/orders",
-        normalized_path: "/api/orders",
-        host: "localhost",
-        headers: &headers,
-    };
-    rt.block_on(auth.authenticate(&route, &parts))
-        .expect("token accepted");
-    g.bench_function("warm_cache", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(auth.authenticate(&route, &parts).await.is_ok()) })
-    });
+    bench_warm(
+        &mut g,
+        &rt,
+        "warm_cache",
+        (&auth, &route),
+        &headers_for(&fx.mint(0)),
+    );
 
     // Cold cache: every call a new token (decode + RS256 verify + cache insert). When the
     // pre-minted tokens run out, a new authenticator (empty cache) is built outside the timing.
@@ -388,19 +406,8 @@ fn bench_scale(c: &mut Criterion) {
                 .authenticator()
                 .clone();
             let route = auth.config().routes[0].clone();
-            let parts = RequestParts {
-                method: &method,
-                path: "/api/orders",
-                normalized_path: "/api/orders",
-                host: "localhost",
-                headers: &headers,
-            };
-            rt.block_on(auth.authenticate(&route, &parts))
-                .expect("token accepted");
-            g.bench_function(format!("warm_cache_{tenants}_{mode}"), |b| {
-                b.to_async(&rt)
-                    .iter(|| async { black_box(auth.authenticate(&route, &parts).await.is_ok()) })
-            });
+            let name = format!("warm_cache_{tenants}_{mode}");
+            bench_warm(&mut g, &rt, &name, (&auth, &route), &headers);
         }
     }
     for routes in [1, 100, 10_000] {
