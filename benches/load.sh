@@ -327,7 +327,7 @@ run_wrk warmup5 "$CONNS" 2 "http://127.0.0.1:$HYPER/x" -s "$WORK/report.lua" -H 
 # The token cache is filled to its capacity before the rounds: a gateway that has run for a
 # while has a full cache, and every new token replaces an entry (or is refused admission) in
 # memory already in use. While the cache fills, each new entry is new memory the kernel has to
-# fault in and zero: that rate is reported separately (unique_tokens_filling).
+# fault in and zero: that rate is reported separately (an info row of the targets table).
 log "memory: $FILL distinct tokens into the cache"
 HITS_BEFORE_FILL=$(( $(metric aadgate_token_cache_misses_total) + $(metric aadgate_token_cache_hits_total) ))
 FILL_T0=$(date +%s.%N)
